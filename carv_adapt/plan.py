@@ -1,0 +1,132 @@
+"""Result values (STYLE §9): the per-step :class:`Plan` and the per-refit :class:`Refit` record."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from carv_adapt.errors import ShapeError
+from carv_adapt.proposals.base import Proposal, bin_index
+
+__all__ = ["Plan", "Refit"]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to run this step (SPEC §8).
+
+    Attributes:
+        step: the controller step this plan belongs to.
+        N: outer draws. K: inner draws per outer draw.
+        t: ``N x K`` long timesteps. rho: ``N x K`` float64 weights ``pi(t) / p(t)``.
+        noise_seed: seed of this step's noise stream (reuse it across items for common random numbers).
+        antithetic: whether :meth:`noise` pairs ``(eps, -eps)`` along ``K``.
+        stratification: how the timesteps were drawn.
+    """
+
+    step: int
+    N: int
+    K: int
+    t: Tensor
+    rho: Tensor
+    noise_seed: int
+    antithetic: bool = False
+    stratification: str = "iid"
+    bins: Tensor | None = field(default=None, repr=False)
+
+    def noise(
+        self, shape: tuple[int, ...] | torch.Size, *, device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> Tensor:
+        """The step's ``N x K x *shape`` Gaussian noises, deterministic in ``noise_seed``.
+
+        Drawn on the CPU from a generator seeded with ``noise_seed`` (bit-identical on every device and
+        on every call, so a plan can be replayed across items), then moved to ``device``.
+        """
+        g = torch.Generator().manual_seed(self.noise_seed)
+        shape = tuple(shape)
+        if self.antithetic:
+            half = (self.K + 1) // 2
+            base = torch.randn((self.N, half, *shape), generator=g, dtype=dtype)
+            eps = torch.stack([base, -base], dim=2).reshape(self.N, 2 * half, *shape)[:, : self.K]
+        else:
+            eps = torch.randn((self.N, self.K, *shape), generator=g, dtype=dtype)
+        return eps.to(device) if device is not None else eps
+
+    def weights_like(self, f: Tensor) -> Tensor:
+        """``rho`` cast to ``f``'s dtype/device and shaped to broadcast over ``f`` (``N x K x ...``)."""
+        if tuple(f.shape[:2]) != (self.N, self.K):
+            raise ShapeError(f"contributions have leading shape {tuple(f.shape[:2])}, plan is N x K = "
+                             f"{(self.N, self.K)}")
+        return self.rho.to(device=f.device, dtype=f.dtype).reshape(self.N, self.K, *([1] * (f.dim() - 2)))
+
+    def weighted_mean(self, f: Tensor) -> Tensor:
+        """The hierarchical estimate ``1/(N K) sum_nk rho_nk f_nk`` of ``N x K x ...`` contributions (SPEC §2)."""
+        return (self.weights_like(f) * f).mean(dim=(0, 1))
+
+
+@dataclass(frozen=True)
+class Refit:
+    """One refit of the controller: what it saw, what it chose and what it predicts (SPEC §8)."""
+
+    step: int
+    K: int
+    N: int
+    proposal: list[float]
+    bin_edges: list[int]
+    profile: list[float]
+    profile_counts: list[float]
+    sigma_b2: float
+    sigma_w2: float
+    c_0: float
+    c_out: float
+    c_in: float
+    predicted_W: float
+    predicted_W_baseline: float
+    predicted_ecm: float
+    is_gain: float
+    k_changed: bool
+    proposal_changed: bool
+    reason: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        return asdict(self)
+
+
+def resolve_stratification(stratification: str, K: int) -> str:
+    """``"auto"`` means per-draw strata when ``K >= 2`` and global strata across the batch at ``K = 1``."""
+    if stratification == "auto":
+        return "global" if K == 1 else "stratified"
+    return stratification
+
+
+def make_plan(
+    proposal: Proposal,
+    N: int,
+    K: int,
+    generator: torch.Generator,
+    *,
+    step: int = 0,
+    stratification: str = "auto",
+    antithetic: bool = False,
+    edges: Tensor | None = None,
+) -> Plan:
+    """Draw a :class:`Plan`: timesteps by (stratified) inverse CDF of ``proposal``, then a noise seed.
+
+    The one code path every sampler (controller, fixed policy, preview) goes through.
+    """
+    strat = resolve_stratification(stratification, K)
+    t, rho = proposal.sample(N, K, generator, strat)  # type: ignore[arg-type]
+    noise_seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    bins = bin_index(t, edges) if edges is not None else None
+    return Plan(step=step, N=N, K=K, t=t, rho=rho, noise_seed=noise_seed, antithetic=antithetic,
+                stratification=strat, bins=bins)
+
+
+__all__ += ["make_plan", "resolve_stratification"]

@@ -1,0 +1,37 @@
+"""Timestep measures and proposals (SPEC §5-§6)."""
+
+from carv_adapt.proposals.base import (
+    PmfProposal,
+    Proposal,
+    Stratification,
+    TargetMeasure,
+    bin_index,
+    bin_sums,
+    draw_uniforms,
+)
+from carv_adapt.proposals.families import (
+    BinnedProposal,
+    MixtureProposal,
+    UniformProposal,
+    WeightedProposal,
+    as_binned,
+    defensive_mixture,
+    teacher_weight_proposal,
+)
+
+__all__ = [
+    "TargetMeasure",
+    "Proposal",
+    "PmfProposal",
+    "UniformProposal",
+    "BinnedProposal",
+    "WeightedProposal",
+    "MixtureProposal",
+    "defensive_mixture",
+    "teacher_weight_proposal",
+    "as_binned",
+    "Stratification",
+    "draw_uniforms",
+    "bin_sums",
+    "bin_index",
+]

@@ -1,0 +1,27 @@
+"""Warm-up and retune windows (STYLE §5): a pure function you can print."""
+
+from __future__ import annotations
+
+from carv_adapt.errors import ConfigError
+
+__all__ = ["is_refit_step", "refit_steps", "warmup_k"]
+
+
+def is_refit_step(step: int, warmup_steps: int, refit_every: int) -> bool:
+    """True when the controller refits on entering ``step`` (after ``step`` observed steps).
+
+    The first refit closes the warm-up (``step == warmup_steps``), then one every ``refit_every`` steps.
+    """
+    if refit_every < 1:
+        raise ConfigError(f"refit_every must be >= 1, got {refit_every!r}")
+    return step >= warmup_steps and step > 0 and (step - warmup_steps) % refit_every == 0
+
+
+def refit_steps(warmup_steps: int, refit_every: int, total_steps: int) -> list[int]:
+    """All refit steps in ``[0, total_steps]``, e.g. ``refit_steps(20, 10, 60) == [20, 30, 40, 50, 60]``."""
+    return [s for s in range(total_steps + 1) if is_refit_step(s, warmup_steps, refit_every)]
+
+
+def warmup_k(step: int, schedule: tuple[int, ...]) -> int:
+    """The warm-up ``K`` at ``step``: cycles through ``schedule``, so the cost fit sees several ``N K``."""
+    return schedule[step % len(schedule)]

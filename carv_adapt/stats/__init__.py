@@ -1,0 +1,19 @@
+"""Streaming statistics the controller decides from (SPEC §7)."""
+
+from carv_adapt.stats.base import NonFinitePolicy, SumStatistic
+from carv_adapt.stats.costs import CostEstimate, CostTracker, StageRole, StageTimer
+from carv_adapt.stats.grouped import BetweenWithin, GroupedVariance, split_half_within
+from carv_adapt.stats.profile import TimestepProfile
+
+__all__ = [
+    "SumStatistic",
+    "NonFinitePolicy",
+    "TimestepProfile",
+    "GroupedVariance",
+    "BetweenWithin",
+    "split_half_within",
+    "StageTimer",
+    "CostTracker",
+    "CostEstimate",
+    "StageRole",
+]

@@ -1,0 +1,133 @@
+"""Per-stage cost measurement (SPEC §3, §7): stage timers and a tracker fitting ``c_0``, ``c_out``, ``c_in``."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from carv_adapt.errors import ConfigError
+from carv_adapt.stats.base import NonFinitePolicy, SumStatistic
+from carv_adapt.variance import fit_linear_cost
+
+__all__ = ["StageTimer", "CostTracker", "CostEstimate", "StageRole"]
+
+StageRole = Literal["outer", "inner", "fixed"]
+
+DEFAULT_ROLES: dict[str, StageRole] = {
+    "upstream": "outer",
+    "backward": "outer",
+    "teacher": "inner",
+    "inner": "inner",
+    "overhead": "fixed",
+}
+
+
+class StageTimer:
+    """Times one stage, as a context manager; reusable, accumulating over entries.
+
+    On a CUDA device it records ``torch.cuda.Event`` pairs (host wall time would only measure the
+    kernel launches); the elapsed time is resolved lazily in :meth:`seconds`, which synchronizes on the
+    end events. On CPU it uses ``time.perf_counter``.
+    """
+
+    def __init__(self, device: torch.device | str | None = None) -> None:
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self._cpu_seconds = 0.0
+        self._events: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
+        self._start: float | torch.cuda.Event | None = None
+
+    @property
+    def uses_cuda_events(self) -> bool:
+        return self.device.type == "cuda"
+
+    def __enter__(self) -> StageTimer:
+        if self.uses_cuda_events:
+            ev = torch.cuda.Event(enable_timing=True)
+            ev.record(torch.cuda.current_stream(self.device))
+            self._start = ev
+        else:
+            self._start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.uses_cuda_events:
+            end = torch.cuda.Event(enable_timing=True)
+            end.record(torch.cuda.current_stream(self.device))
+            self._events.append((self._start, end))  # type: ignore[arg-type]
+        else:
+            self._cpu_seconds += time.perf_counter() - self._start  # type: ignore[operator]
+        self._start = None
+
+    def seconds(self) -> float:
+        """Total seconds over all entries so far (synchronizes CUDA end events)."""
+        total = self._cpu_seconds
+        for start, end in self._events:
+            end.synchronize()
+            total += start.elapsed_time(end) / 1000.0
+        return total
+
+
+@dataclass(frozen=True)
+class CostEstimate:
+    """Fitted costs in seconds: ``c_0`` fixed per step, ``c_out`` per outer draw, ``c_in`` per inner draw."""
+
+    c_0: float
+    c_out: float
+    c_in: float
+    steps: float
+
+
+class CostTracker(SumStatistic):
+    """Fits ``T_outer = a_out + c_out N`` and ``T_inner = a_in + c_in N K`` over the steps actually run.
+
+    Least squares from sufficient sums (with forgetting); ``c_0 = a_out + a_in + mean fixed-stage time``.
+    With a single ``N K`` seen so far the inner intercept is not identified, and ``c_in`` is the average
+    cost per inner draw (an upper bound on the marginal cost); run steps at two ``K`` to separate them.
+    """
+
+    def __init__(self, roles: dict[str, StageRole] | None = None, nonfinite: NonFinitePolicy = "skip") -> None:
+        super().__init__(nonfinite)
+        self.roles: dict[str, StageRole] = dict(DEFAULT_ROLES if roles is None else roles)
+        for role in ("out", "in"):
+            for s in ("x", "xx", "y", "xy"):
+                self.add_state(f"{role}_s{s}", torch.zeros(()))
+        self.add_state("steps", torch.zeros(()))
+        self.add_state("fixed", torch.zeros(()))
+
+    def role(self, stage: str) -> StageRole:
+        try:
+            return self.roles[stage]
+        except KeyError:
+            raise ConfigError(
+                f"unknown cost stage {stage!r}; known stages {sorted(self.roles)} — declare it with "
+                f"stage_roles={{{stage!r}: 'outer' | 'inner' | 'fixed'}}"
+            ) from None
+
+    def update(self, N: int, K: int, stage_seconds: dict[str, float]) -> None:
+        """Accumulate one step's per-stage seconds for an ``N x K`` plan."""
+        totals = {"outer": 0.0, "inner": 0.0, "fixed": 0.0}
+        for stage, sec in stage_seconds.items():
+            if sec < 0:
+                raise ConfigError(f"cost of stage {stage!r} must be >= 0 seconds, got {sec!r}")
+            totals[self.role(stage)] += float(sec)
+        if not self._finite_or_reject("stage time", torch.tensor(list(totals.values()))):
+            return
+        for prefix, x, y in (("out", float(N), totals["outer"]), ("in", float(N * K), totals["inner"])):
+            getattr(self, f"{prefix}_sx").add_(x)
+            getattr(self, f"{prefix}_sxx").add_(x * x)
+            getattr(self, f"{prefix}_sy").add_(y)
+            getattr(self, f"{prefix}_sxy").add_(x * y)
+        self.steps += 1.0
+        self.fixed += totals["fixed"]
+
+    def compute(self) -> CostEstimate:
+        w = float(self.steps)
+        a_out, c_out = fit_linear_cost(w, float(self.out_sx), float(self.out_sxx), float(self.out_sy),
+                                       float(self.out_sxy))
+        a_in, c_in = fit_linear_cost(w, float(self.in_sx), float(self.in_sxx), float(self.in_sy),
+                                     float(self.in_sxy))
+        fixed = float(self.fixed) / w if w > 0 else 0.0
+        return CostEstimate(c_0=a_out + a_in + fixed, c_out=c_out, c_in=c_in, steps=w)

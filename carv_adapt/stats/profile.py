@@ -1,0 +1,72 @@
+"""Per-bin second-moment profile ``m(t) = E ||f||^2`` (SPEC §7), with counts and forgetting."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from carv_adapt.errors import ShapeError
+from carv_adapt.proposals.base import bin_index
+from carv_adapt.stats.base import NonFinitePolicy, SumStatistic
+
+__all__ = ["TimestepProfile"]
+
+
+class TimestepProfile(SumStatistic):
+    """Tracks per-bin sums of ``||f||^2`` (rho-free) over the timesteps that fell in each bin.
+
+    Samples drawn from any proposal that is ``∝ pi`` inside bins give the bin's conditional mean
+    directly, so the plain per-bin average is the right estimate of ``m_b``.
+
+    Args:
+        edges: ``B + 1`` integer bin edges.
+        nonfinite: non-finite policy; a non-finite entry drops that single observation.
+    """
+
+    def __init__(self, edges: Tensor, nonfinite: NonFinitePolicy = "skip") -> None:
+        super().__init__(nonfinite)
+        self.edges = torch.as_tensor(edges, dtype=torch.long)
+        B = self.edges.numel() - 1
+        self.add_state("count", torch.zeros(B))
+        self.add_state("sum_sq", torch.zeros(B))
+        self.add_state("sum_sq2", torch.zeros(B))
+
+    @property
+    def num_bins(self) -> int:
+        return self.edges.numel() - 1
+
+    def update(self, t: Tensor, sq_norms: Tensor) -> None:
+        """Accumulate ``sq_norms`` (same shape as the long Tensor ``t``)."""
+        if t.shape != sq_norms.shape:
+            raise ShapeError(f"profile update: t {tuple(t.shape)} and sq_norms {tuple(sq_norms.shape)} differ")
+        v = sq_norms.detach().reshape(-1).to("cpu", torch.float64)
+        b = bin_index(t.detach().reshape(-1).cpu(), self.edges)
+        ok = torch.isfinite(v)
+        if not bool(ok.all()):
+            bad = int((~ok).sum())
+            self._finite_or_reject("squared norm", v)  # applies the policy (raises or warns once)
+            self.num_nonfinite += bad - 1
+            v, b = v[ok], b[ok]
+        B = self.num_bins
+        self.count += torch.bincount(b, minlength=B).double()
+        self.sum_sq += torch.bincount(b, weights=v, minlength=B)
+        self.sum_sq2 += torch.bincount(b, weights=v * v, minlength=B)
+
+    def compute(self, prior_count: float = 0.0) -> Tensor:
+        """``B``-dim estimate of ``m_b``.
+
+        Bins with few observations are shrunk toward the count-weighted global mean with strength
+        ``prior_count`` (pseudo-observations), so an empty bin gets the global mean, never zero: a zero
+        would starve it of proposal mass and bias nothing, but make its weight explode later.
+        """
+        total = self.count.sum()
+        glob = self.sum_sq.sum() / total if total > 0 else torch.tensor(0.0, dtype=torch.float64)
+        den = self.count + prior_count
+        return torch.where(den > 0, (self.sum_sq + prior_count * glob) / den.clamp_min(1e-300), glob)
+
+    def standard_error(self) -> Tensor:
+        """``B``-dim standard error of each bin's mean (inf where fewer than 2 observations)."""
+        n = self.count
+        mean = self.sum_sq / n.clamp_min(1e-300)
+        var = (self.sum_sq2 / n.clamp_min(1e-300) - mean**2).clamp_min(0) * n / (n - 1).clamp_min(1e-300)
+        return torch.where(n >= 2, (var / n.clamp_min(1e-300)).sqrt(), torch.full_like(n, float("inf")))

@@ -1,0 +1,182 @@
+"""The compute-aware variance model (SPEC §2-§5, §7): pure functions, no state.
+
+Symbols follow SPEC: ``sigma_b2`` (between outer draws), ``sigma_w2`` (within one outer draw, per
+inner draw, with the IS weights applied), ``K`` inner draws per outer draw, ``c_out`` / ``c_in`` the
+upstream and marginal inner costs. Floats and tensors in, floats and tensors out.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from carv_adapt.errors import ConfigError
+
+__all__ = [
+    "work_normalized_variance",
+    "estimator_variance",
+    "step_cost",
+    "ecm",
+    "optimal_proposal_bins",
+    "is_second_moment",
+    "within_variance_for_proposal",
+    "within_between_from_groups",
+    "paired_within_from_groups",
+    "fit_linear_cost",
+    "total_variation",
+]
+
+
+def _check_nonneg(name: str, value: float) -> None:
+    if not (value >= 0.0) or math.isinf(value):
+        raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
+
+
+def step_cost(N: int, K: int, c_out: float, c_in: float, c_0: float = 0.0) -> float:
+    """Per-step compute ``C(N, K) = c_0 + N (c_out + K c_in)`` (SPEC §3)."""
+    return c_0 + N * (c_out + K * c_in)
+
+
+def estimator_variance(sigma_b2: float, sigma_w2: float, N: int, K: int) -> float:
+    """``Var(G_hat) = sigma_b2 / N + sigma_w2 / (N K)`` (SPEC §2)."""
+    return sigma_b2 / N + sigma_w2 / (N * K)
+
+
+def work_normalized_variance(sigma_b2: float, sigma_w2: float, K: float, c_out: float, c_in: float) -> float:
+    """``W(K) = (sigma_b2 + sigma_w2 / K) (c_out + K c_in)`` (SPEC §3), ignoring ``c_0``."""
+    for name, value in (("sigma_w2", sigma_w2), ("c_out", c_out), ("c_in", c_in)):
+        _check_nonneg(name, value)
+    if K < 1:
+        raise ConfigError(f"K must be >= 1, got {K!r}")
+    return (sigma_b2 + sigma_w2 / K) * (c_out + K * c_in)
+
+
+def ecm(W_baseline: float, W_policy: float) -> float:
+    """Effective compute multiplier ``W_baseline / W_policy`` (SPEC §3)."""
+    if W_policy <= 0.0:
+        return math.inf if W_baseline > 0.0 else 1.0
+    return W_baseline / W_policy
+
+
+def is_second_moment(pi: Tensor, p: Tensor, m: Tensor) -> Tensor:
+    """``E_{t~p}[rho(t)^2 m(t)] = sum_t pi(t)^2 / p(t) m(t)`` (SPEC §5).
+
+    Args:
+        pi: ``B``-dim target mass per bin (or per timestep).
+        p: ``B``-dim proposal mass on the same cells.
+        m: ``B``-dim second moment ``E ||f||^2`` per cell (rho-free).
+    """
+    support = pi > 0
+    if bool((p[support] <= 0).any()):
+        return torch.tensor(math.inf, dtype=torch.float64)
+    return (pi[support].double() ** 2 / p[support].double() * m[support].double()).sum()
+
+
+def optimal_proposal_bins(pi: Tensor, m: Tensor) -> Tensor:
+    """IS-optimal bin masses ``p*_b ∝ pi_b sqrt(m_b)`` for a piecewise-constant profile (SPEC §5).
+
+    With ``p ∝ pi`` inside each bin, ``sum_b pi_b^2 / p_b m_b`` is minimized by this choice
+    (Cauchy-Schwarz). Falls back to ``pi`` when the profile carries no mass.
+
+    Args:
+        pi: ``B``-dim target mass per bin (sums to 1).
+        m: ``B``-dim per-bin second moment (>= 0).
+
+    Returns:
+        ``B``-dim float64 pmf.
+    """
+    if pi.shape != m.shape:
+        raise ConfigError(f"pi {tuple(pi.shape)} and m {tuple(m.shape)} must have the same shape")
+    if bool((m < 0).any()) or not bool(torch.isfinite(m).all()):
+        raise ConfigError(f"profile m must be finite and >= 0, got {m.tolist()}")
+    q = pi.double() * m.double().sqrt()
+    total = q.sum()
+    if total <= 0:
+        return pi.double() / pi.double().sum()
+    return q / total
+
+
+def within_variance_for_proposal(
+    sigma_w2_obs: float, S_obs: float, S_new: float, M2: float, floor: float = 1e-12
+) -> float:
+    """Predict the within variance under a new proposal from one measured under the current one.
+
+    For i.i.d. inner draws ``sigma_w2(p) = S(p) - M2`` with ``S(p) = E_{t~p}[rho^2 m]`` and
+    ``M2 = E_xi ||mu(xi)||^2`` (SPEC §2, §5). The measured ``sigma_w2_obs`` may live in another space
+    than the profile (a parameter-space probe against an output-space proxy profile), so the profile
+    only supplies the ratio: ``sigma_w2_obs * (S_new - M2) / (S_obs - M2)``.
+    """
+    den = max(S_obs - M2, floor)
+    return max(sigma_w2_obs, 0.0) * max(S_new - M2, 0.0) / den
+
+
+def within_between_from_groups(x: Tensor) -> dict[str, float]:
+    """One step's grouped sums of squares (SPEC §7) from weighted contributions.
+
+    Args:
+        x: ``N x K x D`` Tensor of ``rho f`` (any trailing shape is flattened).
+
+    Returns:
+        ``ssw = sum_nk ||x_nk - xbar_n||^2`` with ``dof_w = N (K - 1)``; ``ssb = sum_n ||xbar_n - xbar||^2``
+        with ``dof_b = N - 1``; ``ss_mean = sum_n ||xbar_n||^2``; ``n = N``.
+    """
+    n, k = x.shape[0], x.shape[1]
+    flat = x.reshape(n, k, -1).double()
+    xbar_n = flat.mean(dim=1)
+    ssw = float(((flat - xbar_n[:, None, :]) ** 2).sum())
+    xbar = xbar_n.mean(dim=0)
+    ssb = float(((xbar_n - xbar) ** 2).sum())
+    return {
+        "ssw": ssw,
+        "dof_w": float(n * (k - 1)),
+        "ssb": ssb,
+        "dof_b": float(n - 1),
+        "ss_mean": float((xbar_n**2).sum()),
+        "n": float(n),
+    }
+
+
+def paired_within_from_groups(x: Tensor) -> tuple[float, float]:
+    """Paired-strata within estimate: ``(sum_j ||x_{n,2j} - x_{n,2j+1}||^2 / 2, number of pairs)``.
+
+    Unbiased for ``sigma_w2`` under i.i.d. inner draws; under stratification (adjacent strata paired)
+    it estimates the stratified variance, conservatively (SPEC §7). ``x`` is ``N x K x ...``.
+    """
+    n, k = x.shape[0], x.shape[1]
+    pairs = k // 2
+    if pairs == 0:
+        return 0.0, 0.0
+    flat = x.reshape(n, k, -1).double()[:, : 2 * pairs]
+    d = flat[:, 0::2] - flat[:, 1::2]
+    return float((d**2).sum() / 2.0), float(n * pairs)
+
+
+def fit_linear_cost(
+    sw: float, sx: float, sxx: float, sy: float, sxy: float, min_rel_spread: float = 1e-3
+) -> tuple[float, float]:
+    """Least-squares ``y = a + b x`` from sufficient sums, as ``(a, b)`` with ``a, b >= 0`` (SPEC §7).
+
+    Falls back to a line through the origin (``a = 0, b = sy / sx``) when ``x`` has (almost) no spread,
+    since then the intercept is not identified.
+    """
+    if sw <= 0 or sx <= 0:
+        return 0.0, 0.0
+    mx, my = sx / sw, sy / sw
+    var_x = sxx / sw - mx * mx
+    if var_x <= (min_rel_spread * mx) ** 2:
+        return 0.0, max(sy / sx, 0.0)
+    b = (sxy / sw - mx * my) / var_x
+    a = my - b * mx
+    if b <= 0:
+        return 0.0, max(sy / sx, 0.0)
+    if a < 0:
+        # A negative fixed cost is noise; refit through the origin.
+        return 0.0, max(sxy / sxx, 0.0)
+    return a, b
+
+
+def total_variation(p: Tensor, q: Tensor) -> float:
+    """Total-variation distance ``0.5 sum |p - q|`` between two pmfs on the same cells."""
+    return float(0.5 * (p.double() - q.double()).abs().sum())
