@@ -1,0 +1,153 @@
+"""The online controller (SPEC §8): convergence to the oracle, exact resume, call order and validation."""
+
+import copy
+import math
+import warnings
+
+import pytest
+import torch
+
+from carv_adapt import AdaptiveController, ConfigError, ShapeError, StateError
+from carv_adapt.proposals import bin_sums
+from carv_adapt.variance import total_variation
+from carv_adapt.workloads import SyntheticNested
+
+T, BINS = 200, 10
+
+
+def _workload(ctrl):
+    s = 0.3 + 3.0 * torch.linspace(0, 1, BINS, dtype=torch.float64) ** 2
+    return SyntheticNested(ctrl.target, ctrl.edges, s, D=16, sb=1.0, mu0=0.5, c_out=0.010, c_in=0.001)
+
+
+def _run(ctrl, wl, steps, g):
+    for _ in range(steps):
+        plan = ctrl.plan()
+        ctrl.observe(plan, wl.contributions(plan, g), costs=wl.costs(plan))
+        ctrl.step()
+
+
+CONVERGENCE_STEPS = 150  # the README states this bound
+
+
+def test_controller_converges_to_oracle():
+    ctrl = AdaptiveController(num_timesteps=T, num_bins=BINS, batch_size=8, warmup_steps=20, refit_every=10,
+                              alpha=0.05, smoothing=0, stratification="iid", seed=0)
+    wl = _workload(ctrl)
+    oracle = wl.oracle(alpha=0.0)
+    assert 3 <= oracle.K <= 10  # a regime where K and IS both matter
+    _run(ctrl, wl, CONVERGENCE_STEPS, torch.Generator().manual_seed(1))
+    p_ctrl = bin_sums(ctrl.proposal.pmf(), ctrl.edges)
+    assert abs(ctrl.K - oracle.K) <= 1, (ctrl.K, oracle.K)
+    assert total_variation(p_ctrl, oracle.p) < 0.1
+    last = ctrl.history[-1]
+    assert last.c_out == pytest.approx(wl.c_out) and last.c_in == pytest.approx(wl.c_in)
+    assert last.predicted_ecm == pytest.approx(oracle.ecm, rel=0.15)
+
+
+def test_state_dict_round_trip_gives_identical_next_plans():
+    kw = dict(num_timesteps=T, num_bins=BINS, batch_size=3, warmup_steps=6, refit_every=4, seed=5)
+    a = AdaptiveController(**kw)
+    wl = _workload(a)
+    g = torch.Generator().manual_seed(2)
+    _run(a, wl, 15, g)
+    state = copy.deepcopy(a.state_dict())
+    g_state = g.get_state()
+    # B is configured differently; loading A's state must make it behave exactly like A.
+    b = AdaptiveController(num_timesteps=50, num_bins=5, batch_size=1, seed=99)
+    b.load_state_dict(state)
+    g_b = torch.Generator()
+    g_b.set_state(g_state)
+    for _ in range(20):
+        pa, pb = a.plan(), b.plan()
+        assert (pa.N, pa.K, pa.noise_seed) == (pb.N, pb.K, pb.noise_seed)
+        assert torch.equal(pa.t, pb.t) and torch.equal(pa.rho, pb.rho)
+        fa, fb = wl.contributions(pa, g), wl.contributions(pb, g_b)
+        a.observe(pa, fa, costs=wl.costs(pa))
+        b.observe(pb, fb, costs=wl.costs(pb))
+        a.step()
+        b.step()
+    assert len(a.history) == len(b.history) and a.history[-1] == b.history[-1]
+
+
+def test_call_order_errors_say_the_fix():
+    c = AdaptiveController(num_timesteps=T, num_bins=BINS)
+    with pytest.raises(StateError, match="call plan"):
+        c.step()
+    p = c.plan()
+    with pytest.raises(StateError, match="call step"):
+        c.plan()
+    c.observe(p, torch.zeros(p.N, p.K, 2))
+    with pytest.raises(StateError, match="observe\\(\\) called twice"):
+        c.observe(p, torch.zeros(p.N, p.K, 2))
+    with pytest.raises(StateError, match="after step"):
+        c.state_dict()
+    c.step()
+    with pytest.raises(StateError, match="plan returned by this step"):
+        c.observe(p, torch.zeros(p.N, p.K, 2))
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        ({"num_timestep": 100}, "num_timestep"),
+        ({"k_min": 0}, "k_min"),
+        ({"k_min": 4, "k_max": 2}, "k_max"),
+        ({"alpha": 1.5}, "alpha"),
+        ({"stratification": "sobol"}, "stratification"),
+        ({"allocation": "fixed_budget"}, "budget"),
+        ({"budget": -1.0, "allocation": "fixed_budget"}, "budget"),
+        ({"warmup_k": (2, 0)}, "warmup_k"),
+    ],
+)
+def test_config_errors_name_the_field(kwargs, field):
+    with pytest.raises(ConfigError, match=field):
+        AdaptiveController(**kwargs)
+
+
+def test_wrong_shapes_and_negative_costs_are_rejected():
+    c = AdaptiveController(num_timesteps=T, num_bins=BINS, batch_size=2)
+    p = c.plan()
+    with pytest.raises(ShapeError, match="contributions: shape \\(3, 2, 5\\)"):
+        c.observe(p, torch.zeros(3, p.K, 5))
+    with pytest.raises(ShapeError, match="sq_norms"):
+        c.observe(p, sq_norms=torch.zeros(p.N))
+    with pytest.raises(ConfigError, match="unknown cost stage 'render'"):
+        c.observe(p, costs={"render": 1.0})
+    c.observe(p, costs={"upstream": -2.0})
+    with pytest.raises(ConfigError, match="cost of stage 'upstream' must be >= 0 seconds, got -2.0"):
+        c.step()
+
+
+def test_nonfinite_contributions_leave_statistics_unchanged_and_are_counted():
+    kw = dict(num_timesteps=T, num_bins=BINS, batch_size=4, warmup_steps=5, refit_every=5, seed=3, forgetting=1.0)
+    clean, dirty = AdaptiveController(**kw), AdaptiveController(**kw)
+    wl = _workload(clean)
+    g1, g2 = torch.Generator().manual_seed(4), torch.Generator().manual_seed(4)
+    expected = 0
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for s in range(30):
+            pc, pd = clean.plan(), dirty.plan()
+            fc, fd = wl.contributions(pc, g1), wl.contributions(pd, g2)
+            if s % 7 == 3:
+                # A poisoned step: the clean run observes nothing, the dirty run only non-finite values.
+                fd[:, 0, 0] = float("nan")
+                fd[:, 1:] = float("inf")
+                dirty.observe(pd, fd)
+                clean.observe(pc)
+                expected += pd.N + pd.N * pd.K  # every group and every squared norm is dropped
+            else:
+                clean.observe(pc, fc, costs=wl.costs(pc))
+                dirty.observe(pd, fd, costs=wl.costs(pd))
+            clean.step()
+            dirty.step()
+    assert clean.num_nonfinite == 0
+    assert dirty.num_nonfinite == expected > 0
+    assert sum(issubclass(w.category, RuntimeWarning) for w in caught) == 2  # once per statistic
+    for name in ("grouped", "profile", "costs"):
+        a, b = getattr(clean, name), getattr(dirty, name)
+        for state in a.state_names:
+            if state != "num_nonfinite":
+                assert torch.equal(getattr(a, state), getattr(b, state)), (name, state)
+    assert [r.K for r in clean.history] == [r.K for r in dirty.history]
