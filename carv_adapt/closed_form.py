@@ -74,6 +74,7 @@ class FitInputs:
     adapt_proposal: bool = True
     adapt_k: bool = True
     prior_b: Tensor | None = None
+    m_var: Tensor | None = None  # unshrunk profile for variance predictions (default: m_b)
 
 
 @dataclass(frozen=True)
@@ -103,10 +104,11 @@ def fit_policy(x: FitInputs) -> FitResult:
     Switches happen only past ``proposal_threshold`` / ``k_threshold`` relative improvements in ``W``.
     """
     pi_b = x.pi_b.double()
-    S_cur = float(is_second_moment(pi_b, x.p_cur, x.m_b))
+    m_var = x.m_b if x.m_var is None else x.m_var
+    S_cur = float(is_second_moment(pi_b, x.p_cur, m_var))
 
     def sw_for(p: Tensor) -> float:
-        return within_variance_for_proposal(x.sigma_w2, S_cur, float(is_second_moment(pi_b, p, x.m_b)), x.M2)
+        return within_variance_for_proposal(x.sigma_w2, S_cur, float(is_second_moment(pi_b, p, m_var)), x.M2)
 
     def alloc_for(p: Tensor, allow_k: bool) -> tuple[int, int, float, float]:
         sw = sw_for(p)
@@ -136,7 +138,7 @@ def fit_policy(x: FitInputs) -> FitResult:
     best_name, best_p = "current", x.p_cur.double()
     best_S = S_cur
     for name, p in candidates[1:]:
-        S_p = float(is_second_moment(pi_b, p, x.m_b))
+        S_p = float(is_second_moment(pi_b, p, m_var))
         if S_p < best_S * (1.0 - x.proposal_threshold):
             best_name, best_p, best_S = name, p, S_p
     proposal_changed = best_name != "current"

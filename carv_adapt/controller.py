@@ -21,6 +21,7 @@ from carv_adapt.schedule import is_refit_step, warmup_k
 from carv_adapt.stats.costs import CostTracker, StageRole, StageTimer
 from carv_adapt.stats.grouped import GroupedVariance
 from carv_adapt.stats.profile import TimestepProfile
+from carv_adapt.variance import is_second_moment
 
 __all__ = ["AdaptiveController", "derive_seed"]
 
@@ -251,14 +252,22 @@ class AdaptiveController:
         m = self.profile.compute(c.prior_count)
         proxy = self.grouped.compute()
         use_param = c.space == "parameter" and self.param_grouped.groups > 0
-        between = self.param_grouped.compute() if use_param else proxy
-        sigma_b2, sigma_w2 = between.sigma_b2, between.sigma_w2
-        M2 = proxy.M2 if not math.isnan(proxy.M2) else 0.0
+        M2 = proxy.M2
+        # Shrinkage steadies the proposal; the variance prediction needs the unshrunk (unbiased) means.
+        m_raw = self.profile.compute(0.0)
+        S_cur = float(is_second_moment(self.pi_b, self._probs, m_raw))
         if use_param:
-            # The proxy's M2 lives in output space; rescale it to the probe's within variance.
-            S_cur = float((self.pi_b**2 / self._probs.clamp_min(1e-300) * m).sum())
-            M2 = M2 if not math.isnan(proxy.sigma_w2) else 0.0
-            M2 = min(M2, S_cur)
+            probe = self.param_grouped.compute()
+            sigma_b2, sigma_w2 = probe.sigma_b2, probe.sigma_w2
+            # The proxy's M2 and profile only supply the ratio S(p') - M2 : S(p_cur) - M2 (SPEC §7).
+            M2 = 0.0 if math.isnan(M2) else M2
+        else:
+            # Proxy space: sigma_B^2 and M2 do not depend on the proposal, and the profile gives
+            # sigma_W^2(p) = E_p[rho^2 m] - M2 for any p, not only the mix of proposals seen so far.
+            sigma_b2 = proxy.sigma_b2
+            sigma_w2 = S_cur - M2 if not math.isnan(M2) else math.nan
+            if not sigma_w2 > 0.0:
+                sigma_w2 = proxy.sigma_w2  # the profile is too noisy yet to resolve S - M2
         reasons = []
         allow_k = self._refits_since_k_change >= c.k_cooldown
         if cost.steps <= 0:
@@ -268,7 +277,7 @@ class AdaptiveController:
             allow_k = False
             reasons.append("between/within not identified yet (needs N >= 2 or K >= 2): K kept")
         fit = fit_policy(FitInputs(
-            pi_b=self.pi_b, m_b=m, p_cur=self._probs, K_cur=self._K,
+            pi_b=self.pi_b, m_b=m, m_var=m_raw, p_cur=self._probs, K_cur=self._K,
             sigma_b2=0.0 if math.isnan(sigma_b2) else sigma_b2,
             sigma_w2=0.0 if math.isnan(sigma_w2) else sigma_w2, M2=M2,
             c_0=cost.c_0, c_out=cost.c_out, c_in=cost.c_in, mode=c.allocation, N=c.batch_size, budget=c.budget,
@@ -290,8 +299,8 @@ class AdaptiveController:
             c_0=cost.c_0, c_out=cost.c_out, c_in=cost.c_in, predicted_W=fit.W, predicted_W_baseline=fit.W_baseline,
             predicted_ecm=fit.ecm, is_gain=fit.is_gain, k_changed=fit.k_changed,
             proposal_changed=fit.proposal_changed, reason="; ".join([fit.reason, *reasons]),
-            extra={"space": "parameter" if use_param else "proxy", "sigma_w2_paired": between.sigma_w2_paired,
-                   "M2": M2, "num_nonfinite": self.num_nonfinite},
+            extra={"space": "parameter" if use_param else "proxy", "sigma_w2_pooled": proxy.sigma_w2,
+                   "sigma_w2_paired": proxy.sigma_w2_paired, "M2": M2, "num_nonfinite": self.num_nonfinite},
         )
         self.history.append(record)
         return record

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from carv_adapt.errors import ShapeError
 from carv_adapt.stats.base import NonFinitePolicy, SumStatistic
-from carv_adapt.variance import paired_within_from_groups, within_between_from_groups
+from carv_adapt.variance import paired_within_from_groups
 
 __all__ = ["GroupedVariance", "BetweenWithin", "split_half_within"]
 
@@ -28,18 +28,43 @@ class BetweenWithin:
 
 
 class GroupedVariance(SumStatistic):
-    """Accumulates grouped sums of squares across steps (K may differ between steps).
+    """Accumulates grouped sums of squares across steps; ``K`` and the proposal may change between steps.
 
-    ``sigma_w2 = ssw / dof_w`` (pooled); ``sigma_b2 = ssb / dof_b - sigma_w2 * (sum_s dof_b_s / K_s) / dof_b``,
-    which is unbiased when ``sigma_w2`` is the same in every step. Steps with a single group contribute
-    only to the within sums; steps with ``K = 1`` only to the between ones.
+    Each step's between and ``M2`` terms are corrected with *that step's* within estimate, so
+    ``sigma_b2 = sum_s [ssb_s - dof_b_s sw_s / K_s] / sum_s dof_b_s`` and
+    ``M2 = sum_n [||xbar_n||^2 - sw_n / K] / groups`` stay unbiased when the within variance changes from
+    step to step (a new proposal, a new K); neither quantity depends on the proposal. ``sigma_w2`` is the
+    pooled within estimate over the window, i.e. under the mix of proposals that produced it. Steps
+    with ``K = 1`` carry no within information and are not accumulated.
     """
 
     def __init__(self, nonfinite: NonFinitePolicy = "skip") -> None:
         super().__init__(nonfinite)
-        for name in ("ssw", "dof_w", "ssb", "dof_b", "inv_k_dof_b", "ss_mean", "groups", "inv_k_groups",
-                     "ss_pair", "pairs"):
+        for name in ("ssw", "dof_w", "sb_num", "dof_b", "m2_num", "groups", "ss_pair", "pairs"):
             self.add_state(name, torch.zeros(()))
+
+    def _drop_nonfinite(self, what: str, *xs: Tensor) -> tuple[Tensor, ...] | None:
+        finite = torch.ones(xs[0].shape[0], dtype=torch.bool)
+        for x in xs:
+            finite &= torch.isfinite(x.reshape(x.shape[0], -1)).all(dim=1).cpu()
+        if bool(finite.all()):
+            return xs
+        bad = int((~finite).sum())
+        self._finite_or_reject(what, *xs)
+        self.num_nonfinite += bad - 1
+        kept = tuple(x[finite.to(x.device)] for x in xs)
+        return kept if kept[0].shape[0] > 0 else None
+
+    def _accumulate(self, within_n: Tensor, means: Tensor, K: int) -> None:
+        """``within_n``: ``N`` per-group unbiased within estimates (each with ``dof_n`` folded in by caller)."""
+        n = means.shape[0]
+        sw_n = within_n
+        self.m2_num += float((means**2).sum(1).sum() - (sw_n / K).sum())
+        self.groups += float(n)
+        if n >= 2:
+            ssb = float(((means - means.mean(0)) ** 2).sum())
+            self.sb_num += ssb - (n - 1) * float(sw_n.mean()) / K
+            self.dof_b += float(n - 1)
 
     def update(self, x: Tensor) -> None:
         """Accumulate one step's ``N x K x ...`` weighted contributions ``rho f``.
@@ -48,28 +73,22 @@ class GroupedVariance(SumStatistic):
         """
         if x.dim() < 2:
             raise ShapeError(f"grouped update needs N x K x ... contributions, got shape {tuple(x.shape)}")
-        x = x.detach()
-        finite = torch.isfinite(x.reshape(x.shape[0], -1)).all(dim=1)
-        if not bool(finite.all()):
-            bad = int((~finite).sum())
-            self._finite_or_reject("contribution", x)
-            self.num_nonfinite += bad - 1
-            x = x[finite]
-            if x.shape[0] == 0:
-                return
-        K = x.shape[1]
-        s = within_between_from_groups(x)
-        ss_pair, pairs = paired_within_from_groups(x)
-        self.ssw += s["ssw"]
-        self.dof_w += s["dof_w"]
-        self.ssb += s["ssb"]
-        self.dof_b += s["dof_b"]
-        self.inv_k_dof_b += s["dof_b"] / K
-        self.ss_mean += s["ss_mean"]
-        self.groups += s["n"]
-        self.inv_k_groups += s["n"] / K
+        kept = self._drop_nonfinite("contribution", x.detach())
+        if kept is None:
+            return
+        (x,) = kept
+        n, K = x.shape[0], x.shape[1]
+        if K < 2:
+            return
+        flat = x.reshape(n, K, -1).double()
+        means = flat.mean(dim=1)
+        ssw_n = ((flat - means[:, None, :]) ** 2).sum(dim=(1, 2))
+        self.ssw += float(ssw_n.sum())
+        self.dof_w += float(n * (K - 1))
+        ss_pair, pairs = paired_within_from_groups(flat)
         self.ss_pair += ss_pair
         self.pairs += pairs
+        self._accumulate(ssw_n / (K - 1), means, K)
 
     def update_split_half(self, g_a: Tensor, g_b: Tensor, K: int) -> None:
         """Accumulate a parameter-space split-half probe (SPEC §7): ``N x P`` gradients of the means of the
@@ -79,36 +98,22 @@ class GroupedVariance(SumStatistic):
             raise ShapeError(f"split-half probe needs two N x P gradients, got {tuple(g_a.shape)}, {tuple(g_b.shape)}")
         if K < 2:
             raise ShapeError(f"split-half probe needs K >= 2 inner draws, got K={K}")
-        a, b = g_a.detach().double(), g_b.detach().double()
-        finite = torch.isfinite(a).all(dim=1) & torch.isfinite(b).all(dim=1)
-        if not bool(finite.all()):
-            bad = int((~finite).sum())
-            self._finite_or_reject("probe gradient", a, b)
-            self.num_nonfinite += bad - 1
-            a, b = a[finite], b[finite]
-            if a.shape[0] == 0:
-                return
-        n = a.shape[0]
+        kept = self._drop_nonfinite("probe gradient", g_a.detach().double(), g_b.detach().double())
+        if kept is None:
+            return
+        a, b = kept
         k_a, k_b = (K + 1) // 2, K // 2
-        means = (k_a * a + k_b * b) / K
-        self.ssw += float(((a - b) ** 2).sum()) / (1.0 / k_a + 1.0 / k_b)
-        self.dof_w += float(n)
-        self.ssb += float(((means - means.mean(0)) ** 2).sum())
-        self.dof_b += float(n - 1)
-        self.inv_k_dof_b += (n - 1) / K
-        self.ss_mean += float((means**2).sum())
-        self.groups += float(n)
-        self.inv_k_groups += n / K
+        within_n = ((a - b) ** 2).sum(1) / (1.0 / k_a + 1.0 / k_b)
+        self.ssw += float(within_n.sum())
+        self.dof_w += float(a.shape[0])
+        self._accumulate(within_n, (k_a * a + k_b * b) / K, K)
 
     def compute(self) -> BetweenWithin:
         """Current estimates (NaN where not identified yet)."""
         sw = float(self.ssw / self.dof_w) if self.dof_w > 0 else math.nan
         sw_pair = float(self.ss_pair / self.pairs) if self.pairs > 0 else math.nan
-        if self.dof_b > 0 and not math.isnan(sw):
-            sb = float(self.ssb / self.dof_b - sw * self.inv_k_dof_b / self.dof_b)
-        else:
-            sb = math.nan
-        m2 = float(self.ss_mean / self.groups - sw * self.inv_k_groups / self.groups) if self.groups > 0 else math.nan
+        sb = float(self.sb_num / self.dof_b) if self.dof_b > 0 else math.nan
+        m2 = float(self.m2_num / self.groups) if self.groups > 0 else math.nan
         return BetweenWithin(sigma_b2=sb, sigma_w2=sw, sigma_w2_paired=sw_pair, M2=m2, groups=float(self.groups))
 
 

@@ -1,0 +1,24 @@
+"""Teachers. ``import carv_adapt.teachers`` needs only the core; the diffusers adapter and the shipped
+tiny teacher live in their own modules and import diffusers there."""
+
+from carv_adapt.teachers.base import Teacher
+from carv_adapt.teachers.gaussian import (
+    GaussianMixtureTeacher,
+    GaussianTeacher,
+    exact_sds_expectation,
+    exact_sds_statistics,
+    sds_integrand,
+    sds_weight,
+)
+from carv_adapt.teachers.schedules import ddpm_alphas_cumprod
+
+__all__ = [
+    "Teacher",
+    "GaussianTeacher",
+    "GaussianMixtureTeacher",
+    "sds_integrand",
+    "sds_weight",
+    "exact_sds_expectation",
+    "exact_sds_statistics",
+    "ddpm_alphas_cumprod",
+]
