@@ -73,9 +73,7 @@ def optimal_k(
     k_cont = min(max(k_cont, float(k_min)), float(k_max))
     lo, hi = int(math.floor(k_cont)), int(math.ceil(k_cont))
     candidates = {min(max(lo, k_min), k_max), min(max(hi, k_min), k_max)}
-    return min(
-        sorted(candidates), key=lambda K: work_normalized_variance(sigma_b2, float(sigma_w2), K, c_out, c_in)
-    )
+    return min(sorted(candidates), key=lambda K: work_normalized_variance(sigma_b2, float(sigma_w2), K, c_out, c_in))
 
 
 class Allocation:
@@ -134,8 +132,9 @@ def optimal_allocation(
         sw = _sigma_w2_at(sigma_w2, K)
         n = budget_outer_batch(budget, K, c_out, c_in, c_0)
         var = estimator_variance(sigma_b2, sw, n, K)
-        cand = Allocation(n, K, var, c_0 + n * (c_out + K * c_in), work_normalized_variance(
-            sigma_b2, sw, K, c_out, c_in))
+        cand = Allocation(
+            n, K, var, c_0 + n * (c_out + K * c_in), work_normalized_variance(sigma_b2, sw, K, c_out, c_in)
+        )
         if best is None or var < best.variance - 1e-15 * abs(var):
             best = cand
     assert best is not None

@@ -31,9 +31,7 @@ def smooth_bins(m: Tensor, radius: int) -> Tensor:
     w = torch.cat([torch.arange(1, radius + 2), torch.arange(radius, 0, -1)]).double()
     x = m.double()[None, None]
     num = torch.nn.functional.conv1d(torch.nn.functional.pad(x, (radius, radius)), w[None, None])
-    den = torch.nn.functional.conv1d(
-        torch.nn.functional.pad(torch.ones_like(x), (radius, radius)), w[None, None]
-    )
+    den = torch.nn.functional.conv1d(torch.nn.functional.pad(torch.ones_like(x), (radius, radius)), w[None, None])
     return (num / den).reshape(-1)
 
 
@@ -114,13 +112,25 @@ def fit_policy(x: FitInputs) -> FitResult:
         sw = sw_for(p)
         if not allow_k:
             K = x.K_cur
-            n = x.N if x.mode == "fixed_batch" else optimal_allocation(
-                x.sigma_b2, sw, x.c_out, x.c_in, mode=x.mode, budget=x.budget, c_0=x.c_0, k_min=K, k_max=K
-            ).N
+            n = (
+                x.N
+                if x.mode == "fixed_batch"
+                else optimal_allocation(
+                    x.sigma_b2, sw, x.c_out, x.c_in, mode=x.mode, budget=x.budget, c_0=x.c_0, k_min=K, k_max=K
+                ).N
+            )
         else:
             a = optimal_allocation(
-                max(x.sigma_b2, 0.0) if not math.isnan(x.sigma_b2) else 0.0, sw, x.c_out, x.c_in,
-                mode=x.mode, N=x.N, budget=x.budget, c_0=x.c_0, k_min=x.k_min, k_max=x.k_max,
+                max(x.sigma_b2, 0.0) if not math.isnan(x.sigma_b2) else 0.0,
+                sw,
+                x.c_out,
+                x.c_in,
+                mode=x.mode,
+                N=x.N,
+                budget=x.budget,
+                c_0=x.c_0,
+                k_min=x.k_min,
+                k_max=x.k_max,
             )
             K, n = a.K, a.N
         return K, int(n or 1), sw, _W(x.sigma_b2, sw, K, x.c_out, x.c_in)
@@ -159,8 +169,18 @@ def fit_policy(x: FitInputs) -> FitResult:
     is_gain = sw_uniform / sw_new if sw_new > 0 else 1.0
     ecm = W_base / W_new if W_new > 0 and math.isfinite(W_new) else math.nan
     return FitResult(
-        p=best_p, K=K_new, N=N_new, sigma_w2=sw_new, sigma_w2_uniform=sw_uniform, W=W_new, W_baseline=W_base,
-        ecm=ecm, is_gain=is_gain, k_changed=K_new != x.K_cur, proposal_changed=proposal_changed, reason=reason,
+        p=best_p,
+        K=K_new,
+        N=N_new,
+        sigma_w2=sw_new,
+        sigma_w2_uniform=sw_uniform,
+        W=W_new,
+        W_baseline=W_base,
+        ecm=ecm,
+        is_gain=is_gain,
+        k_changed=K_new != x.K_cur,
+        proposal_changed=proposal_changed,
+        reason=reason,
     )
 
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -157,8 +157,14 @@ class AdaptiveController:
         if self._pending is not None:
             raise StateError(f"plan() called twice in step {self._step}; call step() after observe() first")
         self._pending = make_plan(
-            self.proposal, self._N, self._K, self.generator, step=self._step,
-            stratification=self.config.stratification, antithetic=self.config.antithetic, edges=self.edges,
+            self.proposal,
+            self._N,
+            self._K,
+            self.generator,
+            step=self._step,
+            stratification=self.config.stratification,
+            antithetic=self.config.antithetic,
+            edges=self.edges,
         )
         self._observed = False
         return self._pending
@@ -216,8 +222,10 @@ class AdaptiveController:
         if probe is not None:
             g_a, g_b = probe
             if g_a.shape != g_b.shape or g_a.dim() != 2 or g_a.shape[0] != plan.N:
-                raise ShapeError(f"probe: two N x P gradients with N={plan.N} expected, got "
-                                 f"{tuple(g_a.shape)} and {tuple(g_b.shape)}")
+                raise ShapeError(
+                    f"probe: two N x P gradients with N={plan.N} expected, got "
+                    f"{tuple(g_a.shape)} and {tuple(g_b.shape)}"
+                )
             self.param_grouped.update_split_half(g_a, g_b, plan.K)
         for stage, sec in (costs or {}).items():
             self.costs.role(stage)
@@ -276,16 +284,35 @@ class AdaptiveController:
         if math.isnan(sigma_w2) or math.isnan(sigma_b2):
             allow_k = False
             reasons.append("between/within not identified yet (needs N >= 2 or K >= 2): K kept")
-        fit = fit_policy(FitInputs(
-            pi_b=self.pi_b, m_b=m, m_var=m_raw, p_cur=self._probs, K_cur=self._K,
-            sigma_b2=0.0 if math.isnan(sigma_b2) else sigma_b2,
-            sigma_w2=0.0 if math.isnan(sigma_w2) else sigma_w2, M2=M2,
-            c_0=cost.c_0, c_out=cost.c_out, c_in=cost.c_in, mode=c.allocation, N=c.batch_size, budget=c.budget,
-            k_min=c.k_min, k_max=c.k_max, alpha=c.alpha, smoothing=c.smoothing, max_move=c.max_move,
-            k_threshold=c.k_threshold, proposal_threshold=c.proposal_threshold, allow_k_change=allow_k,
-            adapt_proposal=c.adapt_proposal, adapt_k=c.adapt_k,
-            prior_b=None if self._prior_pmf is None else bin_sums(self._prior_pmf, self.edges),
-        ))
+        fit = fit_policy(
+            FitInputs(
+                pi_b=self.pi_b,
+                m_b=m,
+                m_var=m_raw,
+                p_cur=self._probs,
+                K_cur=self._K,
+                sigma_b2=0.0 if math.isnan(sigma_b2) else sigma_b2,
+                sigma_w2=0.0 if math.isnan(sigma_w2) else sigma_w2,
+                M2=M2,
+                c_0=cost.c_0,
+                c_out=cost.c_out,
+                c_in=cost.c_in,
+                mode=c.allocation,
+                N=c.batch_size,
+                budget=c.budget,
+                k_min=c.k_min,
+                k_max=c.k_max,
+                alpha=c.alpha,
+                smoothing=c.smoothing,
+                max_move=c.max_move,
+                k_threshold=c.k_threshold,
+                proposal_threshold=c.proposal_threshold,
+                allow_k_change=allow_k,
+                adapt_proposal=c.adapt_proposal,
+                adapt_k=c.adapt_k,
+                prior_b=None if self._prior_pmf is None else bin_sums(self._prior_pmf, self.edges),
+            )
+        )
         if fit.proposal_changed:
             self._probs = fit.p.clone()
             self._proposal_kind = "binned"
@@ -294,13 +321,32 @@ class AdaptiveController:
         self._K = fit.K
         self._N = fit.N if c.allocation == "fixed_budget" else c.batch_size
         record = Refit(
-            step=self._step, K=self._K, N=self._N, proposal=self._probs.tolist(), bin_edges=self.edges.tolist(),
-            profile=m.tolist(), profile_counts=self.profile.count.tolist(), sigma_b2=sigma_b2, sigma_w2=sigma_w2,
-            c_0=cost.c_0, c_out=cost.c_out, c_in=cost.c_in, predicted_W=fit.W, predicted_W_baseline=fit.W_baseline,
-            predicted_ecm=fit.ecm, is_gain=fit.is_gain, k_changed=fit.k_changed,
-            proposal_changed=fit.proposal_changed, reason="; ".join([fit.reason, *reasons]),
-            extra={"space": "parameter" if use_param else "proxy", "sigma_w2_pooled": proxy.sigma_w2,
-                   "sigma_w2_paired": proxy.sigma_w2_paired, "M2": M2, "num_nonfinite": self.num_nonfinite},
+            step=self._step,
+            K=self._K,
+            N=self._N,
+            proposal=self._probs.tolist(),
+            bin_edges=self.edges.tolist(),
+            profile=m.tolist(),
+            profile_counts=self.profile.count.tolist(),
+            sigma_b2=sigma_b2,
+            sigma_w2=sigma_w2,
+            c_0=cost.c_0,
+            c_out=cost.c_out,
+            c_in=cost.c_in,
+            predicted_W=fit.W,
+            predicted_W_baseline=fit.W_baseline,
+            predicted_ecm=fit.ecm,
+            is_gain=fit.is_gain,
+            k_changed=fit.k_changed,
+            proposal_changed=fit.proposal_changed,
+            reason="; ".join([fit.reason, *reasons]),
+            extra={
+                "space": "parameter" if use_param else "proxy",
+                "sigma_w2_pooled": proxy.sigma_w2,
+                "sigma_w2_paired": proxy.sigma_w2_paired,
+                "M2": M2,
+                "num_nonfinite": self.num_nonfinite,
+            },
         )
         self.history.append(record)
         return record
@@ -308,8 +354,7 @@ class AdaptiveController:
     @property
     def num_nonfinite(self) -> int:
         """Observations dropped for NaN/Inf so far, over all statistics."""
-        return int(sum(float(s.num_nonfinite) for s in (self.profile, self.grouped, self.param_grouped,
-                                                         self.costs)))
+        return int(sum(float(s.num_nonfinite) for s in (self.profile, self.grouped, self.param_grouped, self.costs)))
 
     # ------------------------------------------------------------------ persistence
     def state_dict(self) -> dict[str, Any]:
@@ -340,8 +385,23 @@ class AdaptiveController:
         the saved one, as with PyTorch schedulers)."""
         if self._pending is not None:
             raise StateError("load_state_dict() in the middle of a step: call it between steps")
-        required = {"config", "step", "K", "N", "proposal_kind", "probs", "generator", "profile", "grouped",
-                    "param_grouped", "costs", "history", "refits_since_k_change", "stage_roles", "prior_pmf"}
+        required = {
+            "config",
+            "step",
+            "K",
+            "N",
+            "proposal_kind",
+            "probs",
+            "generator",
+            "profile",
+            "grouped",
+            "param_grouped",
+            "costs",
+            "history",
+            "refits_since_k_change",
+            "stage_roles",
+            "prior_pmf",
+        }
         missing = required - set(state)
         if missing:
             raise StateError(f"controller state is missing {sorted(missing)}")
@@ -366,6 +426,8 @@ class AdaptiveController:
         """One line: step, K, N, proposal entropy-free description and the estimated ECM."""
         top = int(torch.argmax(self._probs))
         lo, hi = int(self.edges[top]), int(self.edges[top + 1]) - 1
-        return (f"step {self._step}: N={self._N} K={self._K} proposal={self._proposal_kind} "
-                f"(max {float(self._probs[top]):.3f} on t in [{lo},{hi}] vs pi {float(self.pi_b[top]):.3f}) "
-                f"ECM~{self.estimated_ecm:.2f}")
+        return (
+            f"step {self._step}: N={self._N} K={self._K} proposal={self._proposal_kind} "
+            f"(max {float(self._probs[top]):.3f} on t in [{lo},{hi}] vs pi {float(self.pi_b[top]):.3f}) "
+            f"ECM~{self.estimated_ecm:.2f}"
+        )

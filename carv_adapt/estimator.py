@@ -64,8 +64,11 @@ def hierarchical_estimate(
     x = upstream(plan)
     if x.shape[0] != plan.N:
         raise ShapeError(f"upstream returned {x.shape[0]} outer draws, plan asks for N={plan.N}")
-    eps = plan.noise(noise_shape if noise_shape is not None else tuple(x.shape[1:]), device=x.device,
-                     dtype=x.dtype if x.is_floating_point() else torch.float32)
+    eps = plan.noise(
+        noise_shape if noise_shape is not None else tuple(x.shape[1:]),
+        device=x.device,
+        dtype=x.dtype if x.is_floating_point() else torch.float32,
+    )
     f = integrand(x, plan.t.to(x.device), eps)
     if tuple(f.shape[:2]) != (plan.N, plan.K):
         raise ShapeError(f"integrand returned shape {tuple(f.shape)}, expected N x K x ... = {(plan.N, plan.K)}")
@@ -104,13 +107,21 @@ class HierarchicalEstimator:
         self._step = 0
 
     def plan(self) -> Plan:
-        p = make_plan(self.proposal, self.N, self.K, self.generator, step=self._step,
-                      stratification=self.stratification, antithetic=self.antithetic)
+        p = make_plan(
+            self.proposal,
+            self.N,
+            self.K,
+            self.generator,
+            step=self._step,
+            stratification=self.stratification,
+            antithetic=self.antithetic,
+        )
         self._step += 1
         return p
 
-    def estimate(self, upstream: Upstream, integrand: Integrand, noise_shape: tuple[int, ...] | None = None
-                 ) -> Estimate:
+    def estimate(
+        self, upstream: Upstream, integrand: Integrand, noise_shape: tuple[int, ...] | None = None
+    ) -> Estimate:
         """Draw a plan and run :func:`hierarchical_estimate` under it."""
         return hierarchical_estimate(upstream, integrand, self.plan(), noise_shape)
 

@@ -38,7 +38,10 @@ class Plan:
     bins: Tensor | None = field(default=None, repr=False)
 
     def noise(
-        self, shape: tuple[int, ...] | torch.Size, *, device: torch.device | str | None = None,
+        self,
+        shape: tuple[int, ...] | torch.Size,
+        *,
+        device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float32,
     ) -> Tensor:
         """The step's ``N x K x *shape`` Gaussian noises, deterministic in ``noise_seed``.
@@ -59,8 +62,9 @@ class Plan:
     def weights_like(self, f: Tensor) -> Tensor:
         """``rho`` cast to ``f``'s dtype/device and shaped to broadcast over ``f`` (``N x K x ...``)."""
         if tuple(f.shape[:2]) != (self.N, self.K):
-            raise ShapeError(f"contributions have leading shape {tuple(f.shape[:2])}, plan is N x K = "
-                             f"{(self.N, self.K)}")
+            raise ShapeError(
+                f"contributions have leading shape {tuple(f.shape[:2])}, plan is N x K = {(self.N, self.K)}"
+            )
         return self.rho.to(device=f.device, dtype=f.dtype).reshape(self.N, self.K, *([1] * (f.dim() - 2)))
 
     def weighted_mean(self, f: Tensor) -> Tensor:
@@ -125,8 +129,9 @@ def make_plan(
     t, rho = proposal.sample(N, K, generator, strat)  # type: ignore[arg-type]
     noise_seed = int(torch.randint(0, 2**62, (1,), generator=generator))
     bins = bin_index(t, edges) if edges is not None else None
-    return Plan(step=step, N=N, K=K, t=t, rho=rho, noise_seed=noise_seed, antithetic=antithetic,
-                stratification=strat, bins=bins)
+    return Plan(
+        step=step, N=N, K=K, t=t, rho=rho, noise_seed=noise_seed, antithetic=antithetic, stratification=strat, bins=bins
+    )
 
 
 __all__ += ["make_plan", "resolve_stratification"]

@@ -99,17 +99,22 @@ def optimal_proposal_bins(pi: Tensor, m: Tensor) -> Tensor:
 
 
 def within_variance_for_proposal(
-    sigma_w2_obs: float, S_obs: float, S_new: float, M2: float, floor: float = 1e-12
+    sigma_w2_obs: float, S_obs: float, S_new: float, M2: float, min_within_share: float = 0.02
 ) -> float:
     """Predict the within variance under a new proposal from one measured under the current one.
 
     For i.i.d. inner draws ``sigma_w2(p) = S(p) - M2`` with ``S(p) = E_{t~p}[rho^2 m]`` and
     ``M2 = E_xi ||mu(xi)||^2`` (SPEC §2, §5). The measured ``sigma_w2_obs`` may live in another space
     than the profile (a parameter-space probe against an output-space proxy profile), so the profile
-    only supplies the ratio: ``sigma_w2_obs * (S_new - M2) / (S_obs - M2)``.
+    only supplies the ratio: ``sigma_w2_obs * (S_new - M2) / (S_obs - M2)``. When the profile's within
+    share ``(S_obs - M2) / S_obs`` is below ``min_within_share`` the difference is mostly noise, and the
+    ratio falls back to ``S_new / S_obs`` (treating ``M2`` as 0: it never inflates a prediction).
     """
-    den = max(S_obs - M2, floor)
-    return max(sigma_w2_obs, 0.0) * max(S_new - M2, 0.0) / den
+    if not S_obs > 0:
+        return max(sigma_w2_obs, 0.0)
+    if not (S_obs - M2) > min_within_share * S_obs:
+        M2 = 0.0
+    return max(sigma_w2_obs, 0.0) * max(S_new - M2, 0.0) / (S_obs - M2)
 
 
 def within_between_from_groups(x: Tensor) -> dict[str, float]:

@@ -98,9 +98,7 @@ def draw_uniforms(N: int, K: int, stratification: Stratification, generator: tor
         cells = N * K
         u = (torch.arange(cells, dtype=torch.float64) + torch.rand(cells, generator=g, dtype=torch.float64)) / cells
         return u[torch.randperm(cells, generator=g)].reshape(N, K)
-    raise ConfigError(
-        f"stratification must be one of 'iid', 'stratified', 'lattice', 'global', got {stratification!r}"
-    )
+    raise ConfigError(f"stratification must be one of 'iid', 'stratified', 'lattice', 'global', got {stratification!r}")
 
 
 class Proposal(ABC):

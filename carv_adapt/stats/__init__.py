@@ -4,6 +4,7 @@ from carv_adapt.stats.base import NonFinitePolicy, SumStatistic
 from carv_adapt.stats.costs import CostEstimate, CostTracker, StageRole, StageTimer
 from carv_adapt.stats.grouped import BetweenWithin, GroupedVariance, split_half_within
 from carv_adapt.stats.profile import TimestepProfile
+from carv_adapt.stats.welford import Welford
 
 __all__ = [
     "SumStatistic",
@@ -16,4 +17,5 @@ __all__ = [
     "CostTracker",
     "CostEstimate",
     "StageRole",
+    "Welford",
 ]

@@ -125,9 +125,9 @@ class CostTracker(SumStatistic):
 
     def compute(self) -> CostEstimate:
         w = float(self.steps)
-        a_out, c_out = fit_linear_cost(w, float(self.out_sx), float(self.out_sxx), float(self.out_sy),
-                                       float(self.out_sxy))
-        a_in, c_in = fit_linear_cost(w, float(self.in_sx), float(self.in_sxx), float(self.in_sy),
-                                     float(self.in_sxy))
+        a_out, c_out = fit_linear_cost(
+            w, float(self.out_sx), float(self.out_sxx), float(self.out_sy), float(self.out_sxy)
+        )
+        a_in, c_in = fit_linear_cost(w, float(self.in_sx), float(self.in_sxx), float(self.in_sy), float(self.in_sxy))
         fixed = float(self.fixed) / w if w > 0 else 0.0
         return CostEstimate(c_0=a_out + a_in + fixed, c_out=c_out, c_in=c_in, steps=w)

@@ -67,8 +67,10 @@ class GaussianMixtureTeacher(Teacher):
         self.stds = torch.as_tensor(stds, dtype=torch.float64)
         M = self.weights.numel()
         if self.means.dim() != 2 or self.means.shape[0] != M or self.stds.shape != (M,):
-            raise ConfigError(f"need weights [M], means [M, D], stds [M]; got {tuple(self.weights.shape)}, "
-                              f"{tuple(self.means.shape)}, {tuple(self.stds.shape)}")
+            raise ConfigError(
+                f"need weights [M], means [M, D], stds [M]; got {tuple(self.weights.shape)}, "
+                f"{tuple(self.means.shape)}, {tuple(self.stds.shape)}"
+            )
         if bool((self.weights <= 0).any()) or bool((self.stds <= 0).any()):
             raise ConfigError("mixture weights and stds must be > 0")
         self.weights = self.weights / self.weights.sum()
@@ -97,7 +99,12 @@ def sds_weight(alphas_cumprod: Tensor, kind: Literal["ones", "sigma2"] = "sigma2
 
 
 def sds_integrand(
-    teacher: Teacher, x: Tensor, t: Tensor, eps: Tensor, weight: Tensor | None = None, cond: Any = None,
+    teacher: Teacher,
+    x: Tensor,
+    t: Tensor,
+    eps: Tensor,
+    weight: Tensor | None = None,
+    cond: Any = None,
     chunk_size: int | None = None,
 ) -> Tensor:
     """The SDS-type contribution ``f = w(t) (eps_hat(alpha_t x + sigma_t eps, t) - eps)`` (SPEC §1).
@@ -117,8 +124,7 @@ def sds_integrand(
     return f
 
 
-def exact_sds_expectation(teacher: GaussianTeacher, x_mean: Tensor, pi: Tensor, weight: Tensor | None = None
-                          ) -> Tensor:
+def exact_sds_expectation(teacher: GaussianTeacher, x_mean: Tensor, pi: Tensor, weight: Tensor | None = None) -> Tensor:
     """``G = sum_t pi(t) w(t) c_t (E[x] - mean)``: exact, since ``f`` is affine in ``x`` and ``E eps = 0``."""
     c, _ = teacher.coefficients()
     w = torch.ones_like(c) if weight is None else weight.double()
@@ -132,8 +138,9 @@ class SDSStatistics:
     With ``u = x - mean``: ``mu(x) = sum_t pi w c u = kappa u``, ``m(t) = w^2 (c^2 E||u||^2 + (d-1)^2 D)``.
     """
 
-    def __init__(self, teacher: GaussianTeacher, x_mean: Tensor, x_var_trace: float, pi: Tensor,
-                 weight: Tensor | None = None) -> None:
+    def __init__(
+        self, teacher: GaussianTeacher, x_mean: Tensor, x_var_trace: float, pi: Tensor, weight: Tensor | None = None
+    ) -> None:
         self.c, self.d = teacher.coefficients()
         self.w = torch.ones_like(self.c) if weight is None else weight.double()
         self.pi = pi.double()
@@ -163,7 +170,8 @@ class SDSStatistics:
         return float((self.pi[support] ** 2 / p.double()[support] * self.m()[support]).sum()) - self.M2
 
 
-def exact_sds_statistics(teacher: GaussianTeacher, x_mean: Tensor, x_var_trace: float, pi: Tensor,
-                         weight: Tensor | None = None) -> SDSStatistics:
+def exact_sds_statistics(
+    teacher: GaussianTeacher, x_mean: Tensor, x_var_trace: float, pi: Tensor, weight: Tensor | None = None
+) -> SDSStatistics:
     """Build :class:`SDSStatistics`."""
     return SDSStatistics(teacher, x_mean, x_var_trace, pi, weight)

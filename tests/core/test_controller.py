@@ -1,7 +1,6 @@
 """The online controller (SPEC §8): convergence to the oracle, exact resume, call order and validation."""
 
 import copy
-import math
 import warnings
 
 import pytest
@@ -31,8 +30,17 @@ CONVERGENCE_STEPS = 150  # the README states this bound
 
 
 def test_controller_converges_to_oracle():
-    ctrl = AdaptiveController(num_timesteps=T, num_bins=BINS, batch_size=8, warmup_steps=20, refit_every=10,
-                              alpha=0.05, smoothing=0, stratification="iid", seed=0)
+    ctrl = AdaptiveController(
+        num_timesteps=T,
+        num_bins=BINS,
+        batch_size=8,
+        warmup_steps=20,
+        refit_every=10,
+        alpha=0.05,
+        smoothing=0,
+        stratification="iid",
+        seed=0,
+    )
     wl = _workload(ctrl)
     oracle = wl.oracle(alpha=0.0)
     assert 3 <= oracle.K <= 10  # a regime where K and IS both matter

@@ -13,8 +13,10 @@ from carv_adapt.stats import CostTracker, GroupedVariance, StageTimer, TimestepP
 
 def _nested(g, N, K, D, sb, sw):
     """x_nk = a_n + b_nk with tr Cov(a) = D sb^2 (between) and tr Cov(b) = D sw^2 (within)."""
-    return 1.5 + sb * torch.randn(N, 1, D, generator=g, dtype=torch.float64) + sw * torch.randn(
-        N, K, D, generator=g, dtype=torch.float64
+    return (
+        1.5
+        + sb * torch.randn(N, 1, D, generator=g, dtype=torch.float64)
+        + sw * torch.randn(N, K, D, generator=g, dtype=torch.float64)
     )
 
 

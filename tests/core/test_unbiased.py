@@ -44,8 +44,9 @@ def _integrand(x, t, eps):
 def test_every_policy_is_unbiased(proposal, strat, K):
     R = 300
     seed = hash((proposal, strat, K)) % 1000
-    est = HierarchicalEstimator(PROPOSALS[proposal], N=2, K=K, stratification=strat, seed=seed,
-                                antithetic=(strat == "lattice"))
+    est = HierarchicalEstimator(
+        PROPOSALS[proposal], N=2, K=K, stratification=strat, seed=seed, antithetic=(strat == "lattice")
+    )
     g = torch.Generator().manual_seed(seed + 1)
     vals = torch.stack([est.estimate(_outer(g), _integrand).value for _ in range(R)])
     z = (vals.mean(0) - G_EXACT) / (vals.std(0) / math.sqrt(R))
@@ -71,8 +72,18 @@ def test_exact_W_matches_measured_W():
 
 def test_fitted_policy_predicts_measured_W_within_10_percent():
     c_out, c_in = 0.010, 0.001
-    ctrl = AdaptiveController(num_timesteps=1000, t_min=20, t_max=980, num_bins=20, batch_size=4,
-                              warmup_steps=20, refit_every=10, stratification="iid", seed=3, forgetting=1.0)
+    ctrl = AdaptiveController(
+        num_timesteps=1000,
+        t_min=20,
+        t_max=980,
+        num_bins=20,
+        batch_size=4,
+        warmup_steps=20,
+        refit_every=10,
+        stratification="iid",
+        seed=3,
+        forgetting=1.0,
+    )
     g = torch.Generator().manual_seed(4)
     for _ in range(150):
         plan = ctrl.plan()

@@ -36,8 +36,10 @@ def test_gaussian_equals_one_component_mixture():
 
 def test_mixture_eps_is_minus_sigma_times_autograd_score():
     g = torch.Generator().manual_seed(1)
-    w, mu, s = torch.tensor([0.2, 0.5, 0.3]), torch.randn(3, 4, generator=g, dtype=torch.float64) * 2, torch.tensor(
-        [0.3, 0.8, 0.5]
+    w, mu, s = (
+        torch.tensor([0.2, 0.5, 0.3]),
+        torch.randn(3, 4, generator=g, dtype=torch.float64) * 2,
+        torch.tensor([0.3, 0.8, 0.5]),
     )
     teacher = GaussianMixtureTeacher(w, mu, s)
     z = torch.randn(6, 4, generator=g, dtype=torch.float64).requires_grad_(True)
