@@ -144,7 +144,6 @@ def fit_policy(x: FitInputs) -> FitResult:
             candidates.append(("prior", capped_move(x.p_cur, x.prior_b.double(), x.max_move)))
 
     allow_k = x.adapt_k and x.allow_k_change
-    _, _, sw_cur, W_cur_keepK = alloc_for(x.p_cur, False)
     best_name, best_p = "current", x.p_cur.double()
     best_S = S_cur
     for name, p in candidates[1:]:

@@ -22,6 +22,7 @@ class Welford:
         self.n = 0
         self._mean: Tensor | None = None
         self._m2 = 0.0
+        self._m2_dims: Tensor | None = None
         self._sq: list[float] = []
 
     def update(self, x: Tensor) -> None:
@@ -29,11 +30,14 @@ class Welford:
         self.n += 1
         if self._mean is None:
             self._mean = v.clone()
+            self._m2_dims = torch.zeros_like(v)
             self._sq.append(0.0)
             return
         delta = v - self._mean
         self._mean += delta / self.n
-        self._m2 += float((delta * (v - self._mean)).sum())
+        d2 = delta * (v - self._mean)
+        self._m2_dims += d2
+        self._m2 += float(d2.sum())
         self._sq.append(float((delta**2).sum()))
 
     @property
@@ -45,6 +49,12 @@ class Welford:
     def variance(self) -> float:
         """``tr Cov`` of one replication."""
         return self._m2 / (self.n - 1) if self.n >= 2 else math.nan
+
+    def per_dim_variance(self) -> Tensor:
+        """Per-coordinate variance of one replication (``D``-dim)."""
+        if self._m2_dims is None or self.n < 2:
+            raise ValueError("Welford: need at least 2 replications")
+        return self._m2_dims / (self.n - 1)
 
     def relative_se(self) -> float:
         """Approximate relative standard error of :meth:`variance` (from the spread of squared deviations)."""

@@ -1,0 +1,48 @@
+"""Measured work-normalized variance (SPEC §7, §10): independent replications at frozen parameters."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from carv_adapt.estimator import HierarchicalEstimator
+from carv_adapt.plan import Plan
+from carv_adapt.stats.welford import Welford
+
+__all__ = ["Measurement", "measure_W"]
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """``W = tr Cov(G_hat) x seconds per estimate`` of one fixed policy, from ``R`` replications."""
+
+    variance: float
+    relative_se: float
+    seconds_per_estimate: float
+    R: int
+    N: int
+    K: int
+
+    @property
+    def W(self) -> float:
+        return self.variance * self.seconds_per_estimate
+
+    def ecm_against(self, baseline: Measurement) -> float:
+        """``W_baseline / W``."""
+        return baseline.W / self.W if self.W > 0 else math.nan
+
+
+def measure_W(estimate: Callable[[Plan], Tensor], policy: HierarchicalEstimator, R: int) -> Measurement:
+    """Run ``R`` independent estimates ``estimate(plan)`` (each returns the flattened final gradient) under
+    ``policy``'s plans; variance by Welford, compute by wall time per estimate (plan drawing included)."""
+    acc, seconds = Welford(), 0.0
+    for _ in range(R):
+        t0 = time.perf_counter()
+        g = estimate(policy.plan())
+        seconds += time.perf_counter() - t0
+        acc.update(g)
+    return Measurement(acc.variance(), acc.relative_se(), seconds / R, R, policy.N, policy.K)
