@@ -13,6 +13,7 @@ from torch import Tensor
 
 from carv_adapt.closed_form import FitInputs, fit_policy
 from carv_adapt.config import ControllerConfig, parse_config
+from carv_adapt.distributed import reduced_copies
 from carv_adapt.errors import ShapeError, StateError
 from carv_adapt.plan import Plan, Refit, make_plan
 from carv_adapt.proposals.base import PmfProposal, Proposal, TargetMeasure, bin_sums
@@ -41,7 +42,9 @@ class AdaptiveController:
             e.g. :func:`~carv_adapt.proposals.teacher_weight_proposal`; the warm-up proposal when
             ``warmup_proposal="prior"``, and a candidate at every refit.
         stage_roles: extra cost stages and their role (``"outer" | "inner" | "fixed"``).
-        rank: this process's rank (default: ``torch.distributed``'s when initialized, else 0).
+        rank: this process's rank (default: ``torch.distributed``'s when initialized, else 0); it seeds this
+            rank's own timestep/noise stream.
+        process_group: the group whose statistics are summed at each refit (default: the world).
 
     Example::
 
@@ -64,6 +67,7 @@ class AdaptiveController:
         prior: Proposal | Tensor | None = None,
         stage_roles: dict[str, StageRole] | None = None,
         rank: int | None = None,
+        process_group: Any = None,
         **overrides: Any,
     ) -> None:
         self.config = parse_config(config, **overrides)
@@ -71,6 +75,7 @@ class AdaptiveController:
             dist = torch.distributed
             rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
         self.rank = rank
+        self.process_group = process_group
         self._extra_roles = dict(stage_roles or {})
         self._prior_pmf = self._resolve_prior(prior)
         self._build()
@@ -256,16 +261,20 @@ class AdaptiveController:
     def refit(self) -> Refit:
         """Refit ``K`` and the proposal now from the accumulated statistics (also called by :meth:`step`)."""
         c = self.config
-        cost = self.costs.compute()
-        m = self.profile.compute(c.prior_count)
-        proxy = self.grouped.compute()
-        use_param = c.space == "parameter" and self.param_grouped.groups > 0
+        # Under torch.distributed every rank decides from the sums over all ranks (one all-reduce).
+        profile, grouped, param_grouped, costs = reduced_copies(
+            [self.profile, self.grouped, self.param_grouped, self.costs], self.process_group
+        )
+        cost = costs.compute()
+        m = profile.compute(c.prior_count)
+        proxy = grouped.compute()
+        use_param = c.space == "parameter" and param_grouped.groups > 0
         M2 = proxy.M2
         # Shrinkage steadies the proposal; the variance prediction needs the unshrunk (unbiased) means.
-        m_raw = self.profile.compute(0.0)
+        m_raw = profile.compute(0.0)
         S_cur = float(is_second_moment(self.pi_b, self._probs, m_raw))
         if use_param:
-            probe = self.param_grouped.compute()
+            probe = param_grouped.compute()
             sigma_b2, sigma_w2 = probe.sigma_b2, probe.sigma_w2
             # The proxy's M2 and profile only supply the ratio S(p') - M2 : S(p_cur) - M2 (SPEC §7).
             M2 = 0.0 if math.isnan(M2) else M2
@@ -327,7 +336,7 @@ class AdaptiveController:
             proposal=self._probs.tolist(),
             bin_edges=self.edges.tolist(),
             profile=m.tolist(),
-            profile_counts=self.profile.count.tolist(),
+            profile_counts=profile.count.tolist(),
             sigma_b2=sigma_b2,
             sigma_w2=sigma_w2,
             c_0=cost.c_0,

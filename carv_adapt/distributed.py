@@ -1,0 +1,50 @@
+"""``torch.distributed`` support: one fused all-reduce of every sufficient statistic at refit time (SPEC §8).
+
+Each rank keeps its own sums (its own observations, with the same forgetting); at a refit the controller
+sums them over ranks in a single collective, so every rank decides from the statistics of the union of all
+observations and plans identically, while drawing its own timesteps and noise from its own stream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from carv_adapt.stats.base import SumStatistic
+
+__all__ = ["is_distributed", "world_size", "reduced_copies"]
+
+
+def is_distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def world_size(group: Any = None) -> int:
+    return torch.distributed.get_world_size(group) if is_distributed() else 1
+
+
+def reduced_copies(stats: Sequence[SumStatistic], group: Any = None) -> list[SumStatistic]:
+    """Copies of ``stats`` holding the sum over all ranks, from one all-reduce on one flat float64 tensor.
+
+    The local statistics are left untouched (reducing them in place would count other ranks' sums again
+    at the next refit). Without an initialized process group the copies equal the inputs.
+    """
+    import copy
+
+    copies = [copy.deepcopy(s) for s in stats]
+    if world_size(group) == 1:
+        return copies
+    flats = [s.flat() for s in stats]
+    buf = torch.cat(flats)
+    backend = torch.distributed.get_backend(group)
+    device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
+    buf = buf.to(device)
+    torch.distributed.all_reduce(buf, op=torch.distributed.ReduceOp.SUM, group=group)
+    buf = buf.cpu()
+    pos = 0
+    for s, f in zip(copies, flats):
+        s.load_flat(buf[pos : pos + f.numel()])
+        pos += f.numel()
+    return copies
