@@ -9,7 +9,7 @@ from typing import Literal
 from carv_adapt.errors import ConfigError
 from carv_adapt.variance import estimator_variance, work_normalized_variance
 
-__all__ = ["k_star_continuous", "optimal_k", "budget_outer_batch", "Allocation", "optimal_allocation"]
+__all__ = ["memory_k_max", "k_star_continuous", "optimal_k", "budget_outer_batch", "Allocation", "optimal_allocation"]
 
 AllocationMode = Literal["fixed_batch", "fixed_budget"]
 
@@ -21,6 +21,15 @@ def k_star_continuous(sigma_b2: float, sigma_w2: float, c_out: float, c_in: floa
     if sigma_b2 <= 0.0 or c_in <= 0.0:
         return math.inf
     return math.sqrt((sigma_w2 / sigma_b2) * (c_out / c_in))
+
+
+def memory_k_max(memory_cap_bytes: int | None, inner_bytes: int | None, N: int, k_max: int) -> int:
+    """The largest ``K <= k_max`` whose ``N K`` inner draws fit ``memory_cap_bytes`` (at least 1)."""
+    if memory_cap_bytes is None or inner_bytes is None:
+        return k_max
+    if inner_bytes <= 0 or memory_cap_bytes <= 0:
+        raise ConfigError(f"memory cap and bytes per inner draw must be > 0, got {memory_cap_bytes!r}, {inner_bytes!r}")
+    return max(1, min(k_max, memory_cap_bytes // (max(N, 1) * inner_bytes)))
 
 
 def _check_bounds(k_min: int, k_max: int) -> None:

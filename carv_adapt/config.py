@@ -34,6 +34,9 @@ class ControllerConfig(BaseModel):
     k_max: int = Field(64, ge=1)
     warmup_k: tuple[int, ...] = Field((2, 4), min_length=1, description="K cycled through during warm-up")
 
+    memory_cap_bytes: int | None = Field(None, gt=0, description="memory for the N K inner draws of a step")
+    inner_bytes: int | None = Field(None, gt=0, description="bytes one inner draw needs (see measure_inner_bytes)")
+
     warmup_steps: int = Field(20, ge=1)
     refit_every: int = Field(10, ge=1)
     adapt_k: bool = True
@@ -76,6 +79,8 @@ class ControllerConfig(BaseModel):
             raise ValueError(f"num_bins={self.num_bins} exceeds the {t_max + 1 - self.t_min} timesteps in range")
         if self.k_max < self.k_min:
             raise ValueError(f"k_max ({self.k_max}) must be >= k_min ({self.k_min})")
+        if (self.memory_cap_bytes is None) != (self.inner_bytes is None):
+            raise ValueError("memory_cap_bytes and inner_bytes go together: set both or neither")
         if self.allocation == "fixed_budget" and self.budget is None:
             raise ValueError("allocation='fixed_budget' needs budget (seconds per step)")
         return self

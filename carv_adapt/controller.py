@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from carv_adapt.allocation import memory_k_max
 from carv_adapt.closed_form import FitInputs, fit_policy
 from carv_adapt.config import ControllerConfig, parse_config
 from carv_adapt.distributed import reduced_copies
@@ -45,6 +46,7 @@ class AdaptiveController:
         rank: this process's rank (default: ``torch.distributed``'s when initialized, else 0); it seeds this
             rank's own timestep/noise stream.
         process_group: the group whose statistics are summed at each refit (default: the world).
+        logger: called with each :class:`Refit` (e.g. :class:`~carv_adapt.integrations.RefitLogger`).
 
     Example::
 
@@ -68,6 +70,7 @@ class AdaptiveController:
         stage_roles: dict[str, StageRole] | None = None,
         rank: int | None = None,
         process_group: Any = None,
+        logger: Callable[[Refit], None] | None = None,
         **overrides: Any,
     ) -> None:
         self.config = parse_config(config, **overrides)
@@ -76,6 +79,7 @@ class AdaptiveController:
             rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
         self.rank = rank
         self.process_group = process_group
+        self.logger = logger
         self._extra_roles = dict(stage_roles or {})
         self._prior_pmf = self._resolve_prior(prior)
         self._build()
@@ -117,7 +121,8 @@ class AdaptiveController:
 
     def _warmup_k(self, step: int) -> int:
         c = self.config
-        return min(max(warmup_k(step, c.warmup_k), c.k_min), c.k_max)
+        k_cap = memory_k_max(c.memory_cap_bytes, c.inner_bytes, c.batch_size, c.k_max)
+        return min(max(warmup_k(step, c.warmup_k), c.k_min), k_cap)
 
     def _current_proposal_uncached(self) -> Proposal:
         if self._proposal_kind == "uniform":
@@ -286,6 +291,9 @@ class AdaptiveController:
             if not sigma_w2 > 0.0:
                 sigma_w2 = proxy.sigma_w2  # the profile is too noisy yet to resolve S - M2
         reasons = []
+        k_cap = memory_k_max(c.memory_cap_bytes, c.inner_bytes, self._N, c.k_max)
+        if k_cap < c.k_max:
+            reasons.append(f"K capped at {k_cap} by memory_cap_bytes")
         allow_k = self._refits_since_k_change >= c.k_cooldown
         if cost.steps <= 0:
             allow_k = False
@@ -327,7 +335,7 @@ class AdaptiveController:
             self._proposal_kind = "binned"
             self._proposal_obj = None
         self._refits_since_k_change = 0 if fit.k_changed else self._refits_since_k_change + 1
-        self._K = fit.K
+        self._K = min(fit.K, k_cap)
         self._N = fit.N if c.allocation == "fixed_budget" else c.batch_size
         record = Refit(
             step=self._step,
@@ -358,6 +366,8 @@ class AdaptiveController:
             },
         )
         self.history.append(record)
+        if self.logger is not None:
+            self.logger(record)
         return record
 
     @property
