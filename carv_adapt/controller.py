@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -46,7 +46,8 @@ class AdaptiveController:
         rank: this process's rank (default: ``torch.distributed``'s when initialized, else 0); it seeds this
             rank's own timestep/noise stream.
         process_group: the group whose statistics are summed at each refit (default: the world).
-        logger: called with each :class:`Refit` (e.g. :class:`~carv_adapt.integrations.RefitLogger`).
+        logger: called with each :class:`Refit` (e.g. :class:`~carv_adapt.integrations.RefitLogger`,
+            :class:`~carv_adapt.fit.JsonlRefitLog`), or a list of such callables.
 
     Example::
 
@@ -70,7 +71,7 @@ class AdaptiveController:
         stage_roles: dict[str, StageRole] | None = None,
         rank: int | None = None,
         process_group: Any = None,
-        logger: Callable[[Refit], None] | None = None,
+        logger: Callable[[Refit], None] | Sequence[Callable[[Refit], None]] | None = None,
         **overrides: Any,
     ) -> None:
         self.config = parse_config(config, **overrides)
@@ -79,7 +80,7 @@ class AdaptiveController:
             rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
         self.rank = rank
         self.process_group = process_group
-        self.logger = logger
+        self.loggers = [] if logger is None else list(logger) if isinstance(logger, Sequence) else [logger]
         self._extra_roles = dict(stage_roles or {})
         self._prior_pmf = self._resolve_prior(prior)
         self._build()
@@ -109,6 +110,55 @@ class AdaptiveController:
         self._timers: dict[str, StageTimer] = {}
         self._explicit_costs: dict[str, float] = {}
         self._proposal_obj: Proposal | None = None
+        self._from_policy = False
+
+    # ------------------------------------------------------------------ policies
+    @classmethod
+    def from_policy(cls, policy: Any, **overrides: Any) -> AdaptiveController:
+        """Start from a :class:`~carv_adapt.policy.Policy`: its K and proposal from step 0 (no warm-up K cycle).
+
+        A frozen policy (``adaptive=False``) keeps them for the whole run; refits still record statistics.
+        """
+        from carv_adapt.policy import BinnedSpec, UniformSpec
+
+        kwargs = policy.controller_config(**overrides)
+        prior = None if isinstance(policy.proposal, (UniformSpec, BinnedSpec)) else policy.proposal_pmf()
+        ctrl = cls(prior=prior, **kwargs)
+        ctrl._from_policy = True
+        c = ctrl.config
+        ctrl._K = min(max(policy.allocation.K, c.k_min), c.k_max)
+        if not isinstance(policy.proposal, UniformSpec):
+            ctrl._probs = bin_sums(policy.proposal_pmf(), ctrl.edges)
+            ctrl._proposal_kind = "prior" if prior is not None else "binned"
+            ctrl._proposal_obj = None
+        return ctrl
+
+    def to_policy(self, adaptive: bool = True, provenance: dict[str, Any] | None = None) -> Any:
+        """The current allocation, proposal and settings as a :class:`~carv_adapt.policy.Policy`."""
+        from carv_adapt.policy import AllocationSpec, BinnedSpec, Policy, Safeguards, TargetSpec, UniformSpec
+
+        c = self.config
+        proposal = (
+            UniformSpec()
+            if self._proposal_kind == "uniform"
+            else BinnedSpec(bin_edges=self.edges.tolist(), probs=self._probs.tolist())
+        )
+        fields = set(Safeguards.model_fields)
+        return Policy(
+            target=TargetSpec(num_timesteps=c.num_timesteps, t_min=c.t_min, t_max=c.t_max),
+            allocation=AllocationSpec(
+                mode=c.allocation, K=self._K, N=self._N, budget=c.budget, k_min=c.k_min, k_max=c.k_max
+            ),
+            proposal=proposal,
+            stratification=c.stratification,
+            antithetic=c.antithetic,
+            safeguards=Safeguards(**{k: v for k, v in c.model_dump().items() if k in fields}),
+            num_bins=c.num_bins,
+            warmup_steps=c.warmup_steps,
+            refit_every=c.refit_every,
+            adaptive=adaptive,
+            provenance=dict(provenance or {}, step=self._step),
+        )
 
     def _resolve_prior(self, prior: Proposal | Tensor | None) -> Tensor | None:
         if prior is None:
@@ -259,7 +309,7 @@ class AdaptiveController:
         self._step += 1
         if is_refit_step(self._step, self.config.warmup_steps, self.config.refit_every):
             self.refit()
-        elif self.in_warmup:
+        elif self.in_warmup and not self._from_policy:
             self._K = self._warmup_k(self._step)
 
     # ------------------------------------------------------------------ refit
@@ -366,8 +416,8 @@ class AdaptiveController:
             },
         )
         self.history.append(record)
-        if self.logger is not None:
-            self.logger(record)
+        for log in self.loggers:
+            log(record)
         return record
 
     @property
@@ -391,6 +441,7 @@ class AdaptiveController:
             "proposal_kind": self._proposal_kind,
             "probs": self._probs.clone(),
             "refits_since_k_change": self._refits_since_k_change,
+            "from_policy": self._from_policy,
             "generator": self.generator.get_state(),
             "profile": self.profile.state_dict(),
             "grouped": self.grouped.state_dict(),
@@ -433,6 +484,7 @@ class AdaptiveController:
         self._proposal_kind = str(state["proposal_kind"])
         self._probs = torch.as_tensor(state["probs"], dtype=torch.float64).clone()
         self._refits_since_k_change = int(state["refits_since_k_change"])
+        self._from_policy = bool(state.get("from_policy", False))
         self.generator.set_state(state["generator"])
         self.profile.load_state_dict(state["profile"])
         self.grouped.load_state_dict(state["grouped"])

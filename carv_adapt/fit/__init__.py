@@ -1,0 +1,5 @@
+"""Offline policy fitting from logged statistics: closed form, then BoTorch for the rest (SPEC §9)."""
+
+from carv_adapt.fit.logs import JsonlRefitLog, read_refit_log
+
+__all__ = ["JsonlRefitLog", "read_refit_log"]
