@@ -175,7 +175,7 @@ class Policy(_Strict):
         if isinstance(p, UniformSpec):
             return UniformProposal(target).pmf()
         if isinstance(p, BinnedSpec):
-            return BinnedProposal(target, torch.tensor(p.bin_edges), torch.tensor(p.probs)).pmf()
+            return BinnedProposal(target, torch.tensor(p.bin_edges), torch.tensor(p.probs, dtype=torch.float64)).pmf()
         return WeightedProposal(target, torch.tensor(p.g, dtype=torch.float64)).pmf()
 
 

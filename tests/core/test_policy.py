@@ -1,0 +1,104 @@
+"""Policies as files: round trip, migration, clear errors; closed-form fit recovers known K* and p*."""
+
+import json
+
+import pytest
+import torch
+
+from carv_adapt import AdaptiveController, ConfigError
+from carv_adapt.fit import JsonlRefitLog, read_refit_log
+from carv_adapt.fit.closed_form import policy_from_record
+from carv_adapt.plan import Refit
+from carv_adapt.policy import BinnedSpec, Policy
+from carv_adapt.proposals import TargetMeasure
+from carv_adapt.variance import total_variation
+from carv_adapt.workloads import SyntheticNested
+
+
+def test_schema_round_trip_and_frozen_controller(tmp_path):
+    pol = Policy(proposal=BinnedSpec(bin_edges=[0, 500, 1000], probs=[0.3, 0.7]), num_bins=2, adaptive=False)
+    pol.save(tmp_path / "p.json")
+    back = Policy.load(tmp_path / "p.json")
+    assert back == pol
+    ctrl = AdaptiveController.from_policy(back, warmup_steps=2, refit_every=1)
+    for _ in range(6):
+        p = ctrl.plan()
+        ctrl.observe(p, torch.randn(p.N, p.K, 2), costs={"upstream": 0.1, "teacher": 0.01})
+        ctrl.step()
+    assert ctrl.K == 1 and torch.allclose(ctrl._probs, torch.tensor([0.3, 0.7], dtype=torch.float64))
+    out = ctrl.to_policy(adaptive=False).proposal
+    assert out.bin_edges == pol.proposal.bin_edges and out.probs == pytest.approx(pol.proposal.probs, abs=1e-12)
+
+
+def test_migration_and_clear_errors(tmp_path):
+    v1 = {
+        "schema_version": 1,
+        "K": 4,
+        "N": 2,
+        "bin_edges": [0, 10, 20],
+        "probs": [0.25, 0.75],
+        "num_timesteps": 20,
+        "alpha": 0.2,
+    }
+    (tmp_path / "v1.json").write_text(json.dumps(v1))
+    pol = Policy.load(tmp_path / "v1.json")
+    assert pol.allocation.K == 4 and pol.proposal.probs == [0.25, 0.75] and pol.safeguards.alpha == 0.2
+    (tmp_path / "bad.json").write_text('{"schema_version": 2, "allocation": {"K": 0}')
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        Policy.load(tmp_path / "bad.json")
+    (tmp_path / "v9.json").write_text('{"schema_version": 9}')
+    with pytest.raises(ConfigError, match="schema_version=9 is not supported"):
+        Policy.load(tmp_path / "v9.json")
+    (tmp_path / "k0.json").write_text('{"schema_version": 2, "allocation": {"K": 0}}')
+    with pytest.raises(ConfigError, match="allocation.K=0"):
+        Policy.load(tmp_path / "k0.json")
+    (tmp_path / "typo.json").write_text('{"schema_version": 2, "stratificaton": "iid"}')
+    with pytest.raises(ConfigError, match="stratificaton"):
+        Policy.load(tmp_path / "typo.json")
+
+
+def _synthetic_record():
+    target = TargetMeasure(200, 0, 199)
+    edges = target.bin_edges(10)
+    wl = SyntheticNested(target, edges, 0.3 + 3 * torch.linspace(0, 1, 10, dtype=torch.float64) ** 2, D=16)
+    pi_b = target.bin_mass(edges)
+    rec = Refit(
+        step=100,
+        K=2,
+        N=8,
+        proposal=pi_b.tolist(),
+        bin_edges=edges.tolist(),
+        profile=wl.m_bins().tolist(),
+        profile_counts=[100.0] * 10,
+        sigma_b2=wl.sigma_b2,
+        sigma_w2=wl.sigma_w2(pi_b),
+        c_0=0.002,
+        c_out=wl.c_out,
+        c_in=wl.c_in,
+        predicted_W=0.0,
+        predicted_W_baseline=0.0,
+        predicted_ecm=1.0,
+        is_gain=1.0,
+        k_changed=False,
+        proposal_changed=False,
+        reason="",
+        extra={"M2": wl.M2},
+    )
+    return wl, rec
+
+
+def test_closed_form_fit_recovers_known_k_and_proposal(tmp_path):
+    wl, rec = _synthetic_record()
+    oracle = wl.oracle(alpha=0.1)
+    pol = policy_from_record(rec, num_timesteps=200, alpha=0.1)
+    assert pol.allocation.K == oracle.K
+    assert total_variation(torch.tensor(pol.proposal.probs, dtype=torch.float64), oracle.p) < 1e-9
+    # And through a JSONL log written by the logger the controller uses.
+    log = JsonlRefitLog(tmp_path / "log.jsonl")
+    log(rec)
+    log(rec)
+    back = read_refit_log(tmp_path / "log.jsonl")
+    assert back == [rec, rec]
+    (tmp_path / "bad.jsonl").write_text('{"step": 1}\n')
+    with pytest.raises(ConfigError, match="bad.jsonl:1"):
+        read_refit_log(tmp_path / "bad.jsonl")
