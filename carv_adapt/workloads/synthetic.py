@@ -78,6 +78,15 @@ class SyntheticNested:
         """Exact within variance for i.i.d. inner draws from a bin proposal (``∝ pi`` inside bins)."""
         return float(is_second_moment(self.pi_b, p_bins, self.m_bins())) - self.M2
 
+    def sigma_w2_pmf(self, p: Tensor) -> float:
+        """Exact within variance for i.i.d. inner draws from any ``T``-dim proposal pmf ``p``."""
+        from carv_adapt.proposals.base import bin_index
+
+        pi = self.target.pmf()
+        m_t = self.m_bins()[bin_index(torch.arange(pi.numel()), self.edges)]
+        support = pi > 0
+        return float((pi[support] ** 2 / p.double()[support] * m_t[support]).sum()) - self.M2
+
     def s_of_t(self, t: Tensor) -> Tensor:
         from carv_adapt.proposals.base import bin_index
 

@@ -4,15 +4,13 @@ import json
 
 import pytest
 import torch
+from tests_core_helpers import synthetic_record
 
 from carv_adapt import AdaptiveController, ConfigError
 from carv_adapt.fit import JsonlRefitLog, read_refit_log
 from carv_adapt.fit.closed_form import policy_from_record
-from carv_adapt.plan import Refit
 from carv_adapt.policy import BinnedSpec, Policy
-from carv_adapt.proposals import TargetMeasure
 from carv_adapt.variance import total_variation
-from carv_adapt.workloads import SyntheticNested
 
 
 def test_schema_round_trip_and_frozen_controller(tmp_path):
@@ -57,38 +55,8 @@ def test_migration_and_clear_errors(tmp_path):
         Policy.load(tmp_path / "typo.json")
 
 
-def _synthetic_record():
-    target = TargetMeasure(200, 0, 199)
-    edges = target.bin_edges(10)
-    wl = SyntheticNested(target, edges, 0.3 + 3 * torch.linspace(0, 1, 10, dtype=torch.float64) ** 2, D=16)
-    pi_b = target.bin_mass(edges)
-    rec = Refit(
-        step=100,
-        K=2,
-        N=8,
-        proposal=pi_b.tolist(),
-        bin_edges=edges.tolist(),
-        profile=wl.m_bins().tolist(),
-        profile_counts=[100.0] * 10,
-        sigma_b2=wl.sigma_b2,
-        sigma_w2=wl.sigma_w2(pi_b),
-        c_0=0.002,
-        c_out=wl.c_out,
-        c_in=wl.c_in,
-        predicted_W=0.0,
-        predicted_W_baseline=0.0,
-        predicted_ecm=1.0,
-        is_gain=1.0,
-        k_changed=False,
-        proposal_changed=False,
-        reason="",
-        extra={"M2": wl.M2},
-    )
-    return wl, rec
-
-
 def test_closed_form_fit_recovers_known_k_and_proposal(tmp_path):
-    wl, rec = _synthetic_record()
+    wl, rec = synthetic_record()
     oracle = wl.oracle(alpha=0.1)
     pol = policy_from_record(rec, num_timesteps=200, alpha=0.1)
     assert pol.allocation.K == oracle.K
