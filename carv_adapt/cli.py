@@ -58,6 +58,72 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from carv_adapt.inspect import load_inspectable, report_lines, write_plots
+
+    policy, log = load_inspectable(args.path)
+    for line in report_lines(policy, log):
+        print(line)
+    written = write_plots(Path(args.out), policy, log, preview=args.preview)
+    print("plots: " + ", ".join(str(p) for p in written))
+    return 0
+
+
+def _cmd_fit(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import Progress
+    from rich.table import Table
+
+    from carv_adapt.fit.bayesopt import DEFAULT_SPACE, bayes_optimize
+    from carv_adapt.fit.closed_form import policy_from_record
+    from carv_adapt.fit.logs import read_refit_log
+    from carv_adapt.fit.replay import replay_objective
+    from carv_adapt.policy import Safeguards
+
+    console = Console()
+    record = read_refit_log(args.log)[-1]
+    closed = policy_from_record(record, args.num_timesteps)
+    console.print(
+        f"closed form from step {record.step}: K*={closed.allocation.K}, predicted ECM "
+        f"{closed.provenance['predicted_ecm']:.3g}"
+    )
+    objective = replay_objective(record, args.num_timesteps, steps=args.replay_steps, seeds=args.replay_seeds)
+    with Progress(console=console) as progress:
+        task = progress.add_task("BoTorch trials (replays of the log)", total=args.trials)
+        res = bayes_optimize(
+            objective,
+            DEFAULT_SPACE,
+            n_trials=args.trials,
+            n_init=min(5, args.trials),
+            seed=args.seed,
+            on_trial=lambda t: progress.advance(task),
+        )
+    table = Table(title="trials (W = mean work-normalized variance over the replay; lower is better)")
+    for col in ["#", *[p.name for p in DEFAULT_SPACE], "W", "se"]:
+        table.add_column(col, justify="right")
+    for i, t in enumerate(res.trials):
+        table.add_row(str(i), *[f"{t.params[p.name]:.4g}" for p in DEFAULT_SPACE], f"{t.value:.4g}", f"{t.se:.2g}")
+    console.print(table)
+    best = res.best.params
+    safe = Safeguards(alpha=best["alpha"], smoothing=int(best["smoothing"]), forgetting=best["forgetting"])
+    policy = policy_from_record(
+        record,
+        args.num_timesteps,
+        adaptive=not args.frozen,
+        safeguards=safe,
+        alpha=best["alpha"],
+        smoothing=int(best["smoothing"]),
+        k_max=int(best["k_max"]),
+        provenance={"log": str(args.log), "trials": args.trials, "seed": args.seed, "best_W": res.best.value},
+    ).model_copy(update={"num_bins": len(record.proposal), "refit_every": int(best["refit_every"])})
+    policy.save(args.output)
+    console.print(
+        f"wrote {args.output}: K={policy.allocation.K}, best replay W={res.best.value:.4g} "
+        f"(trial {res.trials.index(res.best)})"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="carv-adapt", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -74,6 +140,21 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--replications", type=int, default=30, help="per policy, for the measured ECM")
     d.add_argument("--quick", action="store_true", help="a smaller scene and fewer ray samples (tests)")
     d.set_defaults(func=_cmd_demo)
+    i = sub.add_parser("inspect", help="report and plots for a policy (.json) or a refit log (.jsonl)")
+    i.add_argument("path")
+    i.add_argument("--out", default="carv_inspect", help="folder for the PNG plots")
+    i.add_argument("--preview", type=int, default=0, help="draw this many timesteps through the training path")
+    i.set_defaults(func=_cmd_inspect)
+    f = sub.add_parser("fit", help="fit a policy from a refit log: closed form, then BoTorch on replays")
+    f.add_argument("log")
+    f.add_argument("-o", "--output", required=True)
+    f.add_argument("--num-timesteps", type=int, default=1000)
+    f.add_argument("--trials", type=int, default=12)
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--replay-steps", type=int, default=150)
+    f.add_argument("--replay-seeds", type=int, default=2)
+    f.add_argument("--frozen", action="store_true", help="write a frozen (non-adaptive) policy")
+    f.set_defaults(func=_cmd_fit)
     return p
 
 
