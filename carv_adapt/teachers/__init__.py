@@ -5,8 +5,11 @@ from carv_adapt.teachers.base import Teacher
 from carv_adapt.teachers.gaussian import (
     GaussianMixtureTeacher,
     GaussianTeacher,
+    WithinBetween,
     exact_sds_expectation,
     exact_sds_statistics,
+    exact_second_moment_profile,
+    exact_within_between,
     sds_integrand,
     sds_weight,
 )
@@ -20,5 +23,8 @@ __all__ = [
     "sds_weight",
     "exact_sds_expectation",
     "exact_sds_statistics",
+    "exact_second_moment_profile",
+    "exact_within_between",
+    "WithinBetween",
     "ddpm_alphas_cumprod",
 ]

@@ -1,20 +1,36 @@
 """Analytic teachers with exact epsilon prediction (SPEC §10): Gaussian and Gaussian-mixture data on a
-VP schedule, the SDS-type integrand, and its exact expectation and statistics for the single Gaussian.
+VP schedule, the SDS-type integrand (SPEC §1), and its exact expectation and statistics (SPEC §2, §5) for
+the single Gaussian.
 
-For data ``x0 ~ N(mean, std^2 I)`` the noised marginal is ``N(alpha mean, (alpha^2 std^2 + sigma^2) I)``, so
-``eps_hat(z, t) = sigma (z - alpha mean) / v_t`` with ``v_t = alpha_t^2 std^2 + sigma_t^2``. The SDS-type
-integrand ``f = w(t) (eps_hat(alpha x + sigma eps, t) - eps)`` is then affine in ``(x, eps)``:
-``f = w (c_t (x - mean) + (d_t - 1) eps)`` with ``c_t = alpha_t sigma_t / v_t`` and ``d_t = sigma_t^2 / v_t``.
+Derivation. For data ``x0 ~ N(mean, std^2 I)`` the noised marginal is ``N(alpha mean, v_t I)`` with
+``v_t = alpha_t^2 std^2 + sigma_t^2``, so ``eps_hat(z, t) = E[eps | z] = sigma_t (z - alpha_t mean) / v_t``.
+With ``z = alpha x + sigma eps`` and ``u = x - mean`` the SDS integrand is affine in ``(u, eps)``::
+
+    f = w(t) (eps_hat(z, t) - eps) = w_t (c_t u - (1 - d_t) eps),
+    c_t = alpha_t sigma_t / v_t,   d_t = sigma_t^2 / v_t,   1 - d_t = alpha_t^2 std^2 / v_t.
+
+Let the outer draws have mean ``x_mean`` and ``tr Cov(x) = x_cov_trace`` (any distribution: only these two
+moments enter), ``E||u||^2 = ||x_mean - mean||^2 + x_cov_trace``, ``D = mean.numel()``. Since ``eps`` is
+centred and independent of ``x``:
+
+- ``mu(x) = E_{t~pi, eps} f = kappa u`` with ``kappa = sum_t pi w c``; ``G = kappa (x_mean - mean)``.
+- ``m(t) = E_{x, eps} ||f||^2 = w_t^2 (c_t^2 E||u||^2 + (1 - d_t)^2 D)``.
+- ``sigma_B^2 = tr Cov_x(mu(x)) = kappa^2 x_cov_trace``.
+- ``sigma_W^2(p) = E_x [E_{t~p, eps} ||rho f||^2 - ||mu(x)||^2] = sum_t pi^2 / p m(t) - kappa^2 E||u||^2``
+  ``= (sum_t pi^2/p w^2 c^2 - kappa^2) E||u||^2 + D sum_t pi^2/p w^2 (1 - d)^2`` (i.i.d. inner draws; the
+  first term is ``Var_{t~p}(rho w c) E||u||^2 >= 0``: timestep noise; the second is the noise term).
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
-from carv_adapt.errors import ConfigError
+from carv_adapt.errors import ConfigError, ShapeError
 from carv_adapt.teachers.base import Teacher
 from carv_adapt.teachers.schedules import ddpm_alphas_cumprod
 
@@ -24,73 +40,109 @@ __all__ = [
     "sds_integrand",
     "sds_weight",
     "exact_sds_expectation",
+    "exact_second_moment_profile",
+    "exact_within_between",
+    "WithinBetween",
     "exact_sds_statistics",
     "SDSStatistics",
 ]
 
 
+def _schedule(alphas_cumprod: Tensor | None) -> Tensor:
+    abar = ddpm_alphas_cumprod() if alphas_cumprod is None else torch.as_tensor(alphas_cumprod).double()
+    if abar.dim() != 1 or abar.numel() == 0 or not bool(((abar > 0) & (abar <= 1)).all()):
+        raise ConfigError(f"alphas_cumprod must be a non-empty 1-D tensor in (0, 1], got shape {tuple(abar.shape)}")
+    return abar
+
+
+def _check_batch(name: str, x_t: Tensor, t: Tensor, per_sample: str, ok: bool) -> None:
+    if not ok or t.dim() != 1 or t.shape[0] != x_t.shape[0]:
+        raise ShapeError(
+            f"{name}.predict_eps: x_t {tuple(x_t.shape)} and t {tuple(t.shape)}; expected x_t B x ... with "
+            f"{per_sample} per sample and t B-dim"
+        )
+
+
 class GaussianTeacher(Teacher):
-    """Exact teacher for ``x0 ~ N(mean, std^2 I)``; ``mean`` has the per-sample shape (e.g. ``D``)."""
+    """Exact teacher for ``x0 ~ N(mean, std^2 I)`` (SPEC §10).
+
+    Args:
+        mean: the data mean, with the per-sample shape (``D`` or e.g. ``C x H x W``).
+        std: data standard deviation (> 0), shared by all coordinates.
+        alphas_cumprod: ``T``-dim VP schedule; default :func:`ddpm_alphas_cumprod`.
+    """
 
     def __init__(self, mean: Tensor, std: float = 1.0, alphas_cumprod: Tensor | None = None) -> None:
-        if not std > 0:
-            raise ConfigError(f"std must be > 0, got {std!r}")
+        if not 0 < float(std) < float("inf"):
+            raise ConfigError(f"std must be a finite float > 0, got {std!r}")
         self.mean = torch.as_tensor(mean, dtype=torch.float64)
+        if self.mean.dim() == 0 or not bool(self.mean.isfinite().all()):
+            raise ConfigError(f"mean must be a finite tensor with the per-sample shape, got {mean!r}")
         self.std = float(std)
-        self.alphas_cumprod = (ddpm_alphas_cumprod() if alphas_cumprod is None else alphas_cumprod).double()
+        self.alphas_cumprod = _schedule(alphas_cumprod)
 
     def coefficients(self) -> tuple[Tensor, Tensor]:
-        """``(c_t, d_t)`` (``T``-dim): ``E_eps f / w = c_t (x - mean)`` and ``d eps_hat / d eps = d_t``."""
+        """``(c_t, d_t)``, each ``T``-dim: ``f / w = c_t (x - mean) + (d_t - 1) eps`` (module docstring)."""
         a2 = self.alphas_cumprod
         v = a2 * self.std**2 + (1 - a2)
         return a2.sqrt() * (1 - a2).sqrt() / v, (1 - a2) / v
 
     def predict_eps(self, x_t: Tensor, t: Tensor, cond: Any = None) -> Tensor:
-        a2 = self.alphas_cumprod.to(x_t.device)[t]
-        view = (-1,) + (1,) * (x_t.dim() - 1)
-        a, s = a2.sqrt().view(view), (1 - a2).sqrt().view(view)
-        v = a**2 * self.std**2 + s**2
-        mean = self.mean.to(x_t.device)
-        return (s * (x_t.double() - a * mean) / v).to(x_t.dtype)
+        """``eps_hat = sigma_t (x_t - alpha_t mean) / (alpha_t^2 std^2 + sigma_t^2)``, ``x_t`` ``B x ...``."""
+        shape = tuple(self.mean.shape)
+        _check_batch("GaussianTeacher", x_t, t, f"shape {shape}", tuple(x_t.shape[1:]) == shape)
+        a, s = self.alpha_sigma(t, torch.float64, x_t.device)  # float64: exact answers are the point
+        view = (-1,) + (1,) * self.mean.dim()
+        a, s = a.view(view), s.view(view)
+        eps = s * (x_t.double() - a * self.mean.to(x_t.device)) / (a**2 * self.std**2 + s**2)
+        return eps.to(x_t.dtype)
 
 
 class GaussianMixtureTeacher(Teacher):
-    """Exact teacher for an isotropic mixture ``sum_j w_j N(mu_j, s_j^2 I)`` in ``R^D``.
+    """Exact teacher for an isotropic mixture ``sum_j weights_j N(means_j, stds_j^2 I)`` in ``R^D``.
 
-    ``eps_hat = -sigma_t * score``; the score of the noised mixture is the responsibility-weighted score
-    of its components, computed with log-sum-exp.
+    The noised mixture is ``sum_j weights_j N(alpha means_j, (alpha^2 stds_j^2 + sigma^2) I)``;
+    ``eps_hat = E[eps | z] = -sigma_t score(z)``, the score being the responsibility-weighted component
+    scores (responsibilities by softmax of log-densities, i.e. log-sum-exp: stable far from every mode).
+
+    Args:
+        weights: ``M``-dim positive (normalized here). means: ``M x D``. stds: ``M``-dim positive.
+        alphas_cumprod: ``T``-dim VP schedule; default :func:`ddpm_alphas_cumprod`.
+    Inputs ``x_t`` are ``B x ...`` with ``D`` entries per sample.
     """
 
     def __init__(self, weights: Tensor, means: Tensor, stds: Tensor, alphas_cumprod: Tensor | None = None) -> None:
-        self.weights = torch.as_tensor(weights, dtype=torch.float64)
+        weights = torch.as_tensor(weights, dtype=torch.float64)
         self.means = torch.as_tensor(means, dtype=torch.float64)
         self.stds = torch.as_tensor(stds, dtype=torch.float64)
-        M = self.weights.numel()
-        if self.means.dim() != 2 or self.means.shape[0] != M or self.stds.shape != (M,):
+        M = weights.numel()
+        if weights.dim() != 1 or self.means.dim() != 2 or self.means.shape[0] != M or self.stds.shape != (M,):
             raise ConfigError(
-                f"need weights [M], means [M, D], stds [M]; got {tuple(self.weights.shape)}, "
+                f"need weights [M], means [M, D], stds [M]; got {tuple(weights.shape)}, "
                 f"{tuple(self.means.shape)}, {tuple(self.stds.shape)}"
             )
-        if bool((self.weights <= 0).any()) or bool((self.stds <= 0).any()):
-            raise ConfigError("mixture weights and stds must be > 0")
-        self.weights = self.weights / self.weights.sum()
-        self.alphas_cumprod = (ddpm_alphas_cumprod() if alphas_cumprod is None else alphas_cumprod).double()
+        if not bool((weights > 0).all() & weights.isfinite().all() & (self.stds > 0).all()):
+            raise ConfigError(f"mixture weights and stds must be finite and > 0, got {weights} and {self.stds}")
+        self.weights = weights / weights.sum()
+        self.alphas_cumprod = _schedule(alphas_cumprod)
 
     def predict_eps(self, x_t: Tensor, t: Tensor, cond: Any = None) -> Tensor:
-        z = x_t.double().reshape(x_t.shape[0], -1)  # B x D
-        a2 = self.alphas_cumprod.to(z.device)[t][:, None]  # B x 1
-        a, s = a2.sqrt(), (1 - a2).sqrt()
-        var = a2 * self.stds[None, :] ** 2 + s**2  # B x M
-        diff = z[:, None, :] - a[:, :, None] * self.means[None]  # B x M x D
-        D = z.shape[1]
-        logp = self.weights.log()[None] - 0.5 * (diff**2).sum(-1) / var - 0.5 * D * var.log()
-        resp = torch.softmax(logp, dim=1)  # B x M
+        D = self.means.shape[1]
+        _check_batch("GaussianMixtureTeacher", x_t, t, f"{D} entries", math.prod(x_t.shape[1:]) == D)
+        a, s = self.alpha_sigma(t, torch.float64, x_t.device)
+        a, s = a[:, None], s[:, None]  # B x 1
+        means, stds = self.means.to(x_t.device), self.stds.to(x_t.device)
+        z = x_t.double().reshape(x_t.shape[0], D)
+        var = a**2 * stds**2 + s**2  # B x M
+        diff = z[:, None, :] - a[:, :, None] * means  # B x M x D
+        logp = self.weights.to(x_t.device).log() - 0.5 * (diff**2).sum(-1) / var - 0.5 * D * var.log()
+        resp = torch.softmax(logp, dim=1)  # B x M posterior responsibilities of the components
         score = -(resp[..., None] * diff / var[..., None]).sum(1)  # B x D
         return (-s * score).reshape(x_t.shape).to(x_t.dtype)
 
 
 def sds_weight(alphas_cumprod: Tensor, kind: Literal["ones", "sigma2"] = "sigma2") -> Tensor:
-    """``w(t)`` of the SDS objective: ``"ones"`` or ``"sigma2"`` (``1 - alphabar_t``, DreamFusion's choice)."""
+    """``T``-dim SDS weight ``w(t)``: ``"ones"``, or ``"sigma2"`` = ``1 - alphabar_t`` (DreamFusion's)."""
     if kind == "ones":
         return torch.ones_like(alphas_cumprod, dtype=torch.float64)
     if kind == "sigma2":
@@ -110,8 +162,10 @@ def sds_integrand(
     """The SDS-type contribution ``f = w(t) (eps_hat(alpha_t x + sigma_t eps, t) - eps)`` (SPEC §1).
 
     Args:
+        teacher: any :class:`Teacher`.
         x: ``N x ...`` outer draws (renders or latents). t: ``N x K`` long. eps: ``N x K x ...``.
         weight: ``T``-dim ``w(t)`` (default ones).
+        cond, chunk_size: passed to :meth:`Teacher.eps_draws`.
 
     Returns:
         ``N x K x ...`` contributions, without an autograd graph (SDS never differentiates the teacher).
@@ -119,59 +173,164 @@ def sds_integrand(
     eps_hat = teacher.eps_draws(x, t, eps, cond=cond, chunk_size=chunk_size)
     f = eps_hat - eps
     if weight is not None:
+        if weight.shape != (teacher.num_timesteps,):
+            raise ShapeError(
+                f"weight must be {teacher.num_timesteps}-dim (one per timestep), got {tuple(weight.shape)}"
+            )
         w = weight.to(device=f.device, dtype=f.dtype)[t.to(f.device)]
         f = w.reshape(*t.shape, *([1] * (f.dim() - 2))) * f
     return f
 
 
-def exact_sds_expectation(teacher: GaussianTeacher, x_mean: Tensor, pi: Tensor, weight: Tensor | None = None) -> Tensor:
-    """``G = sum_t pi(t) w(t) c_t (E[x] - mean)``: exact, since ``f`` is affine in ``x`` and ``E eps = 0``."""
+# --- exact statistics of the SDS integrand for the single Gaussian (module docstring) -----------------
+
+
+def _pmf(name: str, pmf: Tensor, T: int) -> Tensor:
+    pmf = torch.as_tensor(pmf).double().cpu()
+    if pmf.shape != (T,) or bool((pmf < 0).any()) or abs(float(pmf.sum()) - 1) > 1e-6:
+        raise ConfigError(f"{name} must be a {T}-dim pmf (non-negative, sums to 1), got shape {tuple(pmf.shape)}")
+    return pmf
+
+
+def _weight(teacher: GaussianTeacher, weight: Tensor | None) -> Tensor:
+    T = teacher.num_timesteps
+    if weight is None:
+        return torch.ones(T, dtype=torch.float64)
+    if weight.shape != (T,):
+        raise ShapeError(f"weight must be {T}-dim (one per timestep), got {tuple(weight.shape)}")
+    return weight.double().cpu()
+
+
+def _u2(teacher: GaussianTeacher, x_mean: Tensor, x_cov_trace: float) -> float:
+    """``E||x - mean||^2 = ||x_mean - mean||^2 + tr Cov(x)``."""
+    x_mean = torch.as_tensor(x_mean).double().cpu()
+    if x_mean.shape != teacher.mean.shape:
+        raise ShapeError(
+            f"x_mean must have the teacher's mean shape {tuple(teacher.mean.shape)}, got {tuple(x_mean.shape)}"
+        )
+    if not float(x_cov_trace) >= 0:
+        raise ConfigError(f"x_cov_trace = tr Cov(x) must be >= 0, got {x_cov_trace!r}")
+    return float(((x_mean - teacher.mean) ** 2).sum()) + float(x_cov_trace)
+
+
+def _kappa(teacher: GaussianTeacher, pi: Tensor, weight: Tensor | None) -> float:
+    """``mu(x) = kappa (x - mean)`` with ``kappa = sum_t pi(t) w(t) c_t``."""
     c, _ = teacher.coefficients()
-    w = torch.ones_like(c) if weight is None else weight.double()
-    return float((pi.double() * w * c).sum()) * (x_mean.double() - teacher.mean)
+    return float((_pmf("pi", pi, teacher.num_timesteps) * _weight(teacher, weight) * c).sum())
+
+
+def exact_sds_expectation(teacher: GaussianTeacher, x_mean: Tensor, pi: Tensor, weight: Tensor | None = None) -> Tensor:
+    """Exact ``G = E_x E_{t~pi} E_eps f = kappa (x_mean - mean)``, ``kappa = sum_t pi w c_t`` (SPEC §1, §10).
+
+    Args:
+        teacher: the single-Gaussian teacher. x_mean: mean of the outer draws (mean's shape, e.g. ``D``).
+        pi: ``T``-dim target pmf over timesteps. weight: ``T``-dim ``w(t)`` (default ones).
+
+    Returns:
+        ``G`` with mean's shape (float64). Only the outer mean enters because ``f`` is affine in ``x``.
+    """
+    x_mean = torch.as_tensor(x_mean).double().cpu()
+    _u2(teacher, x_mean, 0.0)  # shape check
+    return _kappa(teacher, pi, weight) * (x_mean - teacher.mean)
+
+
+def exact_second_moment_profile(
+    teacher: GaussianTeacher, x_mean: Tensor, x_cov_trace: float, weight: Tensor | None = None
+) -> Tensor:
+    """Exact timestep profile ``m(t) = E_{x, eps} ||f(x, t, eps)||^2`` (SPEC §5).
+
+    ``m(t) = w_t^2 (c_t^2 (||x_mean - mean||^2 + x_cov_trace) + (1 - d_t)^2 D)``.
+
+    Args:
+        x_mean: mean of the outer draws; x_cov_trace: their ``tr Cov(x)``; weight: ``T``-dim (default ones).
+
+    Returns:
+        ``T``-dim float64 Tensor.
+    """
+    c, d = teacher.coefficients()
+    w = _weight(teacher, weight)
+    return w**2 * (c**2 * _u2(teacher, x_mean, x_cov_trace) + (1 - d) ** 2 * teacher.mean.numel())
+
+
+@dataclass(frozen=True)
+class WithinBetween:
+    """Exact SPEC §2 statistics: ``sigma_b2 = tr Cov_x(mu(x))``, ``sigma_w2 = E_x tr Cov_{t~p,eps}(rho f|x)``
+    for one i.i.d. inner draw; ``M2 = E_x ||mu(x)||^2``, so ``E_{t~p}[rho^2 m] = sigma_w2 + M2``."""
+
+    sigma_b2: float
+    sigma_w2: float
+    M2: float
+
+
+def exact_within_between(
+    teacher: GaussianTeacher,
+    x_mean: Tensor,
+    x_cov_trace: float,
+    pi: Tensor,
+    p: Tensor,
+    weight: Tensor | None = None,
+) -> WithinBetween:
+    """Exact between/within variances for i.i.d. inner draws ``t ~ p``, ``rho = pi / p`` (SPEC §2).
+
+    ``sigma_B^2 = kappa^2 x_cov_trace`` and
+    ``sigma_W^2(p) = sum_t pi(t)^2 / p(t) m(t) - kappa^2 E||x - mean||^2`` (module docstring).
+
+    Args:
+        x_mean, x_cov_trace: mean and ``tr Cov`` of the outer draws. pi: ``T``-dim target pmf.
+        p: ``T``-dim proposal pmf, positive wherever ``pi`` is. weight: ``T``-dim ``w(t)`` (default ones).
+    """
+    T = teacher.num_timesteps
+    pi, p = _pmf("pi", pi, T), _pmf("p", p, T)
+    support = pi > 0
+    if bool((p[support] <= 0).any()):
+        raise ConfigError("proposal p must be > 0 wherever pi > 0 (else the estimator is biased)")
+    kappa = _kappa(teacher, pi, weight)
+    m = exact_second_moment_profile(teacher, x_mean, x_cov_trace, weight)
+    M2 = kappa**2 * _u2(teacher, x_mean, x_cov_trace)
+    second = float((pi[support] ** 2 / p[support] * m[support]).sum())  # E_{t~p, x, eps} ||rho f||^2
+    return WithinBetween(sigma_b2=kappa**2 * float(x_cov_trace), sigma_w2=second - M2, M2=M2)
 
 
 class SDSStatistics:
-    """Exact per-timestep statistics of the SDS integrand for a :class:`GaussianTeacher` when the outer
-    draws are ``x ~ (x_mean, Cov)`` with ``tr Cov = x_var_trace`` (SPEC §2, §5).
-
-    With ``u = x - mean``: ``mu(x) = sum_t pi w c u = kappa u``, ``m(t) = w^2 (c^2 E||u||^2 + (d-1)^2 D)``.
-    """
+    """Exact statistics for fixed ``(teacher, x_mean, x_cov_trace, pi, weight)``, ``sigma_w2`` a function
+    of the proposal; a holder over :func:`exact_second_moment_profile` and :func:`exact_within_between`."""
 
     def __init__(
-        self, teacher: GaussianTeacher, x_mean: Tensor, x_var_trace: float, pi: Tensor, weight: Tensor | None = None
+        self,
+        teacher: GaussianTeacher,
+        x_mean: Tensor,
+        x_var_trace: float,
+        pi: Tensor,
+        weight: Tensor | None = None,
     ) -> None:
-        self.c, self.d = teacher.coefficients()
-        self.w = torch.ones_like(self.c) if weight is None else weight.double()
-        self.pi = pi.double()
-        u = x_mean.double() - teacher.mean
-        self.D = u.numel()
-        self.u2 = float((u**2).sum()) + float(x_var_trace)  # E ||x - mean||^2
-        self.var_x = float(x_var_trace)
-        self.kappa = float((self.pi * self.w * self.c).sum())
+        self.teacher, self.x_mean, self.x_var_trace, self.pi, self.weight = (
+            teacher,
+            x_mean,
+            x_var_trace,
+            pi,
+            weight,
+        )
+        self._at_pi = exact_within_between(teacher, x_mean, x_var_trace, pi, pi, weight)
 
     def m(self) -> Tensor:
         """``T``-dim ``m(t) = E_{x, eps} ||f(x, t, eps)||^2``."""
-        return self.w**2 * (self.c**2 * self.u2 + (self.d - 1) ** 2 * self.D)
+        return exact_second_moment_profile(self.teacher, self.x_mean, self.x_var_trace, self.weight)
 
     @property
     def sigma_b2(self) -> float:
-        """``tr Cov_x(mu(x)) = kappa^2 tr Cov(x)``."""
-        return self.kappa**2 * self.var_x
+        return self._at_pi.sigma_b2
 
     @property
     def M2(self) -> float:
-        """``E_x ||mu(x)||^2 = kappa^2 E||x - mean||^2``."""
-        return self.kappa**2 * self.u2
+        return self._at_pi.M2
 
     def sigma_w2(self, p: Tensor) -> float:
-        """Within variance for i.i.d. inner draws from a ``T``-dim proposal ``p``: ``E_p[rho^2 m] - M2``."""
-        support = self.pi > 0
-        return float((self.pi[support] ** 2 / p.double()[support] * self.m()[support]).sum()) - self.M2
+        """Within variance for i.i.d. inner draws from the ``T``-dim proposal ``p``."""
+        return exact_within_between(self.teacher, self.x_mean, self.x_var_trace, self.pi, p, self.weight).sigma_w2
 
 
 def exact_sds_statistics(
     teacher: GaussianTeacher, x_mean: Tensor, x_var_trace: float, pi: Tensor, weight: Tensor | None = None
 ) -> SDSStatistics:
-    """Build :class:`SDSStatistics`."""
+    """Build :class:`SDSStatistics` (kept for existing callers; new code can call the pure functions)."""
     return SDSStatistics(teacher, x_mean, x_var_trace, pi, weight)
