@@ -51,7 +51,7 @@ def load_tiny_teacher(path: str | Path | None = None, device: str | torch.device
     root = Path(path) if path is not None else TINY_TEACHER_PATH
     if not (root / "unet").is_dir():
         raise FileNotFoundError(f"no tiny teacher at {root}; run scripts/train_tiny_teacher.py --out {root}")
-    kw = {"local_files_only": True, "torch_dtype": torch.float32}
+    kw = {"local_files_only": True, "torch_dtype": torch.float32, "low_cpu_mem_usage": False}
     vae = AutoencoderKL.from_pretrained(root / "vae", **kw).to(device).eval().requires_grad_(False)
     unet = UNet2DModel.from_pretrained(root / "unet", **kw).to(device).eval().requires_grad_(False)
     scheduler = DDPMScheduler.from_pretrained(root / "scheduler", local_files_only=True)
