@@ -13,6 +13,7 @@ import torch
 
 from carv_adapt.controller import AdaptiveController
 from carv_adapt.estimator import HierarchicalEstimator
+from carv_adapt.fit.logs import JsonlRefitLog
 from carv_adapt.measure import Measurement, measure_W
 from carv_adapt.proposals import TargetMeasure, UniformProposal, teacher_weight_proposal
 
@@ -49,6 +50,7 @@ def run_demo(settings: DemoSettings, progress: Any = None) -> dict[str, Any]:
     c = wl.config
     out = Path(settings.out)
     out.mkdir(parents=True, exist_ok=True)
+    (out / "refits.jsonl").unlink(missing_ok=True)
     score_every = max(1, settings.steps // 4)
     target = TargetMeasure(wl.teacher.num_timesteps, c.t_min, c.t_max)
 
@@ -69,6 +71,7 @@ def run_demo(settings: DemoSettings, progress: Any = None) -> dict[str, Any]:
         seed=settings.seed,
         warmup_proposal="prior",
         prior=teacher_weight_proposal(target, wl.weight, wl.teacher.alphas_cumprod),
+        logger=JsonlRefitLog(out / "refits.jsonl"),
     )
     task = progress.add_task("adaptive (equal compute)", total=settings.steps) if progress else None
     adapt = wl.run(
