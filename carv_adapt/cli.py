@@ -133,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--total-steps", type=int, default=100)
     s.set_defaults(func=_cmd_schedule)
     d = sub.add_parser("demo", help="baseline vs adaptive at equal compute on a workload; writes a report")
-    d.add_argument("--workload", default="sds3d", choices=["sds3d"])
+    d.add_argument("--workload", default="sds3d", choices=["sds3d", "distill", "attribution"])
     d.add_argument("--steps", type=int, default=60, help="baseline steps (the adaptive run gets equal compute)")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--out", default="carv_report")

@@ -1,10 +1,12 @@
-"""``carv-adapt demo``: a workload trained twice at equal measured compute (baseline vs adaptive), the
-measured ECM at the final parameters, a table, plots and ``summary.json``."""
+"""``carv-adapt demo``: a workload run twice at equal measured compute (baseline vs adaptive), the measured
+ECM at frozen final parameters, a table, plots and ``summary.json``. Workloads: ``sds3d``, ``distill``,
+``attribution``."""
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,11 +17,12 @@ from carv_adapt.controller import AdaptiveController
 from carv_adapt.estimator import HierarchicalEstimator
 from carv_adapt.fit.logs import JsonlRefitLog
 from carv_adapt.measure import Measurement, measure_W
+from carv_adapt.plan import Plan
 from carv_adapt.proposals import TargetMeasure, UniformProposal, teacher_weight_proposal
 
-__all__ = ["DemoSettings", "run_demo", "WORKLOADS"]
+__all__ = ["DemoSettings", "run_demo", "WORKLOADS", "format_table"]
 
-WORKLOADS = ("sds3d",)
+WORKLOADS = ("sds3d", "distill", "attribution")
 
 
 @dataclass(frozen=True)
@@ -32,13 +35,121 @@ class DemoSettings:
     quick: bool = False
 
 
-def _sds3d(settings: DemoSettings) -> Any:
+@dataclass
+class _Adapter:
+    """What the demo needs from a workload."""
+
+    wl: Any
+    batch_size: int
+    weight: torch.Tensor
+    run: Callable[..., Any]  # (steps, controller=None, compute_budget=None, on_step=None) -> result
+    estimator: Callable[[Any], Callable[[Plan], torch.Tensor]]  # result -> (plan -> flat estimate)
+    views: Callable[[Any], torch.Tensor] | None  # result -> images for the side-by-side plot
+    quality: Callable[[Any], float | None]  # result -> final quality score
+    quality_name: str
+
+
+def _sds3d(s: DemoSettings) -> _Adapter:
+    from carv_adapt.workloads.render import front_cameras, render, sample_cameras
     from carv_adapt.workloads.sds3d import SDS3DConfig, SDS3DWorkload
 
-    cfg = SDS3DConfig(
-        seed=settings.seed, grid_size=12 if settings.quick else 20, samples_per_ray=16 if settings.quick else 32
+    wl = SDS3DWorkload(SDS3DConfig(seed=s.seed, grid_size=12 if s.quick else 20, samples_per_ray=16 if s.quick else 32))
+    g = torch.Generator().manual_seed(s.seed + 99)
+
+    def estimator(res: Any) -> Callable[[Plan], torch.Tensor]:
+        scene = wl.scene_from_state(res.final_state)
+        return lambda p: wl.gradient(scene, p, g)
+
+    def views(res: Any) -> torch.Tensor:
+        sc = wl.scene_from_state(res.final_state)
+        cams = sample_cameras(4, torch.Generator().manual_seed(7), wl.config.max_angle_deg)
+        with torch.no_grad():
+            return torch.cat(
+                [
+                    render(sc, front_cameras(), 32, wl.config.samples_per_ray),
+                    render(sc, cams, 32, wl.config.samples_per_ray),
+                ]
+            )
+
+    def run(steps: int, **kw: Any) -> Any:
+        return wl.run(steps, score_every=max(1, steps // 4), **kw)
+
+    return _Adapter(
+        wl,
+        wl.config.batch_size,
+        wl.weight,
+        run,
+        estimator,
+        views,
+        lambda r: r.scores[-1][1] if r.scores else None,
+        "p(digit)",
     )
-    return SDS3DWorkload(cfg)
+
+
+def _distill(s: DemoSettings) -> _Adapter:
+    from carv_adapt.workloads.distill import DistillConfig, DistillWorkload
+
+    wl = DistillWorkload(DistillConfig(seed=s.seed, batch_size=2 if s.quick else 4))
+    g = torch.Generator().manual_seed(s.seed + 99)
+
+    def estimator(res: Any) -> Callable[[Plan], torch.Tensor]:
+        gen, fake = wl.models_from_state(res.final_state)
+        return lambda p: wl.gradient(gen, fake, p, g)
+
+    def views(res: Any) -> torch.Tensor:
+        gen, _ = wl.models_from_state(res.final_state)
+        with torch.no_grad():
+            z = torch.randn((5, *wl.latent_shape), generator=torch.Generator().manual_seed(7))
+            return wl.teacher.decode(gen(z, torch.arange(5))).clamp(-1, 1)
+
+    def quality(res: Any) -> float:
+        gen, _ = wl.models_from_state(res.final_state)
+        return wl.quality(gen, n_per_class=5 if s.quick else 20)["fd"]
+
+    def run(steps: int, **kw: Any) -> Any:
+        return wl.run(steps, **kw)
+
+    return _Adapter(wl, wl.config.batch_size, wl.weight, run, estimator, views, quality, "FD (lower is better)")
+
+
+def _attribution(s: DemoSettings) -> _Adapter:
+    from carv_adapt.workloads.attribution import AttributionConfig, AttributionWorkload, mean_spearman
+
+    cfg = AttributionConfig(
+        seed=s.seed,
+        num_train=12 if s.quick else 48,
+        num_queries=2 if s.quick else 6,
+        reference_outer=3 if s.quick else 16,
+        reference_inner=6 if s.quick else 32,
+    )
+    wl = AttributionWorkload(cfg)
+    g = torch.Generator().manual_seed(s.seed + 99)
+    index = int(wl.train_idx[0])
+    reference: dict[str, Any] = {}
+
+    def run(steps: int, controller: Any = None, compute_budget: float | None = None, on_step: Any = None) -> Any:
+        # "steps" are rounds over the examples; equal compute comes from compute_budget.
+        rounds = max(1, steps // 10)
+        return wl.run(controller=controller, passes=rounds, compute_budget=compute_budget, on_step=on_step)
+
+    def quality(res: Any) -> float:
+        if "ref" not in reference:
+            reference["ref"] = wl.reference()
+        return mean_spearman(res.scores, reference["ref"].scores)
+
+    return _Adapter(
+        wl,
+        cfg.batch_size,
+        torch.ones(wl.teacher.num_timesteps, dtype=torch.float64),
+        run,
+        lambda res: lambda p: wl.feature(index, p, g)[0],
+        None,
+        quality,
+        "Spearman vs reference",
+    )
+
+
+_BUILDERS = {"sds3d": _sds3d, "distill": _distill, "attribution": _attribution}
 
 
 def run_demo(settings: DemoSettings, progress: Any = None) -> dict[str, Any]:
@@ -46,86 +157,87 @@ def run_demo(settings: DemoSettings, progress: Any = None) -> dict[str, Any]:
     if settings.workload not in WORKLOADS:
         raise ValueError(f"unknown workload {settings.workload!r}; choose one of {list(WORKLOADS)}")
     torch.manual_seed(settings.seed)
-    wl = _sds3d(settings)
+    a = _BUILDERS[settings.workload](settings)
+    wl = a.wl
     c = wl.config
     out = Path(settings.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "refits.jsonl").unlink(missing_ok=True)
-    score_every = max(1, settings.steps // 4)
     target = TargetMeasure(wl.teacher.num_timesteps, c.t_min, c.t_max)
 
     def tick(task: Any) -> Any:
         return (lambda rec: progress.advance(task)) if progress is not None else None
 
-    task = progress.add_task("baseline (K=1, uniform, iid)", total=settings.steps) if progress else None
-    base = wl.run(settings.steps, score_every=score_every, on_step=tick(task))
+    task = progress.add_task("baseline (K=1, uniform, iid)", total=None) if progress else None
+    base = a.run(settings.steps, on_step=tick(task))
     ctrl = AdaptiveController(
         num_timesteps=wl.teacher.num_timesteps,
         t_min=c.t_min,
         t_max=c.t_max,
-        batch_size=c.batch_size,
+        batch_size=a.batch_size,
         warmup_steps=max(4, settings.steps // 6),
         refit_every=max(2, settings.steps // 12),
         k_max=16,
         forgetting=0.97,
         seed=settings.seed,
         warmup_proposal="prior",
-        prior=teacher_weight_proposal(target, wl.weight, wl.teacher.alphas_cumprod),
+        space="proxy" if settings.workload == "attribution" else "parameter",
+        prior=teacher_weight_proposal(target, a.weight, wl.teacher.alphas_cumprod),
         logger=JsonlRefitLog(out / "refits.jsonl"),
     )
-    task = progress.add_task("adaptive (equal compute)", total=settings.steps) if progress else None
-    adapt = wl.run(
-        settings.steps * 8,
-        controller=ctrl,
-        compute_budget=base.compute_seconds,
-        score_every=score_every,
-        on_step=tick(task),
-    )
-    if progress is not None:
-        progress.update(task, completed=settings.steps)
+    task = progress.add_task("adaptive (equal compute)", total=None) if progress else None
+    adapt = a.run(settings.steps * 8, controller=ctrl, compute_budget=base.compute_seconds, on_step=tick(task))
 
-    # Measured ECM at the adaptive run's final scene, parameter-space variance x measured time.
-    scene = wl.scene_from_state(adapt.final_state)
-    g = torch.Generator().manual_seed(settings.seed + 99)
+    # Measured ECM at the adaptive run's final parameters: variance of the final estimate x measured time.
+    estimate = a.estimator(adapt)
     baseline_policy = HierarchicalEstimator(
-        UniformProposal(target), N=c.batch_size, K=1, stratification="iid", seed=settings.seed + 1
+        UniformProposal(target), N=a.batch_size, K=1, stratification="iid", seed=settings.seed + 1
     )
-    adaptive_policy = HierarchicalEstimator(ctrl.proposal, N=c.batch_size, K=ctrl.K, seed=settings.seed + 2)
+    adaptive_policy = HierarchicalEstimator(ctrl.proposal, N=a.batch_size, K=ctrl.K, seed=settings.seed + 2)
     task = progress.add_task("measuring W at frozen parameters", total=2) if progress else None
-    m_base = measure_W(lambda p: wl.gradient(scene, p, g), baseline_policy, settings.replications)
+    m_base = measure_W(estimate, baseline_policy, settings.replications)
     if progress:
         progress.advance(task)
-    m_adapt = measure_W(lambda p: wl.gradient(scene, p, g), adaptive_policy, settings.replications)
+    m_adapt = measure_W(estimate, adaptive_policy, settings.replications)
     if progress:
         progress.advance(task)
 
-    last = ctrl.history[-1] if ctrl.history else None
-    summary = _summary(settings, base, adapt, m_base, m_adapt, last, wl)
+    summary = _summary(settings, a, base, adapt, m_base, m_adapt, ctrl)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     torch.save(ctrl.state_dict(), out / "controller_state.pt")
-    _write_plots(out, wl, base, adapt, scene)
+    _write_plots(out, a, base, adapt)
     return summary
 
 
 def _summary(
-    settings: DemoSettings, base: Any, adapt: Any, m_base: Measurement, m_adapt: Measurement, last: Any, wl: Any
+    settings: DemoSettings,
+    a: _Adapter,
+    base: Any,
+    adapt: Any,
+    m_base: Measurement,
+    m_adapt: Measurement,
+    ctrl: AdaptiveController,
 ) -> dict[str, Any]:
     def run_row(r: Any) -> dict[str, Any]:
-        means = r.stage_means()
+        n = sum(x.N for x in r.records)
+        nk = sum(x.N * x.K for x in r.records)
+        tot = _stage_totals(r)
         return {
             "steps": len(r.records),
             "compute_seconds": r.compute_seconds,
             "final_K": r.records[-1].K,
-            "final_score": r.scores[-1][1] if r.scores else None,
-            "scores": r.scores,
-            "c_out_seconds": means.get("upstream", 0.0) + means.get("backward", 0.0),
-            "c_in_seconds": means.get("teacher", 0.0),
+            "quality": a.quality(r),
+            "c_out_seconds": (tot.get("upstream", 0.0) + tot.get("backward", 0.0)) / n,
+            "c_in_seconds": tot.get("teacher", 0.0) / nk,
+            "stage_seconds_per_step": {k: v / len(r.records) for k, v in tot.items()},
         }
 
+    last = ctrl.history[-1] if ctrl.history else None
     return {
         "workload": settings.workload,
-        "config": wl.config.model_dump(),
+        "config": a.wl.config.model_dump(),
         "seed": settings.seed,
+        "quality_metric": a.quality_name,
         "baseline": run_row(base),
         "adaptive": run_row(adapt),
         "controller": None
@@ -140,6 +252,7 @@ def _summary(
             "predicted_ecm": last.predicted_ecm,
             "is_gain": last.is_gain,
             "space": last.extra.get("space"),
+            "refits": len(ctrl.history),
         },
         "measured": {
             "replications": m_base.R,
@@ -149,15 +262,25 @@ def _summary(
             "adaptive_W": m_adapt.W,
             "adaptive_variance": m_adapt.variance,
             "adaptive_seconds_per_estimate": m_adapt.seconds_per_estimate,
+            "variance_ratio": m_base.variance / m_adapt.variance if m_adapt.variance > 0 else math.nan,
             "ecm": m_adapt.ecm_against(m_base),
             "variance_relative_se": max(m_base.relative_se, m_adapt.relative_se),
         },
     }
 
 
-def _write_plots(out: Path, wl: Any, base: Any, adapt: Any, scene: Any) -> None:
+def _stage_totals(r: Any) -> dict[str, float]:
+    tot: dict[str, float] = {}
+    for rec in r.records:
+        for k, v in rec.seconds.items():
+            tot[k] = tot.get(k, 0.0) + v
+    return tot
+
+
+def _write_plots(out: Path, a: _Adapter, base: Any, adapt: Any) -> None:
+    import matplotlib.pyplot as plt
+
     from carv_adapt import plots
-    from carv_adapt.workloads.render import front_cameras, render, sample_cameras
 
     figs = {
         "proposal.png": plots.plot_proposal_history(adapt.history),
@@ -173,29 +296,11 @@ def _write_plots(out: Path, wl: Any, base: Any, adapt: Any, scene: Any) -> None:
     }
     if adapt.history:
         figs["profile.png"] = plots.plot_profile(adapt.history[-1])
-    c = wl.config
-    views = {}
-    for name, r in (("baseline", base), ("adaptive", adapt)):
-        sc = wl.scene_from_state(r.final_state)
-        cams = sample_cameras(4, torch.Generator().manual_seed(7), c.max_angle_deg)
-        with torch.no_grad():
-            views[name] = torch.cat(
-                [render(sc, front_cameras(), 32, c.samples_per_ray), render(sc, cams, 32, c.samples_per_ray)]
-            )
-    figs["views.png"] = plots.plot_views(views)
+    if a.views is not None:
+        figs["views.png"] = plots.plot_views({"baseline": a.views(base), "adaptive": a.views(adapt)})
     for name, fig in figs.items():
         fig.savefig(out / name, dpi=110)
-    import matplotlib.pyplot as plt
-
     plt.close("all")
-
-
-def _stage_totals(r: Any) -> dict[str, float]:
-    tot: dict[str, float] = {}
-    for rec in r.records:
-        for k, v in rec.seconds.items():
-            tot[k] = tot.get(k, 0.0) + v
-    return tot
 
 
 def format_table(summary: dict[str, Any]) -> list[list[str]]:
@@ -204,9 +309,10 @@ def format_table(summary: dict[str, Any]) -> list[list[str]]:
     def f(x: Any, fmt: str = "{:.3g}") -> str:
         return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else fmt.format(x)
 
-    b, a, m, ctl = summary["baseline"], summary["adaptive"], summary["measured"], summary["controller"] or {}
+    b, ad, m, ctl = summary["baseline"], summary["adaptive"], summary["measured"], summary["controller"] or {}
+    q = summary["quality_metric"]
     return [
-        ["run", "steps", "compute s", "K", "c_out ms", "c_in ms", "sigma_B^2", "sigma_W^2", "score", "ECM"],
+        ["run", "steps", "compute s", "K", "c_out ms", "c_in ms", "sigma_B^2", "sigma_W^2", q, "measured ECM"],
         [
             "baseline",
             str(b["steps"]),
@@ -216,19 +322,19 @@ def format_table(summary: dict[str, Any]) -> list[list[str]]:
             f(1e3 * b["c_in_seconds"]),
             "-",
             "-",
-            f(b["final_score"], "{:.3f}"),
+            f(b["quality"], "{:.3f}"),
             "1.00",
         ],
         [
             "adaptive",
-            str(a["steps"]),
-            f(a["compute_seconds"], "{:.1f}"),
-            str(a["final_K"]),
-            f(1e3 * a["c_out_seconds"]),
-            f(1e3 * a["c_in_seconds"]),
+            str(ad["steps"]),
+            f(ad["compute_seconds"], "{:.1f}"),
+            str(ad["final_K"]),
+            f(1e3 * ad["c_out_seconds"]),
+            f(1e3 * ad["c_in_seconds"]),
             f(ctl.get("sigma_b2")),
             f(ctl.get("sigma_w2")),
-            f(a["final_score"], "{:.3f}"),
-            f(m["ecm"], "{:.2f}") + f" (pred {f(ctl.get('predicted_ecm'), '{:.2f}')})",
+            f(ad["quality"], "{:.3f}"),
+            f(m["ecm"], "{:.2f}") + f" (controller predicted {f(ctl.get('predicted_ecm'), '{:.2f}')})",
         ],
     ]

@@ -3,6 +3,8 @@ import sys
 
 import torch
 
-torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+# One intra-op thread: on 2 shared cores, OpenMP threads of two busy processes spin against each other and
+# slow small-batch models down 100x; the suite is many small calls, so one thread is also the fastest.
+torch.set_num_threads(1)
 # Shared fixtures for the core tests live in tests/core/tests_core_helpers.py.
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "core"))

@@ -22,6 +22,7 @@ DEFAULT_ROLES: dict[str, StageRole] = {
     "teacher": "inner",
     "inner": "inner",
     "overhead": "fixed",
+    "probe": "fixed",
 }
 
 

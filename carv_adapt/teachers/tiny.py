@@ -93,12 +93,15 @@ def sample_digits(
     """
     sched = DDIMScheduler.from_config(bundle.scheduler.config, clip_sample=False)
     sched.set_timesteps(num_inference_steps)
+    device = bundle.unet.device
+    labels = labels.to(device)
     n = labels.numel()
     lat_shape = (n, bundle.unet.config.in_channels, bundle.unet.config.sample_size, bundle.unet.config.sample_size)
-    z = torch.randn(lat_shape, generator=generator)
+    # Noise is drawn on the generator's device so a CPU generator gives the same samples on any device.
+    z = torch.randn(lat_shape, generator=generator, device=generator.device if generator else "cpu").to(device)
     null = torch.full_like(labels, NULL_CLASS)
     for t in sched.timesteps:
-        tt = torch.full((2 * n,), int(t), dtype=torch.long)
+        tt = torch.full((2 * n,), int(t), dtype=torch.long, device=device)
         out = bundle.unet(torch.cat([z, z]), tt, class_labels=torch.cat([labels, null])).sample
         cond, uncond = out.chunk(2)
         z = sched.step(uncond + guidance_scale * (cond - uncond), t, z).prev_sample

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
@@ -21,7 +20,9 @@ from torch import Tensor
 from carv_adapt.controller import AdaptiveController
 from carv_adapt.estimator import HierarchicalEstimator
 from carv_adapt.plan import Plan
+from carv_adapt.probe import split_half_probe
 from carv_adapt.teachers.gaussian import sds_integrand, sds_weight
+from carv_adapt.workloads.base import RunResult, StepRecord
 from carv_adapt.workloads.render import VoxelScene, front_cameras, render, sample_cameras
 
 __all__ = ["SDS3DConfig", "SDS3DWorkload", "RunResult", "StepRecord"]
@@ -48,40 +49,6 @@ class SDS3DConfig(BaseModel):
     t_max: int = Field(980, le=999)
     max_inner_batch: int | None = Field(64, ge=1, description="teacher batch cap (memory)")
     seed: int = 0
-
-
-@dataclass(frozen=True)
-class StepRecord:
-    """What one training step did and cost."""
-
-    step: int
-    N: int
-    K: int
-    seconds: dict[str, float]
-    grad_norm: float
-    score: float | None = None
-
-
-@dataclass
-class RunResult:
-    """A workload run: per-step records, the controller's refits, and the final parameters."""
-
-    records: list[StepRecord]
-    history: list[Any]
-    final_state: dict[str, Tensor]
-    compute_seconds: float
-    scores: list[tuple[int, float]] = field(default_factory=list)
-    controller_state: dict[str, Any] | None = None
-
-    def stage_means(self) -> dict[str, float]:
-        """Mean seconds per outer draw (outer stages) and per inner draw (teacher) over the run."""
-        n = sum(r.N for r in self.records)
-        nk = sum(r.N * r.K for r in self.records)
-        tot: dict[str, float] = {}
-        for r in self.records:
-            for k, v in r.seconds.items():
-                tot[k] = tot.get(k, 0.0) + v
-        return {k: v / (nk if k == "teacher" else n) for k, v in tot.items()}
 
 
 class SDS3DWorkload:
@@ -168,9 +135,13 @@ class SDS3DWorkload:
         compute_budget: float | None = None,
         score_every: int = 0,
         on_step: Callable[[StepRecord], None] | None = None,
+        probe_every: int = 4,
     ) -> RunResult:
         """Train for ``steps`` steps (or until ``compute_budget`` measured seconds) under a controller or a
-        fixed policy (default: the baseline ``K = 1``, uniform, i.i.d.)."""
+        fixed policy (default: the baseline ``K = 1``, uniform, i.i.d.).
+
+        A controller with ``space="parameter"`` gets a split-half probe (2N extra vector-Jacobian products
+        through the encoder and the renderer, timed as the ``probe`` stage) every ``probe_every`` steps."""
         c = self.config
         scene = self.new_scene()
         opt = torch.optim.Adam(scene.parameters(), lr=c.lr)
@@ -196,15 +167,24 @@ class SDS3DWorkload:
             t1 = time.perf_counter()
             f = self.integrand(lat, plan.t, plan.noise(lat.shape[1:]))
             t2 = time.perf_counter()
+            probe = None
+            if (
+                controller is not None
+                and controller.config.space == "parameter"
+                and plan.K >= 2
+                and step % probe_every == 0
+            ):
+                probe = split_half_probe(lat, list(scene.parameters()), plan.weights_like(f) * f)
+            t_probe = time.perf_counter()
             opt.zero_grad(set_to_none=True)
             lat.backward((plan.weights_like(f) * f).mean(dim=1) / plan.N)
             grad_norm = float(torch.cat([p.grad.reshape(-1) for p in scene.parameters()]).norm())
             opt.step()
             t3 = time.perf_counter()
-            sec = {"upstream": t1 - t0, "teacher": t2 - t1, "backward": t3 - t2}
+            sec = {"upstream": t1 - t0, "teacher": t2 - t1, "backward": t3 - t_probe, "probe": t_probe - t2}
             compute += t3 - t0
             if controller is not None:
-                controller.observe(plan, f, costs=sec)
+                controller.observe(plan, f, costs=sec, probe=probe)
                 controller.step()
             score = self.score(scene) if score_every and (step % score_every == 0 or step == steps - 1) else None
             if score is not None:

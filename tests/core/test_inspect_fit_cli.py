@@ -13,8 +13,15 @@ from carv_adapt.workloads import SyntheticNested
 @pytest.fixture(scope="module")
 def log_path(tmp_path_factory):
     path = tmp_path_factory.mktemp("log") / "refits.jsonl"
-    c = AdaptiveController(num_timesteps=200, num_bins=10, batch_size=8, warmup_steps=20, refit_every=10,
-                           logger=JsonlRefitLog(path), seed=0)
+    c = AdaptiveController(
+        num_timesteps=200,
+        num_bins=10,
+        batch_size=8,
+        warmup_steps=20,
+        refit_every=10,
+        logger=JsonlRefitLog(path),
+        seed=0,
+    )
     wl = SyntheticNested(c.target, c.edges, 0.3 + 3 * torch.linspace(0, 1, 10, dtype=torch.float64) ** 2)
     g = torch.Generator().manual_seed(0)
     for _ in range(80):
@@ -30,7 +37,7 @@ def test_inspect_log_report_matches_and_writes_pngs(log_path, tmp_path, capsys):
     last = read_refit_log(log_path)[-1]
     assert f"K = {last.K} (N = {last.N})" in text
     assert f"sigma_B^2 = {last.sigma_b2:.4g}" in text and f"predicted ECM = {last.predicted_ecm:.4g}" in text
-    for b, m in enumerate(last.profile):
+    for m in last.profile:
         assert f"{m:10.4g}" in text
     for name in ("profile.png", "proposal_history.png", "k_ecm.png", "costs.png"):
         assert (tmp_path / name).stat().st_size > 2000
@@ -39,8 +46,10 @@ def test_inspect_log_report_matches_and_writes_pngs(log_path, tmp_path, capsys):
 def test_fit_writes_a_loadable_policy_and_preview(log_path, tmp_path, capsys):
     pytest.importorskip("botorch")
     out = tmp_path / "policy.json"
-    assert main(["fit", str(log_path), "-o", str(out), "--num-timesteps", "200", "--trials", "6",
-                 "--replay-steps", "60"]) == 0
+    assert (
+        main(["fit", str(log_path), "-o", str(out), "--num-timesteps", "200", "--trials", "6", "--replay-steps", "60"])
+        == 0
+    )
     pol = Policy.load(out)
     assert pol.proposal.kind == "binned" and 1 <= pol.allocation.K <= 64
     assert "trials" in capsys.readouterr().out
