@@ -63,8 +63,10 @@ class AttributionResult:
 
 
 def cosine_scores(queries: Tensor, train: Tensor) -> Tensor:
-    """``Q x M`` cosine similarities of query and training features."""
-    return F.normalize(queries, dim=1) @ F.normalize(train, dim=1).T
+    """``Q x M`` cosine similarities of query and training features, both centred on the training mean
+    (the gradient direction every example shares would otherwise dominate every score)."""
+    mu = train.mean(dim=0, keepdim=True)
+    return F.normalize(queries - mu, dim=1) @ F.normalize(train - mu, dim=1).T
 
 
 def mean_spearman(scores: Tensor, reference: Tensor) -> float:
