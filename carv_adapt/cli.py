@@ -23,7 +23,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
+    import torch
+
     from carv_adapt.demo import DemoSettings, format_table, run_demo
+
+    torch.set_num_threads(args.threads)
 
     settings = DemoSettings(
         workload=args.workload,
@@ -139,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="carv_report")
     d.add_argument("--replications", type=int, default=30, help="per policy, for the measured ECM")
     d.add_argument("--quick", action="store_true", help="a smaller scene and fewer ray samples (tests)")
+    d.add_argument("--threads", type=int, default=1, help="torch intra-op threads (small models: 1 is fastest)")
     d.set_defaults(func=_cmd_demo)
     i = sub.add_parser("inspect", help="report and plots for a policy (.json) or a refit log (.jsonl)")
     i.add_argument("path")

@@ -1,9 +1,10 @@
 """A small differentiable volume renderer: the expensive upstream stage of the SDS-3D workload.
 
 A density and colour voxel grid in ``[-1, 1]^3``, pinhole cameras in a cone around the front view (on the
-``+z`` axis, looking at the origin), uniform samples along each ray, trilinear lookups with
-``grid_sample`` and emission-absorption compositing over a background. Cost grows with
-``resolution^2 * samples_per_ray``: the knobs that vary the upstream cost honestly.
+``+z`` axis, looking at the origin), uniform samples along each ray, trilinear lookups with ``grid_sample``
+and emission-absorption compositing over a background. Each call makes exactly
+``n * resolution^2 * samples_per_ray`` grid lookups (:func:`num_sample_points`), so the two knobs vary the
+upstream cost honestly (SPEC §11 measures it).
 """
 
 from __future__ import annotations
@@ -17,69 +18,211 @@ from torch import Tensor, nn
 
 from carv_adapt.errors import ConfigError
 
-__all__ = ["VoxelScene", "Cameras", "sample_cameras", "front_cameras", "render", "num_sample_points"]
+__all__ = [
+    "VoxelScene",
+    "Cameras",
+    "RaySamples",
+    "sample_cameras",
+    "front_cameras",
+    "ray_samples",
+    "num_sample_points",
+    "render",
+]
+
+_HALF_DIAGONAL = math.sqrt(3.0)  # the cube [-1, 1]^3 lies within this distance of the origin
 
 
 class VoxelScene(nn.Module):
-    """Density (softplus) and colour (sigmoid) grids of ``grid_size^3`` cells, initialised to a faint blob."""
+    """Density and colour grids of ``G x G x G`` cells spanning ``[-1, 1]^3``, laid out ``[z, y, x]``.
 
-    def __init__(self, grid_size: int = 24, channels: int = 1) -> None:
+    Args:
+        grid_size: ``G``, cells per side.
+        channels: ``C``, colour channels (1: the teacher sees single-channel digits).
+
+    ``density_raw`` (``G x G x G``) maps through softplus to a density per world unit; ``color_raw``
+    (``C x G x G x G``) maps through a sigmoid to ``[0, 1]``. The scene starts as a soft grey blob, so the
+    first renders already have something for the teacher's score to push on.
+    """
+
+    def __init__(self, grid_size: int = 32, channels: int = 1) -> None:
         super().__init__()
-        if grid_size < 2 or channels < 1:
-            raise ConfigError(f"need grid_size >= 2 and channels >= 1, got {grid_size!r}, {channels!r}")
+        if grid_size < 2:
+            raise ConfigError(f"grid_size must be >= 2, got {grid_size!r}")
+        if channels < 1:
+            raise ConfigError(f"channels must be >= 1, got {channels!r}")
         c = torch.linspace(-1, 1, grid_size)
         zz, yy, xx = torch.meshgrid(c, c, c, indexing="ij")
-        blob = 2.0 * torch.exp(-(xx**2 + yy**2 + zz**2) / 0.3)
-        self.density_raw = nn.Parameter(torch.log(torch.expm1(blob.clamp_min(1e-3))))  # softplus^-1
-        self.color_raw = nn.Parameter(torch.zeros(channels, grid_size, grid_size, grid_size))
+        # Peak density 4 with width ~0.55: the central ray's optical depth is ~3.9, the rim fades to clear.
+        blob = 4.0 * torch.exp(-(xx**2 + yy**2 + zz**2) / 0.3)
+        self.density_raw = nn.Parameter(torch.log(torch.expm1(blob.clamp_min(2e-3))))  # softplus^-1
+        self.color_raw = nn.Parameter(torch.zeros(channels, grid_size, grid_size, grid_size))  # grey 0.5
+
+    @property
+    def grid_size(self) -> int:
+        return self.density_raw.shape[0]
 
     @property
     def channels(self) -> int:
         return self.color_raw.shape[0]
 
+    def density(self) -> Tensor:
+        """``G x G x G`` non-negative density per world unit."""
+        return F.softplus(self.density_raw)
+
+    def color(self) -> Tensor:
+        """``C x G x G x G`` colour in ``[0, 1]``."""
+        return torch.sigmoid(self.color_raw)
+
     def fields(self) -> Tensor:
-        """``1 x (1 + C) x G x G x G``: density then colour, ready for ``grid_sample``."""
-        return torch.cat([F.softplus(self.density_raw)[None], torch.sigmoid(self.color_raw)])[None]
+        """``1 x (1 + C) x G x G x G``: density then colour, stacked so one ``grid_sample`` reads both."""
+        return torch.cat([self.density()[None], self.color()])[None]
 
 
 @dataclass(frozen=True)
 class Cameras:
-    """``n`` pinhole cameras: ``origins`` ``n x 3``, camera-to-world ``rotations`` ``n x 3 x 3`` (columns right,
-    up, forward) and the vertical field of view."""
+    """``n`` pinhole cameras sharing one field of view.
+
+    Attributes:
+        origins: ``n x 3`` camera centres in world space.
+        rotations: ``n x 3 x 3`` camera-to-world rotations; columns are right, up, forward.
+        fov_deg: vertical (= horizontal; images are square) field of view in degrees.
+    """
 
     origins: Tensor
     rotations: Tensor
     fov_deg: float = 40.0
 
+    def __post_init__(self) -> None:
+        n = self.origins.shape[0]
+        if self.origins.shape != (n, 3) or self.rotations.shape != (n, 3, 3):
+            raise ConfigError(
+                f"Cameras need origins n x 3 and rotations n x 3 x 3, got {tuple(self.origins.shape)} and "
+                f"{tuple(self.rotations.shape)}"
+            )
+        if not 0.0 < self.fov_deg < 180.0:
+            raise ConfigError(f"fov_deg must lie in (0, 180), got {self.fov_deg!r}")
+
+    @property
+    def focal(self) -> float:
+        """Focal length in units of the image half-width: ``1 / tan(fov / 2)``."""
+        return 1.0 / math.tan(math.radians(self.fov_deg) / 2)
+
     def __len__(self) -> int:
         return self.origins.shape[0]
 
+    def to(self, device: torch.device | str) -> Cameras:
+        return Cameras(self.origins.to(device), self.rotations.to(device), self.fov_deg)
+
 
 def _look_at(origins: Tensor) -> Tensor:
+    """``n x 3 x 3`` camera-to-world rotations for cameras at ``origins`` (``n x 3``) facing the origin."""
     forward = -origins / origins.norm(dim=1, keepdim=True)
-    up0 = torch.tensor([0.0, 1.0, 0.0]).expand_as(forward)
-    right = torch.linalg.cross(forward, up0)  # right-handed: right = forward x up
+    # World +y is "up" except for a camera on the y axis, where the cross product would vanish.
+    y, z = origins.new_tensor([0.0, 1.0, 0.0]), origins.new_tensor([0.0, 0.0, 1.0])
+    up0 = torch.where((forward[:, 1:2].abs() > 1 - 1e-6), z, y)
+    right = torch.linalg.cross(forward, up0)  # forward x up: +x for the front camera, as on screen
     right = right / right.norm(dim=1, keepdim=True)
     up = torch.linalg.cross(right, forward)
     return torch.stack([right, up, forward], dim=2)
 
 
+def _check_pose(radius: float, fov_deg: float) -> None:
+    if radius <= 0:
+        raise ConfigError(f"radius must be > 0, got {radius!r}")
+    if not 0.0 < fov_deg < 180.0:
+        raise ConfigError(f"fov_deg must lie in (0, 180), got {fov_deg!r}")
+
+
 def sample_cameras(
-    n: int, generator: torch.Generator, max_angle_deg: float = 30.0, radius: float = 3.0, fov_deg: float = 40.0
+    n: int,
+    generator: torch.Generator,
+    max_angle_deg: float = 30.0,
+    radius: float = 3.0,
+    fov_deg: float = 40.0,
 ) -> Cameras:
-    """``n`` cameras uniform on the spherical cap within ``max_angle_deg`` of ``+z``, looking at the origin."""
+    """``n`` cameras uniform on the spherical cap within ``max_angle_deg`` of ``+z``, looking at the origin.
+
+    Args:
+        n: number of cameras.
+        generator: the only source of randomness; tensors land on its device.
+        max_angle_deg: half-angle of the cone of viewpoints around the front view, in ``[0, 180]``.
+        radius: distance of every camera from the origin.
+        fov_deg: field of view of every camera.
+    """
+    if n < 1:
+        raise ConfigError(f"n must be >= 1, got {n!r}")
+    if not 0.0 <= max_angle_deg <= 180.0:
+        raise ConfigError(f"max_angle_deg must lie in [0, 180], got {max_angle_deg!r}")
+    _check_pose(radius, fov_deg)
+    device = generator.device
+    # cos(theta) uniform on [cos_max, 1] is uniform in area on the cap.
     cos_max = math.cos(math.radians(max_angle_deg))
-    cos_t = 1 - torch.rand(n, generator=generator) * (1 - cos_max)
+    cos_t = 1 - torch.rand(n, generator=generator, device=device) * (1 - cos_max)
     sin_t = (1 - cos_t**2).clamp_min(0).sqrt()
-    phi = torch.rand(n, generator=generator) * 2 * math.pi
+    phi = torch.rand(n, generator=generator, device=device) * (2 * math.pi)
     origins = radius * torch.stack([sin_t * torch.cos(phi), sin_t * torch.sin(phi), cos_t], dim=1)
     return Cameras(origins, _look_at(origins), fov_deg)
 
 
 def front_cameras(n: int = 1, radius: float = 3.0, fov_deg: float = 40.0) -> Cameras:
-    """``n`` copies of the front view (for evaluation)."""
+    """``n`` copies of the front view (on ``+z``, looking at the origin), for evaluation."""
+    if n < 1:
+        raise ConfigError(f"n must be >= 1, got {n!r}")
+    _check_pose(radius, fov_deg)
     origins = torch.tensor([[0.0, 0.0, radius]]).expand(n, 3).clone()
     return Cameras(origins, _look_at(origins), fov_deg)
+
+
+@dataclass(frozen=True)
+class RaySamples:
+    """Where :func:`render` reads the grids.
+
+    Attributes:
+        points: ``n x P x S x 3`` world positions, ``P = resolution^2`` pixels in row-major order (row 0 at
+            the top), ``S`` samples per ray ordered near to far.
+        delta: ``n`` world-length of the ray segment each sample stands for.
+    """
+
+    points: Tensor
+    delta: Tensor
+
+
+def ray_samples(
+    cameras: Cameras,
+    resolution: int,
+    samples_per_ray: int,
+    near: float | None = None,
+    far: float | None = None,
+) -> RaySamples:
+    """Pinhole rays through pixel centres, ``samples_per_ray`` midpoints of equal segments of ``[near, far]``.
+
+    ``near`` / ``far`` are distances along each (unit) ray; by default each camera's depth range is the
+    sphere around the cube, ``|origin| -+ sqrt(3)``, so no sample is wasted far outside the grid.
+    Uniform spacing makes the cost deterministic: every ray reads exactly ``samples_per_ray`` points.
+    """
+    if resolution < 1:
+        raise ConfigError(f"resolution must be >= 1, got {resolution!r}")
+    if samples_per_ray < 1:
+        raise ConfigError(f"samples_per_ray must be >= 1, got {samples_per_ray!r}")
+    origins, rotations = cameras.origins, cameras.rotations
+    dtype, device = origins.dtype, origins.device
+    # Pixel centres on the image plane at distance `focal`, as +-1 at the image edges.
+    lin = (torch.arange(resolution, dtype=dtype, device=device) + 0.5) / resolution * 2 - 1
+    v, u = torch.meshgrid(-lin, lin, indexing="ij")  # image rows run downwards, so v decreases
+    dirs_cam = torch.stack([u, v, torch.full_like(u, cameras.focal)], dim=-1).reshape(-1, 3)
+    dirs = torch.einsum("nij,pj->npi", rotations, dirs_cam)
+    dirs = dirs / dirs.norm(dim=-1, keepdim=True)  # n x P x 3
+    dist = origins.norm(dim=1)
+    lo = (dist - _HALF_DIAGONAL).clamp_min(0.0) if near is None else torch.full_like(dist, near)
+    hi = dist + _HALF_DIAGONAL if far is None else torch.full_like(dist, far)
+    if near is not None or far is not None:
+        if bool((lo < 0).any()) or bool((hi <= lo).any()):
+            raise ConfigError(f"need 0 <= near < far, got near={near!r}, far={far!r}")
+    delta = (hi - lo) / samples_per_ray  # n
+    mid = (torch.arange(samples_per_ray, dtype=dtype, device=device) + 0.5)[None]  # 1 x S
+    depth = lo[:, None] + delta[:, None] * mid  # n x S
+    points = origins[:, None, None, :] + dirs[:, :, None, :] * depth[:, None, :, None]
+    return RaySamples(points, delta)
 
 
 def num_sample_points(n: int, resolution: int, samples_per_ray: int) -> int:
@@ -88,35 +231,42 @@ def num_sample_points(n: int, resolution: int, samples_per_ray: int) -> int:
 
 
 def render(
-    scene: VoxelScene, cameras: Cameras, resolution: int = 32, samples_per_ray: int = 32, background: float = -1.0
+    scene: VoxelScene,
+    cameras: Cameras,
+    resolution: int = 32,
+    samples_per_ray: int = 32,
+    near: float | None = None,
+    far: float | None = None,
+    background: float = -1.0,
 ) -> Tensor:
-    """Render ``n x C x resolution x resolution`` images in ``[-1, 1]``, differentiable in the scene."""
-    if resolution < 1 or samples_per_ray < 2:
-        raise ConfigError(f"need resolution >= 1 and samples_per_ray >= 2, got {resolution!r}, {samples_per_ray!r}")
-    n = len(cameras)
-    half = math.tan(math.radians(cameras.fov_deg) / 2)
-    lin = (torch.arange(resolution, dtype=torch.float32) + 0.5) / resolution * 2 - 1
-    v, u = torch.meshgrid(-lin * half, lin * half, indexing="ij")  # image rows go down
-    dirs_cam = torch.stack([u, v, torch.ones_like(u)], dim=-1).reshape(-1, 3)
-    dirs = torch.einsum("nij,pj->npi", cameras.rotations, dirs_cam)
-    dirs = dirs / dirs.norm(dim=-1, keepdim=True)  # n x P x 3
-    dist = cameras.origins.norm(dim=1)  # the cube [-1, 1]^3 lies within sqrt(3) of the origin
-    s = torch.linspace(0, 1, samples_per_ray)
-    near, far = (dist - math.sqrt(3)).clamp_min(0.0), dist + math.sqrt(3)
-    depth = near[:, None] + (far - near)[:, None] * s[None]  # n x S
-    pts = cameras.origins[:, None, None, :] + dirs[:, :, None, :] * depth[:, None, :, None]  # n x P x S x 3
-    # grid_sample's (x, y, z) index (W, H, D); the grids are laid out [z, y, x].
-    vals = F.grid_sample(
-        scene.fields(), pts.reshape(1, 1, -1, samples_per_ray, 3), align_corners=True, padding_mode="zeros"
-    )  # 1 x (1+C) x 1 x nP x S
-    vals = vals[0, :, 0].reshape(1 + scene.channels, n, -1, samples_per_ray)
+    """Emission-absorption render of ``scene`` from ``cameras``, differentiable in the scene's parameters.
+
+    Args:
+        scene: the voxel grids (their device decides where the work runs).
+        cameras: ``n`` cameras.
+        resolution: ``H = W`` in pixels.
+        samples_per_ray: ``S``, uniform samples per ray.
+        near, far: depth range along each ray; see :func:`ray_samples`.
+        background: value in ``[-1, 1]`` composited behind the scene.
+
+    Returns:
+        ``n x C x H x W`` images in ``[-1, 1]`` (the teacher's range).
+    """
+    if not -1.0 <= background <= 1.0:
+        raise ConfigError(f"background must lie in [-1, 1], got {background!r}")
+    fields = scene.fields()
+    rays = ray_samples(cameras.to(fields.device), resolution, samples_per_ray, near, far)
+    n, P, S, _ = rays.points.shape
+    # grid_sample's last axis is (x, y, z) indexing (W, H, D), matching the [z, y, x] layout; outside the
+    # cube it reads zeros, i.e. empty space.
+    vals = F.grid_sample(fields, rays.points.reshape(1, 1, n * P, S, 3), align_corners=True, padding_mode="zeros")
+    vals = vals[0, :, 0].reshape(1 + scene.channels, n, P, S)
     sigma, color = vals[0], vals[1:]
-    delta = ((far - near) / (samples_per_ray - 1))[:, None, None] * 2.0  # world units; grid spans 2
-    alpha = 1 - torch.exp(-sigma * delta)
-    trans = torch.cumprod(torch.cat([torch.ones_like(alpha[..., :1]), 1 - alpha[..., :-1] + 1e-10], -1), -1)
-    w = alpha * trans  # n x P x S
-    rgb = (w[None] * color).sum(-1)  # C x n x P
-    acc = w.sum(-1)
-    bg01 = (background + 1) / 2
-    img = rgb + (1 - acc)[None] * bg01
-    return (img * 2 - 1).permute(1, 0, 2).reshape(n, scene.channels, resolution, resolution)
+    # T[s] = exp(-optical depth up to and through sample s): the light that gets past it. Sample s absorbs
+    # w[s] = T[s-1] - T[s] (T[-1] = 1). Summing optical depth is stabler than multiplying (1 - alpha), and
+    # the weights telescope, so exactly T[S-1] reaches the background, with no extra sum.
+    T = torch.exp(-torch.cumsum(sigma * rays.delta[:, None, None], dim=-1))  # n x P x S
+    w = torch.cat([1 - T[..., :1], T[..., :-1] - T[..., 1:]], dim=-1)  # n x P x S, w >= 0, sum = 1 - T_S
+    img01 = (w[None] * color).sum(-1) + T[None, ..., -1] * ((background + 1) / 2)  # C x n x P
+    img = (img01 * 2 - 1).clamp(-1.0, 1.0)  # only rounding can leave [-1, 1]; clamp keeps the contract exact
+    return img.permute(1, 0, 2).reshape(n, scene.channels, resolution, resolution)
