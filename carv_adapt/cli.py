@@ -37,7 +37,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         replications=args.replications,
         quick=args.quick,
     )
-    console = Console()
+    console = Console(width=160)
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -84,7 +84,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     from carv_adapt.fit.replay import replay_objective
     from carv_adapt.policy import Safeguards
 
-    console = Console()
+    console = Console(width=160)
     record = read_refit_log(args.log)[-1]
     closed = policy_from_record(record, args.num_timesteps)
     console.print(

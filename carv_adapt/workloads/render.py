@@ -259,14 +259,15 @@ def render(
     n, P, S, _ = rays.points.shape
     # grid_sample's last axis is (x, y, z) indexing (W, H, D), matching the [z, y, x] layout; outside the
     # cube it reads zeros, i.e. empty space.
-    vals = F.grid_sample(fields, rays.points.reshape(1, 1, n * P, S, 3), align_corners=True, padding_mode="zeros")
+    pts = rays.points.reshape(1, 1, n * P, S, 3)
+    vals = F.grid_sample(fields, pts, align_corners=True, padding_mode="zeros")  # 1 x (1+C) x 1 x nP x S
     vals = vals[0, :, 0].reshape(1 + scene.channels, n, P, S)
     sigma, color = vals[0], vals[1:]
     # T[s] = exp(-optical depth up to and through sample s): the light that gets past it. Sample s absorbs
     # w[s] = T[s-1] - T[s] (T[-1] = 1). Summing optical depth is stabler than multiplying (1 - alpha), and
     # the weights telescope, so exactly T[S-1] reaches the background, with no extra sum.
     T = torch.exp(-torch.cumsum(sigma * rays.delta[:, None, None], dim=-1))  # n x P x S
-    w = torch.cat([1 - T[..., :1], T[..., :-1] - T[..., 1:]], dim=-1)  # n x P x S, w >= 0, sum = 1 - T_S
+    w = torch.cat([1 - T[..., :1], T[..., :-1] - T[..., 1:]], dim=-1)  # n x P x S, w >= 0, sums to 1 - T[S-1]
     img01 = (w[None] * color).sum(-1) + T[None, ..., -1] * ((background + 1) / 2)  # C x n x P
     img = (img01 * 2 - 1).clamp(-1.0, 1.0)  # only rounding can leave [-1, 1]; clamp keeps the contract exact
     return img.permute(1, 0, 2).reshape(n, scene.channels, resolution, resolution)

@@ -21,10 +21,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _drive(ctrl: AdaptiveController, rank: int, steps: int):
+def _drive(ctrl: AdaptiveController, rank: int, steps: int, g: torch.Generator | None = None):
     s = 0.3 + 3.0 * torch.linspace(0, 1, 10, dtype=torch.float64) ** 2
     wl = SyntheticNested(ctrl.target, ctrl.edges, s, D=8)
-    g = torch.Generator().manual_seed(100 + rank)
+    g = torch.Generator().manual_seed(100 + rank) if g is None else g
     ts = []
     for _ in range(steps):
         plan = ctrl.plan()
@@ -43,6 +43,17 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
         torch.save(
             {"history": [r.to_dict() for r in ctrl.history], "t": ts, "state": ctrl.state_dict()},
             os.path.join(out, f"rank{rank}.pt"),
+        )
+        # Exact resume on 2 ranks: stop at step 10, load the state into a differently configured controller
+        # and continue on the same data stream.
+        a = AdaptiveController(**KW)
+        g = torch.Generator().manual_seed(100 + rank)
+        _drive(a, rank, 10, g)
+        b = AdaptiveController(num_timesteps=50, num_bins=5)
+        b.load_state_dict(a.state_dict())
+        resumed = _drive(b, rank, STEPS - 10, g)
+        torch.save(
+            {"resumed_t": resumed, "history": [r.to_dict() for r in b.history]}, os.path.join(out, f"resumed{rank}.pt")
         )
     finally:
         dist.destroy_process_group()
@@ -73,3 +84,9 @@ def test_two_ranks_plan_identically_and_draw_differently(tmp_path):
     union = GroupedVariance()
     union.load_flat(merged.flat())
     assert union.compute().sigma_b2 == pytest.approx(r0["history"][-1]["sigma_b2"], rel=1e-12)
+
+    # Exact resume on 2 ranks: the resumed plans equal the uninterrupted run's from step 10 on.
+    for rank, saved in ((0, r0), (1, r1)):
+        res = torch.load(tmp_path / f"resumed{rank}.pt", weights_only=False)
+        assert all(torch.equal(a, b) for a, b in zip(saved["t"][10:], res["resumed_t"]))
+        assert res["history"][-1] == saved["history"][-1]
