@@ -19,11 +19,10 @@ def _cmd_schedule(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    import torch
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
-
-    import torch
 
     from carv_adapt.demo import DemoSettings, format_table, run_demo
 
@@ -138,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_schedule)
     d = sub.add_parser("demo", help="baseline vs adaptive at equal compute on a workload; writes a report")
     d.add_argument("--workload", default="sds3d", choices=["sds3d", "distill", "attribution"])
-    d.add_argument("--steps", type=int, default=60, help="baseline steps (the adaptive run gets equal compute)")
+    d.add_argument("--steps", type=int, default=300, help="baseline steps (the adaptive run gets equal compute)")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--out", default="carv_report")
     d.add_argument("--replications", type=int, default=30, help="per policy, for the measured ECM")

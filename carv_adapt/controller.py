@@ -165,9 +165,13 @@ class AdaptiveController:
             return None
         target = TargetMeasure(self.config.num_timesteps, self.config.t_min, self.config.t_max)
         if isinstance(prior, Proposal):
-            return PmfProposal(target, prior.pmf()).pmf()
-        g = torch.as_tensor(prior, dtype=torch.float64)
-        return PmfProposal(target, target.pmf() * g).pmf()
+            pmf = PmfProposal(target, prior.pmf()).pmf()
+        else:
+            pmf = PmfProposal(target, target.pmf() * torch.as_tensor(prior, dtype=torch.float64)).pmf()
+        # The defensive mixture applies to the prior too: an analytic g(t) that vanishes somewhere (the
+        # teacher-weight prior at t -> T, where alphabar -> 0) would otherwise give unbounded weights.
+        a = self.config.alpha
+        return (1.0 - a) * pmf + a * target.pmf()
 
     def _warmup_k(self, step: int) -> int:
         c = self.config

@@ -47,6 +47,7 @@ class _Adapter:
     views: Callable[[Any], torch.Tensor] | None  # result -> images for the side-by-side plot
     quality: Callable[[Any], float | None]  # result -> final quality score
     quality_name: str
+    sds_prior: bool = False
 
 
 def _sds3d(s: DemoSettings) -> _Adapter:
@@ -83,6 +84,7 @@ def _sds3d(s: DemoSettings) -> _Adapter:
         views,
         lambda r: r.scores[-1][1] if r.scores else None,
         "p(digit)",
+        sds_prior=True,
     )
 
 
@@ -180,9 +182,10 @@ def run_demo(settings: DemoSettings, progress: Any = None) -> dict[str, Any]:
         k_max=16,
         forgetting=0.97,
         seed=settings.seed,
-        warmup_proposal="prior",
         space="proxy" if settings.workload == "attribution" else "parameter",
-        prior=teacher_weight_proposal(target, a.weight, wl.teacher.alphas_cumprod),
+        # The teacher-weight prior is derived for SDS-type integrands (SPEC §5); only sds3d declares it.
+        warmup_proposal="prior" if a.sds_prior else "uniform",
+        prior=teacher_weight_proposal(target, a.weight, wl.teacher.alphas_cumprod) if a.sds_prior else None,
         logger=JsonlRefitLog(out / "refits.jsonl"),
     )
     task = progress.add_task("adaptive (equal compute)", total=None) if progress else None
