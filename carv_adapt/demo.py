@@ -73,7 +73,7 @@ def _sds3d(s: DemoSettings) -> _Adapter:
             )
 
     def run(steps: int, **kw: Any) -> Any:
-        return wl.run(steps, score_every=max(1, steps // 4), **kw)
+        return wl.run(steps, **kw)
 
     return _Adapter(
         wl,
@@ -82,7 +82,7 @@ def _sds3d(s: DemoSettings) -> _Adapter:
         run,
         estimator,
         views,
-        lambda r: r.scores[-1][1] if r.scores else None,
+        lambda r: wl.score(wl.scene_from_state(r.final_state)),
         "p(digit)",
         sds_prior=True,
     )
