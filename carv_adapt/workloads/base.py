@@ -42,3 +42,75 @@ class RunResult:
             for k, v in r.seconds.items():
                 tot[k] = tot.get(k, 0.0) + v
         return {k: v / (nk if k == "teacher" else n) for k, v in tot.items()}
+
+
+def default_policy(teacher: Any, config: Any) -> Any:
+    """The baseline fixed policy: ``K = 1``, uniform over ``[t_min, t_max]``, i.i.d. timesteps."""
+    from carv_adapt.estimator import HierarchicalEstimator
+    from carv_adapt.proposals import TargetMeasure, UniformProposal
+
+    target = TargetMeasure(teacher.num_timesteps, config.t_min, config.t_max)
+    return HierarchicalEstimator(
+        UniformProposal(target), N=config.batch_size, K=1, stratification="iid", seed=config.seed
+    )
+
+
+def descend(
+    plan: Any, outputs: Tensor, f: Tensor, params: list[Tensor], opt: Any, probe_now: bool
+) -> tuple[Any, float, float, float]:
+    """The shared update of the gradient workloads: an optional split-half probe (SPEC §7), then one backward
+    of the rho-weighted inner mean through the upstream and an optimizer step.
+
+    Returns ``(probe or None, probe seconds, backward seconds, gradient norm)``.
+    """
+    import time
+
+    import torch
+
+    from carv_adapt.probe import split_half_probe
+
+    t0 = time.perf_counter()
+    weighted = plan.weights_like(f) * f
+    probe = split_half_probe(outputs, params, weighted) if probe_now and plan.K >= 2 else None
+    t1 = time.perf_counter()
+    opt.zero_grad(set_to_none=True)
+    outputs.backward(weighted.mean(dim=1) / plan.N)
+    grad_norm = float(torch.cat([p.grad.reshape(-1) for p in params if p.grad is not None]).norm())
+    opt.step()
+    return probe, t1 - t0, time.perf_counter() - t1, grad_norm
+
+
+def drive(
+    steps: int,
+    controller: Any,
+    policy: Any,
+    one_step: Any,
+    compute_budget: float | None = None,
+    on_step: Any = None,
+    score: Any = None,
+    score_every: int = 0,
+) -> tuple[list[StepRecord], list[tuple[int, float]], float]:
+    """The shared training loop: plan (controller or fixed policy), ``one_step(plan, step) -> (f, seconds,
+    probe, grad_norm)``, observe/step the controller, score, stop at ``compute_budget`` measured seconds."""
+    records: list[StepRecord] = []
+    scores: list[tuple[int, float]] = []
+    compute = 0.0
+    for step in range(steps):
+        plan = controller.plan() if controller is not None else policy.plan()
+        f, sec, probe, grad_norm = one_step(plan, step)
+        compute += sum(sec.values())
+        if controller is not None:
+            controller.observe(plan, f, costs=sec, probe=probe)
+            controller.step()
+        value = (
+            score() if score is not None and score_every and (step % score_every == 0 or step == steps - 1) else None
+        )
+        if value is not None:
+            scores.append((step, value))
+        rec = StepRecord(step=step, N=plan.N, K=plan.K, seconds=sec, grad_norm=grad_norm, score=value)
+        records.append(rec)
+        if on_step is not None:
+            on_step(rec)
+        if compute_budget is not None and compute >= compute_budget:
+            break
+    return records, scores, compute

@@ -22,11 +22,9 @@ from torch import Tensor, nn
 from carv_adapt.controller import AdaptiveController
 from carv_adapt.estimator import HierarchicalEstimator
 from carv_adapt.plan import Plan
-from carv_adapt.probe import split_half_probe
-from carv_adapt.proposals import TargetMeasure, UniformProposal
 from carv_adapt.teachers.base import Teacher
 from carv_adapt.teachers.gaussian import sds_weight
-from carv_adapt.workloads.base import RunResult, StepRecord
+from carv_adapt.workloads.base import RunResult, StepRecord, default_policy, descend, drive
 
 __all__ = ["DistillConfig", "DistillWorkload", "OneStepGenerator"]
 
@@ -178,55 +176,35 @@ class DistillWorkload:
         """Train the generator (and the fake score) under a controller or a fixed policy (default: baseline)."""
         c = self.config
         gen, fake = self.new_models()
-        opt = torch.optim.Adam(gen.parameters(), lr=c.lr)
+        params = list(gen.parameters())
+        opt = torch.optim.Adam(params, lr=c.lr)
         fake_opt = torch.optim.Adam(fake.parameters(), lr=c.fake_lr)
         g = torch.Generator().manual_seed(c.seed + 1)
-        if controller is None and policy is None:
-            target = TargetMeasure(self.teacher.num_timesteps, c.t_min, c.t_max)
-            policy = HierarchicalEstimator(
-                UniformProposal(target), N=c.batch_size, K=1, stratification="iid", seed=c.seed
-            )
-        records, scores, compute = [], [], 0.0
-        for step in range(steps):
-            plan = controller.plan() if controller is not None else policy.plan()  # type: ignore[union-attr]
+        policy = default_policy(self.teacher, c) if controller is None and policy is None else policy
+        probing = controller is not None and controller.config.space == "parameter"
+
+        def one_step(plan: Plan, step: int) -> tuple[Tensor, dict[str, float], Any, float]:
             t0 = time.perf_counter()
             x, y = self.upstream(gen, plan.N, g)
             t1 = time.perf_counter()
             f = self.integrand(fake, x, y, plan.t, plan.noise(x.shape[1:]))
             t2 = time.perf_counter()
-            probe = None
-            if (
-                controller is not None
-                and controller.config.space == "parameter"
-                and plan.K >= 2
-                and step % probe_every == 0
-            ):
-                probe = split_half_probe(x, list(gen.parameters()), plan.weights_like(f) * f)
+            probe, t_probe, t_back, norm = descend(plan, x, f, params, opt, probing and step % probe_every == 0)
             t3 = time.perf_counter()
-            opt.zero_grad(set_to_none=True)
-            x.backward((plan.weights_like(f) * f).mean(dim=1) / plan.N)
-            grad_norm = float(torch.cat([p.grad.reshape(-1) for p in gen.parameters() if p.grad is not None]).norm())
-            opt.step()
-            t4 = time.perf_counter()
             for _ in range(c.fake_updates):
                 self.fake_update(fake, fake_opt, x, y, g)
-            t5 = time.perf_counter()
-            sec = {"upstream": t1 - t0, "teacher": t2 - t1, "probe": t3 - t2, "backward": t4 - t3, "overhead": t5 - t4}
-            compute += t5 - t0
-            if controller is not None:
-                controller.observe(plan, f, costs=sec, probe=probe)
-                controller.step()
-            score = None
-            if score_every and (step % score_every == 0 or step == steps - 1):
-                q = self.quality(gen)
-                score = q["fd"]
-                scores.append((step, q["fd"]))
-            rec = StepRecord(step=step, N=plan.N, K=plan.K, seconds=sec, grad_norm=grad_norm, score=score)
-            records.append(rec)
-            if on_step is not None:
-                on_step(rec)
-            if compute_budget is not None and compute >= compute_budget:
-                break
+            sec = {
+                "upstream": t1 - t0,
+                "teacher": t2 - t1,
+                "probe": t_probe,
+                "backward": t_back,
+                "overhead": time.perf_counter() - t3,
+            }
+            return f, sec, probe, norm
+
+        records, scores, compute = drive(
+            steps, controller, policy, one_step, compute_budget, on_step, lambda: self.quality(gen)["fd"], score_every
+        )
         state = {f"gen.{k}": v.detach().clone() for k, v in gen.state_dict().items()}
         state.update({f"fake.{k}": v.detach().clone() for k, v in fake.state_dict().items()})
         return RunResult(

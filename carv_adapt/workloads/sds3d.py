@@ -20,9 +20,8 @@ from torch import Tensor
 from carv_adapt.controller import AdaptiveController
 from carv_adapt.estimator import HierarchicalEstimator
 from carv_adapt.plan import Plan
-from carv_adapt.probe import split_half_probe
 from carv_adapt.teachers.gaussian import sds_integrand, sds_weight
-from carv_adapt.workloads.base import RunResult, StepRecord
+from carv_adapt.workloads.base import RunResult, StepRecord, default_policy, descend, drive
 from carv_adapt.workloads.render import VoxelScene, front_cameras, render, sample_cameras
 
 __all__ = ["SDS3DConfig", "SDS3DWorkload", "RunResult", "StepRecord"]
@@ -144,57 +143,24 @@ class SDS3DWorkload:
         through the encoder and the renderer, timed as the ``probe`` stage) every ``probe_every`` steps."""
         c = self.config
         scene = self.new_scene()
-        opt = torch.optim.Adam(scene.parameters(), lr=c.lr)
+        params = list(scene.parameters())
+        opt = torch.optim.Adam(params, lr=c.lr)
         g = torch.Generator().manual_seed(c.seed + 1)
-        if controller is None and policy is None:
-            from carv_adapt.proposals import TargetMeasure, UniformProposal
+        policy = default_policy(self.teacher, c) if controller is None and policy is None else policy
+        probing = controller is not None and controller.config.space == "parameter"
 
-            policy = HierarchicalEstimator(
-                UniformProposal(TargetMeasure(self.teacher.num_timesteps, c.t_min, c.t_max)),
-                N=c.batch_size,
-                K=1,
-                stratification="iid",
-                seed=c.seed,
-            )
-        records: list[StepRecord] = []
-        scores: list[tuple[int, float]] = []
-        compute = 0.0
-        for step in range(steps):
-            plan = controller.plan() if controller is not None else policy.plan()  # type: ignore[union-attr]
-            sec: dict[str, float] = {}
+        def one_step(plan: Plan, step: int) -> tuple[Tensor, dict[str, float], Any, float]:
             t0 = time.perf_counter()
             _, lat = self.upstream(scene, plan.N, g)
             t1 = time.perf_counter()
             f = self.integrand(lat, plan.t, plan.noise(lat.shape[1:]))
             t2 = time.perf_counter()
-            probe = None
-            if (
-                controller is not None
-                and controller.config.space == "parameter"
-                and plan.K >= 2
-                and step % probe_every == 0
-            ):
-                probe = split_half_probe(lat, list(scene.parameters()), plan.weights_like(f) * f)
-            t_probe = time.perf_counter()
-            opt.zero_grad(set_to_none=True)
-            lat.backward((plan.weights_like(f) * f).mean(dim=1) / plan.N)
-            grad_norm = float(torch.cat([p.grad.reshape(-1) for p in scene.parameters()]).norm())
-            opt.step()
-            t3 = time.perf_counter()
-            sec = {"upstream": t1 - t0, "teacher": t2 - t1, "backward": t3 - t_probe, "probe": t_probe - t2}
-            compute += t3 - t0
-            if controller is not None:
-                controller.observe(plan, f, costs=sec, probe=probe)
-                controller.step()
-            score = self.score(scene) if score_every and (step % score_every == 0 or step == steps - 1) else None
-            if score is not None:
-                scores.append((step, score))
-            rec = StepRecord(step=step, N=plan.N, K=plan.K, seconds=sec, grad_norm=grad_norm, score=score)
-            records.append(rec)
-            if on_step is not None:
-                on_step(rec)
-            if compute_budget is not None and compute >= compute_budget:
-                break
+            probe, t_probe, t_back, norm = descend(plan, lat, f, params, opt, probing and step % probe_every == 0)
+            return f, {"upstream": t1 - t0, "teacher": t2 - t1, "probe": t_probe, "backward": t_back}, probe, norm
+
+        records, scores, compute = drive(
+            steps, controller, policy, one_step, compute_budget, on_step, lambda: self.score(scene), score_every
+        )
         return RunResult(
             records=records,
             history=list(controller.history) if controller is not None else [],
