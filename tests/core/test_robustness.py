@@ -118,3 +118,39 @@ def test_every_observation_is_accepted_or_rejected_with_a_named_problem(lead, tr
         return
     ctrl.step()
     assert lead == (p.N, p.K)
+
+
+def test_one_percent_nonfinite_rate_leaves_statistics_identical_and_warns_once():
+    import warnings
+
+    from carv_adapt.proposals import TargetMeasure
+    from carv_adapt.stats import GroupedVariance, TimestepProfile
+
+    edges = TargetMeasure(100).bin_edges(10)
+    clean_g, dirty_g = GroupedVariance(), GroupedVariance()
+    clean_p, dirty_p = TimestepProfile(edges), TimestepProfile(edges)
+    g = torch.Generator().manual_seed(0)
+    dropped = 0
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(100):
+            x = torch.randn(10, 4, 3, generator=g)
+            t = torch.randint(0, 100, (10, 4), generator=g)
+            bad = torch.rand(10, generator=g) < 0.01  # ~1 % of outer draws poisoned
+            dirty = x.clone()
+            dirty[bad, 0, 0] = float("nan")
+            dropped += int(bad.sum())
+            dirty_g.update(dirty)
+            dirty_p.update(t, dirty.pow(2).sum(-1))
+            keep = ~bad
+            clean_g.update(x[keep])  # a poisoned outer draw leaves the grouped statistics whole
+            entry_ok = torch.ones(10, 4, dtype=torch.bool)
+            entry_ok[bad, 0] = False  # the profile drops just the poisoned squared norm
+            clean_p.update(t[entry_ok], x.pow(2).sum(-1)[entry_ok])
+    assert dropped > 0
+    assert int(dirty_g.num_nonfinite) == dropped and int(dirty_p.num_nonfinite) == dropped
+    assert sum(issubclass(w.category, RuntimeWarning) for w in caught) == 2
+    for a, b in ((clean_g, dirty_g), (clean_p, dirty_p)):
+        for name in a.state_names:
+            if name != "num_nonfinite":
+                assert torch.allclose(getattr(a, name), getattr(b, name), rtol=1e-12, atol=0), name
