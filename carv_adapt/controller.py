@@ -275,10 +275,12 @@ class AdaptiveController:
                     f"contributions: shape {tuple(contributions.shape)}, expected N x K x ... with N x K = {lead}"
                 )
             f = contributions.detach()
-            sq = f.reshape(plan.N, plan.K, -1).double().pow(2).sum(-1)
+            # Reductions run in the contributions' own dtype (no full-size float64 copies on the hot path);
+            # only the per-draw and per-group sums are accumulated in float64.
+            flat = f.reshape(plan.N, plan.K, -1)
             if sq_norms is None:
-                sq_norms = sq
-            self.grouped.update(plan.weights_like(f.double()) * f.double())
+                sq_norms = flat.pow(2).sum(-1).double()
+            self.grouped.update(plan.weights_like(flat) * flat)
         if sq_norms is not None:
             if tuple(sq_norms.shape) != lead:
                 raise ShapeError(f"sq_norms: shape {tuple(sq_norms.shape)}, expected N x K = {lead}")

@@ -153,9 +153,9 @@ def paired_within_from_groups(x: Tensor) -> tuple[float, float]:
     pairs = k // 2
     if pairs == 0:
         return 0.0, 0.0
-    flat = x.reshape(n, k, -1).double()[:, : 2 * pairs]
+    flat = x.reshape(n, k, -1)[:, : 2 * pairs]
     d = flat[:, 0::2] - flat[:, 1::2]
-    return float((d**2).sum() / 2.0), float(n * pairs)
+    return float((d**2).sum(-1).double().sum() / 2.0), float(n * pairs)
 
 
 def fit_linear_cost(

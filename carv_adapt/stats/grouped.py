@@ -59,10 +59,10 @@ class GroupedVariance(SumStatistic):
         """``within_n``: ``N`` per-group unbiased within estimates (each with ``dof_n`` folded in by caller)."""
         n = means.shape[0]
         sw_n = within_n
-        self.m2_num += float((means**2).sum(1).sum() - (sw_n / K).sum())
+        self.m2_num += float((means**2).sum(1).double().sum() - (sw_n / K).sum())
         self.groups += float(n)
         if n >= 2:
-            ssb = float(((means - means.mean(0)) ** 2).sum())
+            ssb = float(((means - means.mean(0)) ** 2).sum(1).double().sum())
             self.sb_num += ssb - (n - 1) * float(sw_n.mean()) / K
             self.dof_b += float(n - 1)
 
@@ -80,9 +80,9 @@ class GroupedVariance(SumStatistic):
         n, K = x.shape[0], x.shape[1]
         if K < 2:
             return
-        flat = x.reshape(n, K, -1).double()
+        flat = x.reshape(n, K, -1)
         means = flat.mean(dim=1)
-        ssw_n = ((flat - means[:, None, :]) ** 2).sum(dim=(1, 2))
+        ssw_n = ((flat - means[:, None, :]) ** 2).sum(dim=(1, 2)).double()
         self.ssw += float(ssw_n.sum())
         self.dof_w += float(n * (K - 1))
         ss_pair, pairs = paired_within_from_groups(flat)
