@@ -13,7 +13,7 @@ import argparse
 import torch
 
 from carv_adapt import HierarchicalEstimator, UniformProposal
-from carv_adapt.demo import DemoSettings, _BUILDERS
+from carv_adapt.demo import _BUILDERS, DemoSettings
 from carv_adapt.measure import measure_W
 from carv_adapt.policy import Policy
 from carv_adapt.proposals import PmfProposal, TargetMeasure
@@ -33,13 +33,26 @@ def main() -> None:
     estimate = a.estimator(init)
     t = pol.target
     target = TargetMeasure(t.num_timesteps, t.t_min, t.t_max)
-    base = measure_W(estimate, HierarchicalEstimator(UniformProposal(target), N=a.batch_size, K=1,
-                                                     stratification="iid", seed=1), args.replications)
-    ours = measure_W(estimate, HierarchicalEstimator(PmfProposal(target, pol.proposal_pmf()), N=a.batch_size,
-                                                     K=pol.allocation.K, stratification=pol.stratification, seed=2),
-                     args.replications)
-    print(f"{args.workload}: policy K={pol.allocation.K}  baseline W={base.W:.4g} (rel SE {base.relative_se:.0%})  "
-          f"policy W={ours.W:.4g} (rel SE {ours.relative_se:.0%})  measured ECM={ours.ecm_against(base):.2f}")
+    base = measure_W(
+        estimate,
+        HierarchicalEstimator(UniformProposal(target), N=a.batch_size, K=1, stratification="iid", seed=1),
+        args.replications,
+    )
+    ours = measure_W(
+        estimate,
+        HierarchicalEstimator(
+            PmfProposal(target, pol.proposal_pmf()),
+            N=a.batch_size,
+            K=pol.allocation.K,
+            stratification=pol.stratification,
+            seed=2,
+        ),
+        args.replications,
+    )
+    print(
+        f"{args.workload}: policy K={pol.allocation.K}  baseline W={base.W:.4g} (rel SE {base.relative_se:.0%})  "
+        f"policy W={ours.W:.4g} (rel SE {ours.relative_se:.0%})  measured ECM={ours.ecm_against(base):.2f}"
+    )
 
 
 if __name__ == "__main__":
