@@ -13,7 +13,7 @@ import argparse
 import torch
 
 from carv_adapt import HierarchicalEstimator, UniformProposal
-from carv_adapt.demo import _BUILDERS, DemoSettings
+from carv_adapt.adapters import WORKLOADS, build_adapter
 from carv_adapt.measure import measure_W
 from carv_adapt.policy import Policy
 from carv_adapt.proposals import PmfProposal, TargetMeasure
@@ -22,15 +22,15 @@ from carv_adapt.proposals import PmfProposal, TargetMeasure
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("policy")
-    ap.add_argument("--workload", required=True, choices=sorted(_BUILDERS))
+    ap.add_argument("--workload", required=True, choices=WORKLOADS)
     ap.add_argument("--replications", type=int, default=40)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     torch.set_num_threads(1)
     pol = Policy.load(args.policy)
-    a = _BUILDERS[args.workload](DemoSettings(workload=args.workload, seed=args.seed))
+    a = build_adapter(args.workload, args.seed)
     init = a.run(0)  # zero training steps: the initial parameters
-    estimate = a.estimator(init)
+    estimate = a.estimator(getattr(init, "final_state", {}))
     t = pol.target
     target = TargetMeasure(t.num_timesteps, t.t_min, t.t_max)
     base = measure_W(

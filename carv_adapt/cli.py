@@ -127,6 +127,35 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    import shlex
+
+    import torch
+    from rich.console import Console
+    from rich.markdown import Markdown
+
+    from carv_adapt.bench import BenchSettings, run_bench
+
+    torch.set_num_threads(args.threads)
+    settings = BenchSettings(
+        workloads=tuple(args.workloads),
+        seed=args.seed,
+        replications=args.replications,
+        e2e_seeds=tuple(range(args.seeds)),
+        sweep=not args.no_sweep,
+        scaling=not args.no_scaling,
+        quick=args.quick,
+        out=Path(args.out),
+    )
+    console = Console(width=200)
+    command = "carv-adapt " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else "carv-adapt bench"
+    with console.status("benchmarking") as status:
+        result = run_bench(settings, command=command, progress=lambda msg: status.update(msg))
+    console.print(Markdown((Path(args.out) / "bench.md").read_text()))
+    console.print(f"wrote {args.out}/bench.json, bench.md and figures in {result['wall_seconds'] / 60:.1f} min")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="carv-adapt", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -159,6 +188,17 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--replay-seeds", type=int, default=2)
     f.add_argument("--frozen", action="store_true", help="write a frozen (non-adaptive) policy")
     f.set_defaults(func=_cmd_fit)
+    b = sub.add_parser("bench", help="ECM ablation, equal-compute runs, cost sweep and scaling; writes a report")
+    b.add_argument("--workloads", nargs="+", default=["sds3d", "distill", "attribution"])
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--replications", type=int, default=40, help="per policy and checkpoint")
+    b.add_argument("--seeds", type=int, default=3, help="seeds of the equal-compute runs (0 skips them)")
+    b.add_argument("--no-sweep", action="store_true", help="skip the SDS-3D cost sweep")
+    b.add_argument("--no-scaling", action="store_true", help="skip the controller scaling table")
+    b.add_argument("--quick", action="store_true", help="tiny sizes everywhere: a smoke test, not a measurement")
+    b.add_argument("--out", default="bench_report")
+    b.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    b.set_defaults(func=_cmd_bench)
     return p
 
 

@@ -279,8 +279,8 @@ class AdaptiveController:
             # only the per-draw and per-group sums are accumulated in float64.
             flat = f.reshape(plan.N, plan.K, -1)
             if sq_norms is None:
-                sq_norms = flat.pow(2).sum(-1).double()
-            self.grouped.update(plan.weights_like(flat) * flat)
+                sq_norms = torch.linalg.vector_norm(flat, dim=-1).double().pow(2)
+            self.grouped.update(flat, plan.rho)
         if sq_norms is not None:
             if tuple(sq_norms.shape) != lead:
                 raise ShapeError(f"sq_norms: shape {tuple(sq_norms.shape)}, expected N x K = {lead}")

@@ -6,23 +6,20 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from carv_adapt.adapters import WORKLOADS, WorkloadAdapter, build_adapter
 from carv_adapt.controller import AdaptiveController
 from carv_adapt.estimator import HierarchicalEstimator
 from carv_adapt.fit.logs import JsonlRefitLog
 from carv_adapt.measure import Measurement, measure_W
-from carv_adapt.plan import Plan
 from carv_adapt.proposals import TargetMeasure, UniformProposal, teacher_weight_proposal
 
-__all__ = ["DemoSettings", "run_demo", "WORKLOADS", "format_table"]
-
-WORKLOADS = ("sds3d", "distill", "attribution")
+__all__ = ["DemoSettings", "run_demo", "demo_controller", "WORKLOADS", "format_table"]
 
 
 @dataclass(frozen=True)
@@ -35,123 +32,28 @@ class DemoSettings:
     quick: bool = False
 
 
-@dataclass
-class _Adapter:
-    """What the demo needs from a workload."""
-
-    wl: Any
-    batch_size: int
-    weight: torch.Tensor
-    run: Callable[..., Any]  # (steps, controller=None, compute_budget=None, on_step=None) -> result
-    estimator: Callable[[Any], Callable[[Plan], torch.Tensor]]  # result -> (plan -> flat estimate)
-    views: Callable[[Any], torch.Tensor] | None  # result -> images for the side-by-side plot
-    quality: Callable[[Any], float | None]  # result -> final quality score
-    quality_name: str
-    sds_prior: bool = False
-
-
-def _sds3d(s: DemoSettings) -> _Adapter:
-    from carv_adapt.workloads.render import front_cameras, render, sample_cameras
-    from carv_adapt.workloads.sds3d import SDS3DConfig, SDS3DWorkload
-
-    wl = SDS3DWorkload(SDS3DConfig(seed=s.seed, grid_size=12 if s.quick else 20, samples_per_ray=16 if s.quick else 32))
-    g = torch.Generator().manual_seed(s.seed + 99)
-
-    def estimator(res: Any) -> Callable[[Plan], torch.Tensor]:
-        scene = wl.scene_from_state(res.final_state)
-        return lambda p: wl.gradient(scene, p, g)
-
-    def views(res: Any) -> torch.Tensor:
-        sc = wl.scene_from_state(res.final_state)
-        cams = sample_cameras(4, torch.Generator().manual_seed(7), wl.config.max_angle_deg)
-        with torch.no_grad():
-            return torch.cat(
-                [
-                    render(sc, front_cameras(), 32, wl.config.samples_per_ray),
-                    render(sc, cams, 32, wl.config.samples_per_ray),
-                ]
-            )
-
-    def run(steps: int, **kw: Any) -> Any:
-        return wl.run(steps, **kw)
-
-    return _Adapter(
-        wl,
-        wl.config.batch_size,
-        wl.weight,
-        run,
-        estimator,
-        views,
-        lambda r: wl.score(wl.scene_from_state(r.final_state)),
-        "p(digit)",
-        sds_prior=True,
+def demo_controller(a: WorkloadAdapter, steps: int, seed: int, **overrides: Any) -> AdaptiveController:
+    """The controller the demo (and the benchmarks) run on a workload of ``steps`` training steps."""
+    wl = a.wl
+    c = wl.config
+    target = TargetMeasure(wl.teacher.num_timesteps, c.t_min, c.t_max)
+    kw: dict[str, Any] = dict(
+        num_timesteps=wl.teacher.num_timesteps,
+        t_min=c.t_min,
+        t_max=c.t_max,
+        batch_size=a.batch_size,
+        warmup_steps=max(4, steps // 6),
+        refit_every=max(2, steps // 12),
+        k_max=16,
+        forgetting=0.97,
+        seed=seed,
+        space=a.space,
+        # The teacher-weight prior is derived for SDS-type integrands (SPEC §5); only sds3d declares it.
+        warmup_proposal="prior" if a.sds_prior else "uniform",
+        prior=teacher_weight_proposal(target, a.weight, wl.teacher.alphas_cumprod) if a.sds_prior else None,
     )
-
-
-def _distill(s: DemoSettings) -> _Adapter:
-    from carv_adapt.workloads.distill import DistillConfig, DistillWorkload
-
-    wl = DistillWorkload(DistillConfig(seed=s.seed, batch_size=2 if s.quick else 4))
-    g = torch.Generator().manual_seed(s.seed + 99)
-
-    def estimator(res: Any) -> Callable[[Plan], torch.Tensor]:
-        gen, fake = wl.models_from_state(res.final_state)
-        return lambda p: wl.gradient(gen, fake, p, g)
-
-    def views(res: Any) -> torch.Tensor:
-        gen, _ = wl.models_from_state(res.final_state)
-        with torch.no_grad():
-            z = torch.randn((5, *wl.latent_shape), generator=torch.Generator().manual_seed(7))
-            return wl.teacher.decode(gen(z, torch.arange(5))).clamp(-1, 1)
-
-    def quality(res: Any) -> float:
-        gen, _ = wl.models_from_state(res.final_state)
-        return wl.quality(gen, n_per_class=5 if s.quick else 20)["fd"]
-
-    def run(steps: int, **kw: Any) -> Any:
-        return wl.run(steps, **kw)
-
-    return _Adapter(wl, wl.config.batch_size, wl.weight, run, estimator, views, quality, "FD (lower is better)")
-
-
-def _attribution(s: DemoSettings) -> _Adapter:
-    from carv_adapt.workloads.attribution import AttributionConfig, AttributionWorkload, mean_spearman
-
-    cfg = AttributionConfig(
-        seed=s.seed,
-        num_train=12 if s.quick else 48,
-        num_queries=2 if s.quick else 6,
-        reference_outer=3 if s.quick else 16,
-        reference_inner=6 if s.quick else 32,
-    )
-    wl = AttributionWorkload(cfg)
-    g = torch.Generator().manual_seed(s.seed + 99)
-    index = int(wl.train_idx[0])
-    reference: dict[str, Any] = {}
-
-    def run(steps: int, controller: Any = None, compute_budget: float | None = None, on_step: Any = None) -> Any:
-        # "steps" are rounds over the examples; equal compute comes from compute_budget.
-        rounds = max(1, steps // 10)
-        return wl.run(controller=controller, passes=rounds, compute_budget=compute_budget, on_step=on_step)
-
-    def quality(res: Any) -> float:
-        if "ref" not in reference:
-            reference["ref"] = wl.reference()
-        return mean_spearman(res.scores, reference["ref"].scores)
-
-    return _Adapter(
-        wl,
-        cfg.batch_size,
-        torch.ones(wl.teacher.num_timesteps, dtype=torch.float64),
-        run,
-        lambda res: lambda p: wl.feature(index, p, g)[0],
-        None,
-        quality,
-        "Spearman vs reference",
-    )
-
-
-_BUILDERS = {"sds3d": _sds3d, "distill": _distill, "attribution": _attribution}
+    kw.update(overrides)
+    return AdaptiveController(**kw)
 
 
 def run_demo(settings: DemoSettings, progress: Any = None) -> dict[str, Any]:
@@ -159,7 +61,7 @@ def run_demo(settings: DemoSettings, progress: Any = None) -> dict[str, Any]:
     if settings.workload not in WORKLOADS:
         raise ValueError(f"unknown workload {settings.workload!r}; choose one of {list(WORKLOADS)}")
     torch.manual_seed(settings.seed)
-    a = _BUILDERS[settings.workload](settings)
+    a = build_adapter(settings.workload, settings.seed, settings.quick)
     wl = a.wl
     c = wl.config
     out = Path(settings.out)
@@ -172,27 +74,12 @@ def run_demo(settings: DemoSettings, progress: Any = None) -> dict[str, Any]:
 
     task = progress.add_task("baseline (K=1, uniform, iid)", total=None) if progress else None
     base = a.run(settings.steps, on_step=tick(task))
-    ctrl = AdaptiveController(
-        num_timesteps=wl.teacher.num_timesteps,
-        t_min=c.t_min,
-        t_max=c.t_max,
-        batch_size=a.batch_size,
-        warmup_steps=max(4, settings.steps // 6),
-        refit_every=max(2, settings.steps // 12),
-        k_max=16,
-        forgetting=0.97,
-        seed=settings.seed,
-        space="proxy" if settings.workload == "attribution" else "parameter",
-        # The teacher-weight prior is derived for SDS-type integrands (SPEC §5); only sds3d declares it.
-        warmup_proposal="prior" if a.sds_prior else "uniform",
-        prior=teacher_weight_proposal(target, a.weight, wl.teacher.alphas_cumprod) if a.sds_prior else None,
-        logger=JsonlRefitLog(out / "refits.jsonl"),
-    )
+    ctrl = demo_controller(a, settings.steps, settings.seed, logger=JsonlRefitLog(out / "refits.jsonl"))
     task = progress.add_task("adaptive (equal compute)", total=None) if progress else None
     adapt = a.run(settings.steps * 8, controller=ctrl, compute_budget=base.compute_seconds, on_step=tick(task))
 
     # Measured ECM at the adaptive run's final parameters: variance of the final estimate x measured time.
-    estimate = a.estimator(adapt)
+    estimate = a.estimator(getattr(adapt, "final_state", {}))
     baseline_policy = HierarchicalEstimator(
         UniformProposal(target), N=a.batch_size, K=1, stratification="iid", seed=settings.seed + 1
     )
@@ -214,7 +101,7 @@ def run_demo(settings: DemoSettings, progress: Any = None) -> dict[str, Any]:
 
 def _summary(
     settings: DemoSettings,
-    a: _Adapter,
+    a: WorkloadAdapter,
     base: Any,
     adapt: Any,
     m_base: Measurement,
@@ -280,7 +167,7 @@ def _stage_totals(r: Any) -> dict[str, float]:
     return tot
 
 
-def _write_plots(out: Path, a: _Adapter, base: Any, adapt: Any) -> None:
+def _write_plots(out: Path, a: WorkloadAdapter, base: Any, adapt: Any) -> None:
     import matplotlib.pyplot as plt
 
     from carv_adapt import plots

@@ -66,26 +66,38 @@ class GroupedVariance(SumStatistic):
             self.sb_num += ssb - (n - 1) * float(sw_n.mean()) / K
             self.dof_b += float(n - 1)
 
-    def update(self, x: Tensor) -> None:
-        """Accumulate one step's ``N x K x ...`` weighted contributions ``rho f``.
+    def update(self, x: Tensor, weights: Tensor | None = None) -> None:
+        """Accumulate one step's ``N x K x ...`` weighted contributions ``rho f`` (or ``f`` with ``N x K``
+        ``weights`` ``rho``, which avoids materializing the product).
 
         An outer draw with any non-finite entry is dropped whole (its group would be biased otherwise).
+        Temporaries are one outer draw's size: the loop over draws bounds the extra memory at ``K x D``.
         """
         if x.dim() < 2:
             raise ShapeError(f"grouped update needs N x K x ... contributions, got shape {tuple(x.shape)}")
-        kept = self._drop_nonfinite("contribution", x.detach())
+        if weights is not None and tuple(weights.shape) != tuple(x.shape[:2]):
+            raise ShapeError(f"weights: shape {tuple(weights.shape)}, expected N x K = {tuple(x.shape[:2])}")
+        xs = (x.detach(),) if weights is None else (x.detach(), weights.detach().to(x.device, x.dtype))
+        kept = self._drop_nonfinite("contribution", *xs)
         if kept is None:
             return
-        (x,) = kept
+        x = kept[0]
+        w = kept[1] if weights is not None else None
         n, K = x.shape[0], x.shape[1]
         if K < 2:
             return
         flat = x.reshape(n, K, -1)
-        means = flat.mean(dim=1)
-        ssw_n = ((flat - means[:, None, :]) ** 2).sum(dim=(1, 2)).double()
+        means = torch.empty(n, flat.shape[-1], dtype=flat.dtype, device=flat.device)
+        ssw_n = torch.empty(n, dtype=torch.float64)
+        ss_pair, pairs = 0.0, 0.0
+        for i in range(n):
+            xi = flat[i] if w is None else flat[i] * w[i, :, None]
+            means[i] = xi.mean(dim=0)
+            ssw_n[i] = float((xi - means[i]).pow_(2).sum())
+            sp, pc = paired_within_from_groups(xi[None])
+            ss_pair, pairs = ss_pair + sp, pairs + pc
         self.ssw += float(ssw_n.sum())
         self.dof_w += float(n * (K - 1))
-        ss_pair, pairs = paired_within_from_groups(flat)
         self.ss_pair += ss_pair
         self.pairs += pairs
         self._accumulate(ssw_n / (K - 1), means, K)

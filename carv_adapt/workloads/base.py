@@ -32,6 +32,7 @@ class RunResult:
     compute_seconds: float
     scores: list[tuple[int, float]] = field(default_factory=list)
     controller_state: dict[str, Any] | None = None
+    snapshots: dict[int, dict[str, Tensor]] = field(default_factory=dict)
 
     def stage_means(self) -> dict[str, float]:
         """Mean seconds per outer draw (outer stages) and per inner draw (teacher) over the run."""
@@ -89,10 +90,16 @@ def drive(
     on_step: Any = None,
     score: Any = None,
     score_every: int = 0,
-) -> tuple[list[StepRecord], list[tuple[int, float]], float]:
+    snapshot: Any = None,
+    snapshot_steps: Any = (),
+) -> tuple[list[StepRecord], list[tuple[int, float]], float, dict[int, dict[str, Tensor]]]:
     """The shared training loop: plan (controller or fixed policy), ``one_step(plan, step) -> (f, seconds,
-    probe, grad_norm)``, observe/step the controller, score, stop at ``compute_budget`` measured seconds."""
+    probe, grad_norm)``, observe/step the controller, score, stop at ``compute_budget`` measured seconds.
+
+    ``snapshot()`` (the parameters as a state dict) is stored after each step in ``snapshot_steps``."""
     records: list[StepRecord] = []
+    snapshots: dict[int, dict[str, Tensor]] = {}
+    wanted = set(snapshot_steps)
     scores: list[tuple[int, float]] = []
     compute = 0.0
     for step in range(steps):
@@ -109,8 +116,10 @@ def drive(
             scores.append((step, value))
         rec = StepRecord(step=step, N=plan.N, K=plan.K, seconds=sec, grad_norm=grad_norm, score=value)
         records.append(rec)
+        if snapshot is not None and step in wanted:
+            snapshots[step] = snapshot()
         if on_step is not None:
             on_step(rec)
         if compute_budget is not None and compute >= compute_budget:
             break
-    return records, scores, compute
+    return records, scores, compute, snapshots

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import torch
@@ -172,8 +172,10 @@ class DistillWorkload:
         score_every: int = 0,
         on_step: Callable[[StepRecord], None] | None = None,
         probe_every: int = 4,
+        snapshot_steps: Sequence[int] = (),
     ) -> RunResult:
-        """Train the generator (and the fake score) under a controller or a fixed policy (default: baseline)."""
+        """Train the generator (and the fake score) under a controller or a fixed policy (default: baseline);
+        both models' parameters after each step in ``snapshot_steps`` are kept in ``RunResult.snapshots``."""
         c = self.config
         gen, fake = self.new_models()
         params = list(gen.parameters())
@@ -202,18 +204,31 @@ class DistillWorkload:
             }
             return f, sec, probe, norm
 
-        records, scores, compute = drive(
-            steps, controller, policy, one_step, compute_budget, on_step, lambda: self.quality(gen)["fd"], score_every
+        def state() -> dict[str, Tensor]:
+            s = {f"gen.{k}": v.detach().clone() for k, v in gen.state_dict().items()}
+            s.update({f"fake.{k}": v.detach().clone() for k, v in fake.state_dict().items()})
+            return s
+
+        records, scores, compute, snaps = drive(
+            steps,
+            controller,
+            policy,
+            one_step,
+            compute_budget,
+            on_step,
+            lambda: self.quality(gen)["fd"],
+            score_every,
+            snapshot=state,
+            snapshot_steps=snapshot_steps,
         )
-        state = {f"gen.{k}": v.detach().clone() for k, v in gen.state_dict().items()}
-        state.update({f"fake.{k}": v.detach().clone() for k, v in fake.state_dict().items()})
         return RunResult(
             records=records,
             history=list(controller.history) if controller else [],
-            final_state=state,
+            final_state=state(),
             compute_seconds=compute,
             scores=scores,
             controller_state=controller.state_dict() if controller else None,
+            snapshots=snaps,
         )
 
     def models_from_state(self, state: dict[str, Tensor]) -> tuple[OneStepGenerator, nn.Module]:

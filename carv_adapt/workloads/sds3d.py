@@ -9,7 +9,7 @@ ray vary the upstream cost honestly. Costs are measured with stage timers, never
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import torch
@@ -135,12 +135,14 @@ class SDS3DWorkload:
         score_every: int = 0,
         on_step: Callable[[StepRecord], None] | None = None,
         probe_every: int = 4,
+        snapshot_steps: Sequence[int] = (),
     ) -> RunResult:
         """Train for ``steps`` steps (or until ``compute_budget`` measured seconds) under a controller or a
         fixed policy (default: the baseline ``K = 1``, uniform, i.i.d.).
 
         A controller with ``space="parameter"`` gets a split-half probe (2N extra vector-Jacobian products
-        through the encoder and the renderer, timed as the ``probe`` stage) every ``probe_every`` steps."""
+        through the encoder and the renderer, timed as the ``probe`` stage) every ``probe_every`` steps. The scene's
+        parameters after each step in ``snapshot_steps`` are kept in ``RunResult.snapshots``."""
         c = self.config
         scene = self.new_scene()
         params = list(scene.parameters())
@@ -158,8 +160,17 @@ class SDS3DWorkload:
             probe, t_probe, t_back, norm = descend(plan, lat, f, params, opt, probing and step % probe_every == 0)
             return f, {"upstream": t1 - t0, "teacher": t2 - t1, "probe": t_probe, "backward": t_back}, probe, norm
 
-        records, scores, compute = drive(
-            steps, controller, policy, one_step, compute_budget, on_step, lambda: self.score(scene), score_every
+        records, scores, compute, snaps = drive(
+            steps,
+            controller,
+            policy,
+            one_step,
+            compute_budget,
+            on_step,
+            lambda: self.score(scene),
+            score_every,
+            snapshot=lambda: {k: v.detach().clone() for k, v in scene.state_dict().items()},
+            snapshot_steps=snapshot_steps,
         )
         return RunResult(
             records=records,
@@ -168,6 +179,7 @@ class SDS3DWorkload:
             compute_seconds=compute,
             scores=scores,
             controller_state=controller.state_dict() if controller is not None else None,
+            snapshots=snaps,
         )
 
     def scene_from_state(self, state: dict[str, Tensor]) -> VoxelScene:

@@ -1,0 +1,225 @@
+"""What the demo and the benchmarks need from a shipped workload, behind one small interface.
+
+``build_adapter(name, seed, quick)`` returns a :class:`WorkloadAdapter` for ``sds3d``, ``distill`` or
+``attribution``. Every function that evaluates the workload takes a parameter ``state`` (a checkpoint's
+``final_state``, ignored by attribution whose teacher is frozen) and returns a function of a
+:class:`~carv_adapt.plan.Plan`, so the same frozen parameters can be estimated under many policies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from carv_adapt.plan import Plan
+
+__all__ = ["WorkloadAdapter", "build_adapter", "WORKLOADS"]
+
+WORKLOADS = ("sds3d", "distill", "attribution")
+
+Estimate = Callable[[Plan], Tensor]
+Draws = Callable[[Plan, bool], tuple[Tensor | None, Tensor]]
+
+
+@dataclass
+class WorkloadAdapter:
+    """A workload as the demo and the benchmarks drive it.
+
+    Attributes:
+        wl: the workload object. batch_size: its outer draws ``N`` per step. weight: ``w(t)`` (``T``-dim).
+        run: ``(steps, controller=None, compute_budget=None, on_step=None, snapshot_steps=()) -> result``.
+        estimator: ``state -> (plan -> P-dim final estimate)`` (the parameter gradient or the feature).
+        draws: ``state -> (plan, final) -> (N x K x P per-draw final-space contributions or None,
+            N x K output-space norms ||f||)``; with ``final=False`` only the cheap norms are computed.
+        views, quality: ``result -> images`` / ``result -> score`` for the demo's report.
+        sds_prior: whether the workload declares an SDS-type weight (the teacher-weight prior applies).
+        space: where the controller takes sigma_B^2 / sigma_W^2 from for this workload.
+    """
+
+    wl: Any
+    batch_size: int
+    weight: Tensor
+    run: Callable[..., Any]
+    estimator: Callable[[dict[str, Tensor]], Estimate]
+    draws: Callable[[dict[str, Tensor]], Draws]
+    views: Callable[[Any], Tensor] | None
+    quality: Callable[[Any], float | None]
+    quality_name: str
+    sds_prior: bool = False
+    space: str = "parameter"
+
+
+def _per_draw_vjp(output: Tensor, params: list[Tensor], f: Tensor) -> Tensor:
+    """``K x P`` vector-Jacobian products of one outer draw's ``1 x ...`` output with each of ``f``'s ``K``
+    rows (``1 x K x ...``): the per-draw contributions in parameter space (SPEC §7)."""
+    rows = []
+    for k in range(f.shape[1]):
+        grads = torch.autograd.grad(output, params, grad_outputs=f[:, k], retain_graph=True, allow_unused=True)
+        rows.append(torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1) for p, g in zip(params, grads)]))
+    return torch.stack(rows)
+
+
+def _sds3d(seed: int, quick: bool, **config: Any) -> WorkloadAdapter:
+    from carv_adapt.workloads.render import front_cameras, render, sample_cameras
+    from carv_adapt.workloads.sds3d import SDS3DConfig, SDS3DWorkload
+
+    kw: dict[str, Any] = {"grid_size": 12 if quick else 20, "samples_per_ray": 16 if quick else 32, **config}
+    wl = SDS3DWorkload(SDS3DConfig(seed=seed, **kw))
+    g = torch.Generator().manual_seed(seed + 99)
+
+    def estimator(state: dict[str, Tensor]) -> Estimate:
+        scene = wl.scene_from_state(state)
+        return lambda p: wl.gradient(scene, p, g)
+
+    def draws(state: dict[str, Tensor]) -> Draws:
+        scene = wl.scene_from_state(state)
+        params = list(scene.parameters())
+
+        def fn(plan: Plan, final: bool) -> tuple[Tensor | None, Tensor]:
+            eps: Tensor | None = None  # the latent shape is known after the first encode
+            rows, norms = [], []
+            for n in range(plan.N):
+                _, lat = wl.upstream(scene, 1, g)
+                if eps is None:
+                    eps = plan.noise(lat.shape[1:])
+                f = wl.integrand(lat, plan.t[n : n + 1], eps[n : n + 1])
+                norms.append(f.flatten(2).norm(dim=-1)[0])
+                if final:
+                    rows.append(_per_draw_vjp(lat, params, f))
+            return (torch.stack(rows) if final else None), torch.stack(norms)
+
+        return fn
+
+    def views(res: Any) -> Tensor:
+        sc = wl.scene_from_state(res.final_state)
+        cams = sample_cameras(4, torch.Generator().manual_seed(7), wl.config.max_angle_deg)
+        with torch.no_grad():
+            return torch.cat(
+                [
+                    render(sc, front_cameras(), 32, wl.config.samples_per_ray),
+                    render(sc, cams, 32, wl.config.samples_per_ray),
+                ]
+            )
+
+    return WorkloadAdapter(
+        wl,
+        wl.config.batch_size,
+        wl.weight,
+        wl.run,
+        estimator,
+        draws,
+        views,
+        lambda r: wl.score(wl.scene_from_state(r.final_state)),
+        "p(digit)",
+        sds_prior=True,
+    )
+
+
+def _distill(seed: int, quick: bool, **config: Any) -> WorkloadAdapter:
+    from carv_adapt.workloads.distill import DistillConfig, DistillWorkload
+
+    wl = DistillWorkload(DistillConfig(seed=seed, **{"batch_size": 2 if quick else 4, **config}))
+    g = torch.Generator().manual_seed(seed + 99)
+
+    def estimator(state: dict[str, Tensor]) -> Estimate:
+        gen, fake = wl.models_from_state(state)
+        return lambda p: wl.gradient(gen, fake, p, g)
+
+    def draws(state: dict[str, Tensor]) -> Draws:
+        gen, fake = wl.models_from_state(state)
+        params = list(gen.parameters())
+
+        def fn(plan: Plan, final: bool) -> tuple[Tensor | None, Tensor]:
+            eps = plan.noise(wl.latent_shape)
+            rows, norms = [], []
+            for n in range(plan.N):
+                x, y = wl.upstream(gen, 1, g)
+                f = wl.integrand(fake, x, y, plan.t[n : n + 1], eps[n : n + 1])
+                norms.append(f.flatten(2).norm(dim=-1)[0])
+                if final:
+                    rows.append(_per_draw_vjp(x, params, f))
+            return (torch.stack(rows) if final else None), torch.stack(norms)
+
+        return fn
+
+    def views(res: Any) -> Tensor:
+        gen, _ = wl.models_from_state(res.final_state)
+        with torch.no_grad():
+            z = torch.randn((5, *wl.latent_shape), generator=torch.Generator().manual_seed(7))
+            return wl.teacher.decode(gen(z, torch.arange(5))).clamp(-1, 1)
+
+    def quality(res: Any) -> float:
+        gen, _ = wl.models_from_state(res.final_state)
+        return wl.quality(gen, n_per_class=5 if quick else 20)["fd"]
+
+    return WorkloadAdapter(
+        wl, wl.config.batch_size, wl.weight, wl.run, estimator, draws, views, quality, "FD (lower is better)"
+    )
+
+
+def _attribution(seed: int, quick: bool, **config: Any) -> WorkloadAdapter:
+    from carv_adapt.workloads.attribution import AttributionConfig, AttributionWorkload, mean_spearman
+
+    defaults = {
+        "num_train": 12 if quick else 48,
+        "num_queries": 2 if quick else 6,
+        "reference_outer": 3 if quick else 16,
+        "reference_inner": 6 if quick else 32,
+    }
+    cfg = AttributionConfig(seed=seed, **{**defaults, **config})
+    wl = AttributionWorkload(cfg)
+    g = torch.Generator().manual_seed(seed + 99)
+    index = int(wl.train_idx[0])
+    reference: dict[str, Any] = {}
+
+    def run(
+        steps: int,
+        controller: Any = None,
+        compute_budget: float | None = None,
+        on_step: Any = None,
+        snapshot_steps: Any = (),
+    ) -> Any:
+        # "steps" are rounds over the examples (ten per round); the teacher is frozen, so there is nothing
+        # to snapshot; equal compute comes from compute_budget.
+        rounds = max(1, steps // 10)
+        return wl.run(controller=controller, passes=rounds, compute_budget=compute_budget, on_step=on_step)
+
+    def quality(res: Any) -> float:
+        if "ref" not in reference:
+            reference["ref"] = wl.reference()
+        return mean_spearman(res.scores, reference["ref"].scores)
+
+    def draws(state: dict[str, Tensor]) -> Draws:
+        def fn(plan: Plan, final: bool) -> tuple[Tensor | None, Tensor]:
+            _, f = wl.feature(index, plan, g)  # contributions are already in the final (feature) space
+            return (f if final else None), f.norm(dim=-1)
+
+        return fn
+
+    return WorkloadAdapter(
+        wl,
+        cfg.batch_size,
+        torch.ones(wl.teacher.num_timesteps, dtype=torch.float64),
+        run,
+        lambda state: lambda p: wl.feature(index, p, g)[0],
+        draws,
+        None,
+        quality,
+        "Spearman vs reference",
+        space="proxy",
+    )
+
+
+_BUILDERS = {"sds3d": _sds3d, "distill": _distill, "attribution": _attribution}
+
+
+def build_adapter(name: str, seed: int = 0, quick: bool = False, **config: Any) -> WorkloadAdapter:
+    """The adapter of shipped workload ``name`` (``sds3d``, ``distill`` or ``attribution``); ``config``
+    overrides fields of the workload's config (e.g. ``resolution=64`` for ``sds3d``)."""
+    if name not in _BUILDERS:
+        raise ValueError(f"unknown workload {name!r}; choose one of {list(WORKLOADS)}")
+    return _BUILDERS[name](seed, quick, **config)

@@ -1,0 +1,277 @@
+"""The ECM ablation of one workload at early / middle / late checkpoints of an adaptive training run (SPEC §10).
+
+At every checkpoint the parameters are frozen and seven policies are measured side by side (interleaved
+replications, same estimate function): the baseline, improved-diffusion's resampler, reuse only, + IS,
++ stratification, the adaptive controller as it stood at that step of the run, and the brute-force oracle.
+``K`` and the proposal of the middle three and of the oracle come from a long pilot at the checkpoint
+(final-space statistics, :mod:`carv_adapt.bench.pilot`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from carv_adapt.adapters import WorkloadAdapter, build_adapter
+from carv_adapt.bench.iddpm import LossSecondMomentResampler
+from carv_adapt.bench.pilot import PilotStats, brute_force_oracle, fit_estimate_cost, run_pilot
+from carv_adapt.bench.replicate import Replications, ecm_interval, replicate
+from carv_adapt.demo import demo_controller
+from carv_adapt.estimator import HierarchicalEstimator
+from carv_adapt.plan import Plan, resolve_stratification
+from carv_adapt.proposals import BinnedProposal, TargetMeasure, UniformProposal, teacher_weight_proposal
+from carv_adapt.proposals.base import Proposal, bin_sums
+
+__all__ = ["AblationSettings", "TimedController", "ablate", "fill_iddpm", "policy_estimator", "VARIANTS"]
+
+VARIANTS = ("baseline", "iddpm", "reuse", "+IS", "+strat", "adaptive", "oracle")
+
+
+@dataclass(frozen=True)
+class AblationSettings:
+    """Sizes of one workload's ablation (see :func:`ablate`)."""
+
+    steps: int
+    seed: int = 0
+    checkpoints: tuple[float, ...] = (0.25, 0.5, 1.0)
+    replications: int = 40
+    pilot_outer: int = 48
+    pilot_inner: int = 16
+    cost_Ks: tuple[int, ...] = (1, 4, 16, 32)
+    cost_reps: int = 3
+    iddpm_history: int = 10
+    iddpm_uniform_prob: float = 0.001
+    k_max: int = 64
+    num_bins: int = 20
+    quick: bool = False
+
+
+class TimedController:
+    """Wraps a controller and accumulates the wall time of its ``plan`` / ``observe`` / ``step`` calls (refits
+    run inside ``step``); everything else is delegated."""
+
+    def __init__(self, controller: Any) -> None:
+        self._c = controller
+        self.seconds = {"plan": 0.0, "observe": 0.0, "step": 0.0}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._c, name)
+
+    def _timed(self, name: str, fn: Any, *args: Any, **kw: Any) -> Any:
+        t0 = time.perf_counter()
+        out = fn(*args, **kw)
+        self.seconds[name] += time.perf_counter() - t0
+        return out
+
+    def plan(self) -> Plan:
+        return self._timed("plan", self._c.plan)
+
+    def observe(self, *args: Any, **kw: Any) -> None:
+        self._timed("observe", self._c.observe, *args, **kw)
+
+    def step(self) -> None:
+        self._timed("step", self._c.step)
+
+
+def fill_iddpm(
+    draws: Any, target: TargetMeasure, history: int, uniform_prob: float, inner: int, seed: int
+) -> tuple[LossSecondMomentResampler, float]:
+    """A fully warmed-up resampler at frozen parameters: ``history`` losses for every timestep of the support,
+    from output-space norms ``||f||`` (timesteps in random order, ``inner`` per outer draw). Returns it and the
+    seconds the fill took (compute the resampler needs before it leaves the uniform distribution)."""
+    res = LossSecondMomentResampler(target, history, uniform_prob)
+    g = torch.Generator().manual_seed(seed)
+    ts = res.support.repeat(history)
+    ts = ts[torch.randperm(ts.numel(), generator=g)]
+    pad = (-ts.numel()) % inner
+    ts = torch.cat([ts, ts[:pad]]) if pad else ts
+    rows = ts.reshape(-1, inner)
+    t0 = time.perf_counter()
+    for i in range(0, rows.shape[0], 4):
+        t = rows[i : i + 4]
+        plan = Plan(
+            step=i,
+            N=t.shape[0],
+            K=inner,
+            t=t,
+            rho=torch.ones(t.shape, dtype=torch.float64),
+            noise_seed=int(torch.randint(0, 2**62, (1,), generator=g)),
+        )
+        _, norms = draws(plan, False)
+        res.update(t, norms.detach())
+    return res, time.perf_counter() - t0
+
+
+def policy_estimator(proposal: Proposal, N: int, K: int, strat: str, seed: int) -> HierarchicalEstimator:
+    return HierarchicalEstimator(proposal, N=N, K=K, stratification=resolve_stratification(strat, K), seed=seed)
+
+
+def _policy_row(
+    name: str, pol: HierarchicalEstimator, rep: Replications, base: Replications, W_pred: float, kind: str, seed: int
+) -> dict[str, Any]:
+    e, lo, hi = ecm_interval(base, rep, seed=seed) if name != "baseline" else (1.0, 1.0, 1.0)
+    return {
+        "variant": name,
+        "N": pol.N,
+        "K": pol.K,
+        "proposal": kind,
+        "stratification": pol.stratification,
+        "variance": rep.variance,
+        "variance_rel_se": rep.relative_se,
+        "seconds_per_estimate": rep.seconds_per_estimate,
+        "W": rep.W,
+        "W_predicted": W_pred,
+        "ecm": e,
+        "ecm_ci90": [lo, hi],
+    }
+
+
+def _checkpoint(
+    a: WorkloadAdapter, s: AblationSettings, state: dict, ctrl_view: dict[str, Any], seed: int
+) -> dict[str, Any]:
+    c = a.wl.config
+    target = TargetMeasure(a.wl.teacher.num_timesteps, c.t_min, c.t_max)
+    estimate, draws = a.estimator(state), a.draws(state)
+    t0 = time.perf_counter()
+    cost = fit_estimate_cost(estimate, target, a.batch_size, s.cost_Ks, s.cost_reps, seed=seed)
+    edges = target.bin_edges(s.num_bins)
+    prior_b = (
+        bin_sums(teacher_weight_proposal(target, a.weight, a.wl.teacher.alphas_cumprod).pmf(), edges)
+        if a.sds_prior
+        else None
+    )
+    pilot = run_pilot(draws, target, s.pilot_outer, s.pilot_inner, s.num_bins, cost, seed=seed + 1, prior_b=prior_b)
+    pilot_seconds = time.perf_counter() - t0
+    iddpm, fill_seconds = fill_iddpm(draws, target, s.iddpm_history, s.iddpm_uniform_prob, 64, seed + 2)
+
+    N = a.batch_size
+    K_u = pilot.best_K(pilot.pi_b, s.k_max)
+    p_carv = pilot.carv_proposal()
+    K_is = pilot.best_K(p_carv, s.k_max)
+    oracle = brute_force_oracle(pilot, s.k_max)
+    uniform = UniformProposal(target)
+    carv = BinnedProposal(target, edges, p_carv)
+    pols: dict[str, tuple[HierarchicalEstimator, float, str]] = {
+        "baseline": (policy_estimator(uniform, N, 1, "iid", seed + 10), pilot.W(pilot.pi_b, 1), "uniform"),
+        "iddpm": (
+            policy_estimator(iddpm.proposal(), N, 1, "iid", seed + 11),
+            pilot.W(bin_sums(iddpm.proposal().pmf(), edges), 1),
+            "loss 2nd moment" if iddpm.warmed_up else "uniform (not warmed up)",
+        ),
+        "reuse": (policy_estimator(uniform, N, K_u, "iid", seed + 12), pilot.W(pilot.pi_b, K_u), "uniform"),
+        "+IS": (policy_estimator(carv, N, K_is, "iid", seed + 13), pilot.W(p_carv, K_is), "p* (alpha 0.1)"),
+        "+strat": (policy_estimator(carv, N, K_is, "stratified", seed + 14), pilot.W(p_carv, K_is), "p* (alpha 0.1)"),
+        "adaptive": (
+            policy_estimator(ctrl_view["proposal"], N, ctrl_view["K"], ctrl_view["stratification"], seed + 15),
+            pilot.W(bin_sums(ctrl_view["proposal"].pmf(), edges), ctrl_view["K"]),
+            ctrl_view["kind"],
+        ),
+        "oracle": (
+            policy_estimator(BinnedProposal(target, edges, oracle.p_b), N, oracle.K, "stratified", seed + 16),
+            oracle.W,
+            oracle.name,
+        ),
+    }
+    t1 = time.perf_counter()
+    reps = replicate(estimate, {k: v[0] for k, v in pols.items()}, s.replications)
+    measure_seconds = time.perf_counter() - t1
+    base = reps["baseline"]
+    rows = [_policy_row(k, v[0], reps[k], base, v[1], v[2], seed + 20 + i) for i, (k, v) in enumerate(pols.items())]
+    return {
+        "pilot": _pilot_summary(pilot),
+        "iddpm": {
+            "history_per_term": s.iddpm_history,
+            "uniform_prob": s.iddpm_uniform_prob,
+            "warmed_up": iddpm.warmed_up,
+            "fill_draws": int(iddpm.counts.sum()),
+            "fill_seconds": fill_seconds,
+        },
+        "controller": {k: v for k, v in ctrl_view.items() if k != "proposal"},
+        "variants": rows,
+        "seconds": {"pilot": pilot_seconds, "iddpm_fill": fill_seconds, "replications": measure_seconds},
+    }
+
+
+def _pilot_summary(p: PilotStats) -> dict[str, Any]:
+    return {
+        "draws": p.draws,
+        "sigma_b2": p.sigma_b2,
+        "sigma_w2": p.sigma_w2,
+        "sigma_w2_is": p.sigma_w2_for(p.carv_proposal()),
+        "M2": p.M2,
+        "ratio_w_b": p.sigma_w2 / p.sigma_b2 if p.sigma_b2 > 0 else math.inf,
+        "c_out": p.cost.c_out,
+        "c_in": p.cost.c_in,
+        "cost_ratio": p.cost.c_out / p.cost.c_in if p.cost.c_in > 0 else math.inf,
+        "m_b": p.m_b.tolist(),
+        "edges": p.edges.tolist(),
+    }
+
+
+def _controller_view(ctrl: Any) -> dict[str, Any]:
+    last = ctrl.history[-1] if ctrl.history else None
+    return {
+        "step": ctrl.step_count - 1,
+        "K": ctrl.K,
+        "proposal": ctrl.proposal,
+        "kind": f"controller ({ctrl._proposal_kind})",
+        "stratification": ctrl.config.stratification,
+        "in_warmup": ctrl.in_warmup,
+        "refits": len(ctrl.history),
+        "predicted_ecm": None if last is None else last.predicted_ecm,
+        "predicted_W": None if last is None else last.predicted_W,
+        "sigma_b2": None if last is None else last.sigma_b2,
+        "sigma_w2": None if last is None else last.sigma_w2,
+        "c_out": None if last is None else last.c_out,
+        "c_in": None if last is None else last.c_in,
+    }
+
+
+def ablate(workload: str, s: AblationSettings, progress: Any = None) -> dict[str, Any]:
+    """Train ``workload`` under the adaptive controller for ``s.steps`` steps, then measure every variant at
+    the checkpoints (fractions of the run). Returns a JSON-ready dict."""
+    a = build_adapter(workload, s.seed, s.quick)
+    ctrl = demo_controller(a, s.steps, s.seed)
+    timed = TimedController(ctrl)
+    views: dict[int, dict[str, Any]] = {}
+
+    def on_step(rec: Any) -> None:
+        views[rec.step] = _controller_view(ctrl)
+
+    snap = sorted({max(0, round(f * s.steps) - 1) for f in s.checkpoints})
+    t0 = time.perf_counter()
+    res = a.run(s.steps, controller=timed, on_step=on_step, snapshot_steps=snap)
+    train_wall = time.perf_counter() - t0
+    n = len(res.records)
+    compute = res.compute_seconds
+    probe = sum(r.seconds.get("probe", 0.0) for r in res.records)
+    ctrl_sec = sum(timed.seconds.values())
+    out: dict[str, Any] = {
+        "workload": workload,
+        "config": a.wl.config.model_dump(),
+        "training": {"steps": n, "compute_seconds": compute, "wall_seconds": train_wall},
+        "overhead": {
+            "plan_s": timed.seconds["plan"],
+            "observe_s": timed.seconds["observe"],
+            "step_refit_s": timed.seconds["step"],
+            "controller_fraction": ctrl_sec / (compute + ctrl_sec),
+            "probe_fraction": probe / (compute + ctrl_sec),
+            "ms_per_step": 1e3 * (compute + ctrl_sec) / n,
+            "controller_ms_per_step": 1e3 * ctrl_sec / n,
+            "refits": len(ctrl.history),
+        },
+        "checkpoints": [],
+    }
+    steps_at = sorted({max(0, round(f * n) - 1) for f in s.checkpoints})
+    for i, step in enumerate(steps_at):
+        state = res.snapshots.get(step, getattr(res, "final_state", {})) if hasattr(res, "snapshots") else {}
+        if progress is not None:
+            progress(f"{workload}: checkpoint {i + 1}/{len(steps_at)} (step {step + 1} of {n})")
+        row = _checkpoint(a, s, state, views[step], s.seed + 1000 * (i + 1))
+        row["step"] = step + 1
+        out["checkpoints"].append(row)
+    return out
