@@ -38,6 +38,8 @@ class WorkloadAdapter:
         views, quality: ``result -> images`` / ``result -> score`` for the demo's report.
         sds_prior: whether the workload declares an SDS-type weight (the teacher-weight prior applies).
         space: where the controller takes sigma_B^2 / sigma_W^2 from for this workload.
+        controller_steps: how many controller steps ``run(steps)`` takes (attribution: one per example per
+            round), so the warm-up and refit schedule can be sized to the run.
     """
 
     wl: Any
@@ -51,6 +53,7 @@ class WorkloadAdapter:
     quality_name: str
     sds_prior: bool = False
     space: str = "parameter"
+    controller_steps: Callable[[int], int] = lambda steps: steps
 
 
 def _per_draw_vjp(output: Tensor, params: list[Tensor], f: Tensor) -> Tensor:
@@ -211,6 +214,7 @@ def _attribution(seed: int, quick: bool, **config: Any) -> WorkloadAdapter:
         quality,
         "Spearman vs reference",
         space="proxy",
+        controller_steps=lambda steps: max(1, steps // 10) * (cfg.num_train + cfg.num_queries),
     )
 
 

@@ -115,7 +115,9 @@ def optimal_allocation(
 ) -> Allocation:
     """Choose ``(N, K)`` under either allocation mode (SPEC §4).
 
-    ``fixed_batch``: the user's ``N`` stays and ``K`` minimizes ``W``. ``fixed_budget``: ``K`` (and
+    ``fixed_batch``: the user's ``N`` stays and ``K`` minimizes ``W``; the fixed cost ``c_0`` is paid once per
+    step of ``N`` outer draws whatever ``K`` is, so it counts as ``c_0 / N`` more outer cost (``W`` then is
+    the variance times the whole per-step cost, per outer draw). ``fixed_budget``: ``K`` (and
     ``N = floor((budget - c_0)/(c_out + K c_in))``) minimize the estimator variance at that budget; the
     floor makes the objective non-convex, so integers are searched directly.
     """
@@ -123,14 +125,15 @@ def optimal_allocation(
     if mode == "fixed_batch":
         if N is None or N < 1:
             raise ConfigError(f"fixed_batch allocation needs N >= 1, got N={N!r}")
-        K = optimal_k(sigma_b2, sigma_w2, c_out, c_in, k_min, k_max)
+        c_out_step = c_out + c_0 / N
+        K = optimal_k(sigma_b2, sigma_w2, c_out_step, c_in, k_min, k_max)
         sw = _sigma_w2_at(sigma_w2, K)
         return Allocation(
             N,
             K,
             estimator_variance(sigma_b2, sw, N, K),
             c_0 + N * (c_out + K * c_in),
-            work_normalized_variance(sigma_b2, sw, K, c_out, c_in),
+            work_normalized_variance(sigma_b2, sw, K, c_out_step, c_in),
         )
     if mode != "fixed_budget":
         raise ConfigError(f"allocation mode must be 'fixed_batch' or 'fixed_budget', got {mode!r}")

@@ -103,6 +103,8 @@ def fit_policy(x: FitInputs) -> FitResult:
     """
     pi_b = x.pi_b.double()
     m_var = x.m_b if x.m_var is None else x.m_var
+    # Under a fixed outer batch the per-step fixed cost is spent whatever K is: c_0 / N more per outer draw.
+    c_out = x.c_out + (x.c_0 / x.N if x.mode == "fixed_batch" and x.N else 0.0)
     S_cur = float(is_second_moment(pi_b, x.p_cur, m_var))
 
     def sw_for(p: Tensor) -> float:
@@ -133,7 +135,7 @@ def fit_policy(x: FitInputs) -> FitResult:
                 k_max=x.k_max,
             )
             K, n = a.K, a.N
-        return K, int(n or 1), sw, _W(x.sigma_b2, sw, K, x.c_out, x.c_in)
+        return K, int(n or 1), sw, _W(x.sigma_b2, sw, K, c_out, x.c_in)
 
     candidates: list[tuple[str, Tensor]] = [("current", x.p_cur.double())]
     if x.adapt_proposal:
@@ -164,7 +166,7 @@ def fit_policy(x: FitInputs) -> FitResult:
         reason += "; K in cooldown"
 
     sw_uniform = sw_for(pi_b)
-    W_base = _W(x.sigma_b2, sw_uniform, 1, x.c_out, x.c_in)
+    W_base = _W(x.sigma_b2, sw_uniform, 1, c_out, x.c_in)
     is_gain = sw_uniform / sw_new if sw_new > 0 else 1.0
     ecm = W_base / W_new if W_new > 0 and math.isfinite(W_new) else math.nan
     return FitResult(

@@ -33,8 +33,10 @@ class DemoSettings:
 
 
 def demo_controller(a: WorkloadAdapter, steps: int, seed: int, **overrides: Any) -> AdaptiveController:
-    """The controller the demo (and the benchmarks) run on a workload of ``steps`` training steps."""
+    """The controller the demo (and the benchmarks) run on a workload of ``steps`` training steps: warm-up for
+    a sixth of the controller steps, a refit every twelfth, ``K <= 16`` (the demo's memory cap)."""
     wl = a.wl
+    n = a.controller_steps(steps)
     c = wl.config
     target = TargetMeasure(wl.teacher.num_timesteps, c.t_min, c.t_max)
     kw: dict[str, Any] = dict(
@@ -42,8 +44,8 @@ def demo_controller(a: WorkloadAdapter, steps: int, seed: int, **overrides: Any)
         t_min=c.t_min,
         t_max=c.t_max,
         batch_size=a.batch_size,
-        warmup_steps=max(4, steps // 6),
-        refit_every=max(2, steps // 12),
+        warmup_steps=max(4, n // 6),
+        refit_every=max(2, n // 12),
         k_max=16,
         forgetting=0.97,
         seed=seed,

@@ -45,7 +45,7 @@ class AblationSettings:
     cost_reps: int = 3
     iddpm_history: int = 10
     iddpm_uniform_prob: float = 0.001
-    k_max: int = 64
+    k_max: int = 64  # the uncapped oracle's range; every measured policy gets min(k_max, controller's k_max)
     num_bins: int = 20
     quick: bool = False
 
@@ -131,7 +131,7 @@ def _policy_row(
 
 
 def _checkpoint(
-    a: WorkloadAdapter, s: AblationSettings, state: dict, ctrl_view: dict[str, Any], seed: int
+    a: WorkloadAdapter, s: AblationSettings, state: dict, ctrl_view: dict[str, Any], seed: int, k_max: int
 ) -> dict[str, Any]:
     c = a.wl.config
     target = TargetMeasure(a.wl.teacher.num_timesteps, c.t_min, c.t_max)
@@ -149,10 +149,11 @@ def _checkpoint(
     iddpm, fill_seconds = fill_iddpm(draws, target, s.iddpm_history, s.iddpm_uniform_prob, 64, seed + 2)
 
     N = a.batch_size
-    K_u = pilot.best_K(pilot.pi_b, s.k_max)
+    K_u = pilot.best_K(pilot.pi_b, k_max)
     p_carv = pilot.carv_proposal()
-    K_is = pilot.best_K(p_carv, s.k_max)
-    oracle = brute_force_oracle(pilot, s.k_max)
+    K_is = pilot.best_K(p_carv, k_max)
+    oracle = brute_force_oracle(pilot, k_max)
+    uncapped = brute_force_oracle(pilot, s.k_max)
     uniform = UniformProposal(target)
     carv = BinnedProposal(target, edges, p_carv)
     pols: dict[str, tuple[HierarchicalEstimator, float, str]] = {
@@ -191,6 +192,14 @@ def _checkpoint(
             "fill_seconds": fill_seconds,
         },
         "controller": {k: v for k, v in ctrl_view.items() if k != "proposal"},
+        "k_max": k_max,
+        "oracle_uncapped": {
+            "k_max": s.k_max,
+            "K": uncapped.K,
+            "proposal": uncapped.name,
+            "predicted_W": uncapped.W,
+            "predicted_ecm": pilot.W(pilot.pi_b, 1) / uncapped.W,
+        },
         "variants": rows,
         "seconds": {"pilot": pilot_seconds, "iddpm_fill": fill_seconds, "replications": measure_seconds},
     }
@@ -271,7 +280,9 @@ def ablate(workload: str, s: AblationSettings, progress: Any = None) -> dict[str
         state = res.snapshots.get(step, getattr(res, "final_state", {})) if hasattr(res, "snapshots") else {}
         if progress is not None:
             progress(f"{workload}: checkpoint {i + 1}/{len(steps_at)} (step {step + 1} of {n})")
-        row = _checkpoint(a, s, state, views[step], s.seed + 1000 * (i + 1))
+        # Every policy gets the K range the controller may use (its memory cap), the oracle included.
+        k_max = min(s.k_max, ctrl.config.k_max)
+        row = _checkpoint(a, s, state, views[step], s.seed + 1000 * (i + 1), k_max)
         row["step"] = step + 1
         out["checkpoints"].append(row)
     return out

@@ -16,6 +16,16 @@ __all__ = ["SumStatistic", "NonFinitePolicy"]
 NonFinitePolicy = Literal["skip", "error"]
 
 
+def all_finite(x: Tensor) -> bool:
+    """Whether every entry of ``x`` is finite. A NaN or an infinity makes the sum non-finite, so one reduction
+    answers the common case; only a non-finite sum (possibly an overflow of finite values) pays the exact check."""
+    if x.numel() == 0:
+        return True
+    if bool(torch.isfinite(x.sum())):
+        return True
+    return bool(torch.isfinite(x).all())
+
+
 class SumStatistic:
     """Base class: states declared once with :meth:`add_state`, all reduced by summation.
 
@@ -101,7 +111,7 @@ class SumStatistic:
 
     def _finite_or_reject(self, what: str, *tensors: Tensor) -> bool:
         """True if all finite; else apply the non-finite policy and return False."""
-        if all(bool(torch.isfinite(t).all()) for t in tensors):
+        if all(all_finite(t) for t in tensors):
             return True
         if self.nonfinite == "error":
             raise NonFiniteError(

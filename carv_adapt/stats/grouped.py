@@ -9,10 +9,13 @@ import torch
 from torch import Tensor
 
 from carv_adapt.errors import ShapeError
-from carv_adapt.stats.base import NonFinitePolicy, SumStatistic
+from carv_adapt.stats.base import NonFinitePolicy, SumStatistic, all_finite
 from carv_adapt.variance import paired_within_from_groups
 
 __all__ = ["GroupedVariance", "BetweenWithin", "split_half_within"]
+
+
+_CHUNK_ELEMENTS = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,8 @@ class GroupedVariance(SumStatistic):
             self.add_state(name, torch.zeros(()))
 
     def _drop_nonfinite(self, what: str, *xs: Tensor) -> tuple[Tensor, ...] | None:
+        if all(all_finite(x) for x in xs):
+            return xs
         finite = torch.ones(xs[0].shape[0], dtype=torch.bool)
         for x in xs:
             finite &= torch.isfinite(x.reshape(x.shape[0], -1)).all(dim=1).cpu()
@@ -71,7 +76,7 @@ class GroupedVariance(SumStatistic):
         ``weights`` ``rho``, which avoids materializing the product).
 
         An outer draw with any non-finite entry is dropped whole (its group would be biased otherwise).
-        Temporaries are one outer draw's size: the loop over draws bounds the extra memory at ``K x D``.
+        Temporaries are bounded: outer draws are processed in chunks of about ``2^20`` elements.
         """
         if x.dim() < 2:
             raise ShapeError(f"grouped update needs N x K x ... contributions, got shape {tuple(x.shape)}")
@@ -90,11 +95,14 @@ class GroupedVariance(SumStatistic):
         means = torch.empty(n, flat.shape[-1], dtype=flat.dtype, device=flat.device)
         ssw_n = torch.empty(n, dtype=torch.float64)
         ss_pair, pairs = 0.0, 0.0
-        for i in range(n):
-            xi = flat[i] if w is None else flat[i] * w[i, :, None]
-            means[i] = xi.mean(dim=0)
-            ssw_n[i] = float((xi - means[i]).pow_(2).sum())
-            sp, pc = paired_within_from_groups(xi[None])
+        # Chunks of outer draws bound the temporaries (~_CHUNK_ELEMENTS) without a Python loop for small steps.
+        step = max(1, _CHUNK_ELEMENTS // max(1, K * flat.shape[-1]))
+        for i in range(0, n, step):
+            xi = flat[i : i + step] if w is None else flat[i : i + step] * w[i : i + step, :, None]
+            mi = xi.mean(dim=1)
+            means[i : i + step] = mi
+            ssw_n[i : i + step] = (xi - mi[:, None]).pow_(2).sum(dim=(1, 2)).double().cpu()
+            sp, pc = paired_within_from_groups(xi)
             ss_pair, pairs = ss_pair + sp, pairs + pc
         self.ssw += float(ssw_n.sum())
         self.dof_w += float(n * (K - 1))
@@ -110,12 +118,13 @@ class GroupedVariance(SumStatistic):
             raise ShapeError(f"split-half probe needs two N x P gradients, got {tuple(g_a.shape)}, {tuple(g_b.shape)}")
         if K < 2:
             raise ShapeError(f"split-half probe needs K >= 2 inner draws, got K={K}")
-        kept = self._drop_nonfinite("probe gradient", g_a.detach().double(), g_b.detach().double())
+        kept = self._drop_nonfinite("probe gradient", g_a.detach(), g_b.detach())
         if kept is None:
             return
         a, b = kept
         k_a, k_b = (K + 1) // 2, K // 2
-        within_n = ((a - b) ** 2).sum(1) / (1.0 / k_a + 1.0 / k_b)
+        # Reductions in the gradients' own dtype; only the per-draw sums are float64.
+        within_n = (a - b).pow_(2).sum(1).double().cpu() / (1.0 / k_a + 1.0 / k_b)
         self.ssw += float(within_n.sum())
         self.dof_w += float(a.shape[0])
         self._accumulate(within_n, (k_a * a + k_b * b) / K, K)

@@ -19,8 +19,8 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     """``||mu_a - mu_b||^2 + tr(S_a + S_b - 2 (S_a S_b)^{1/2})`` between Gaussians fitted to two feature sets."""
     mu_a, mu_b = a.mean(0), b.mean(0)
     s_a, s_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    covmean, _ = linalg.sqrtm(s_a @ s_b, disp=False)
-    covmean = covmean.real
+    # No ``disp=``: scipy 1.18 removed it; the plain call returns the root in every supported version.
+    covmean = np.asarray(linalg.sqrtm(s_a @ s_b)).real
     return float(((mu_a - mu_b) ** 2).sum() + np.trace(s_a + s_b - 2 * covmean))
 
 
