@@ -191,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="ECM ablation, equal-compute runs, cost sweep and scaling; writes a report")
     b.add_argument("--workloads", nargs="+", default=["sds3d", "distill", "attribution"])
     b.add_argument("--seed", type=int, default=0)
-    b.add_argument("--replications", type=int, default=40, help="per policy and checkpoint")
+    b.add_argument("--replications", type=int, default=80, help="per policy and checkpoint")
     b.add_argument("--seeds", type=int, default=3, help="seeds of the equal-compute runs (0 skips them)")
     b.add_argument("--no-sweep", action="store_true", help="skip the SDS-3D cost sweep")
     b.add_argument("--no-scaling", action="store_true", help="skip the controller scaling table")

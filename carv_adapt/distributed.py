@@ -29,13 +29,14 @@ def reduced_copies(stats: Sequence[SumStatistic], group: Any = None) -> list[Sum
     """Copies of ``stats`` holding the sum over all ranks, from one all-reduce on one flat float64 tensor.
 
     The local statistics are left untouched (reducing them in place would count other ranks' sums again
-    at the next refit). Without an initialized process group the copies equal the inputs.
+    at the next refit). Without an initialized process group there is nothing to add: the inputs themselves
+    come back (callers only read them), which keeps a single-process refit free of copies.
     """
     import copy
 
-    copies = [copy.deepcopy(s) for s in stats]
     if world_size(group) == 1:
-        return copies
+        return list(stats)
+    copies = [copy.deepcopy(s) for s in stats]
     flats = [s.flat() for s in stats]
     buf = torch.cat(flats)
     backend = torch.distributed.get_backend(group)

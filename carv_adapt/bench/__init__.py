@@ -38,7 +38,7 @@ class BenchSettings:
 
     workloads: tuple[str, ...] = ("sds3d", "distill", "attribution")
     seed: int = 0
-    replications: int = 40
+    replications: int = 80
     e2e_seeds: tuple[int, ...] = (0, 1, 2)
     e2e_workloads: tuple[str, ...] = ("sds3d", "distill")
     sweep: bool = True
