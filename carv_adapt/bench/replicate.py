@@ -102,18 +102,8 @@ def ecm_interval(
         return wb / wp if wp > 0 else math.inf
 
     point = stat(np.arange(baseline.R), np.arange(policy.R))
-    res = bootstrap(
-        (np.arange(baseline.R), np.arange(policy.R)),
-        stat,
-        paired=False,
-        vectorized=False,
-        n_resamples=n_resamples,
-        confidence_level=confidence,
-        method="BCa",
-        rng=np.random.default_rng(seed),
-    )
-    lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
-    if not (math.isfinite(lo) and math.isfinite(hi)):  # BCa can degenerate on tiny R; percentile cannot
+    lo = hi = math.nan
+    for method in ("BCa", "percentile"):  # BCa can degenerate on tiny R; percentile cannot
         res = bootstrap(
             (np.arange(baseline.R), np.arange(policy.R)),
             stat,
@@ -121,8 +111,10 @@ def ecm_interval(
             vectorized=False,
             n_resamples=n_resamples,
             confidence_level=confidence,
-            method="percentile",
+            method=method,
             rng=np.random.default_rng(seed),
         )
         lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
+        if math.isfinite(lo) and math.isfinite(hi):
+            break
     return point, lo, hi

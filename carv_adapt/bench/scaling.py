@@ -10,7 +10,6 @@ growth of the process's peak resident set over the loop (Linux ``VmHWM``, reset 
 from __future__ import annotations
 
 import multiprocessing as mp
-import resource
 import time
 from typing import Any
 
@@ -23,6 +22,8 @@ __all__ = ["measure_overhead", "scaling_table"]
 
 def _rss_peak_bytes(reset: bool = False) -> int:
     """Peak resident set of this process (Linux, resettable); ``ru_maxrss`` elsewhere (not resettable)."""
+    import resource  # Unix only
+
     try:
         if reset:
             with open("/proc/self/clear_refs", "w") as fh:
