@@ -284,7 +284,7 @@ class AdaptiveController:
         if sq_norms is not None:
             if tuple(sq_norms.shape) != lead:
                 raise ShapeError(f"sq_norms: shape {tuple(sq_norms.shape)}, expected N x K = {lead}")
-            self.profile.update(plan.t, sq_norms)
+            self.profile.update(plan.t, sq_norms, bins=plan.bins)
         if probe is not None:
             g_a, g_b = probe
             if g_a.shape != g_b.shape or g_a.dim() != 2 or g_a.shape[0] != plan.N:

@@ -61,9 +61,8 @@ class SumStatistic:
         """Exponential forgetting: scale every decaying sum by ``gamma`` in ``(0, 1]``."""
         if gamma == 1.0:
             return
-        for name in self._defaults:
-            if name not in self._no_decay:
-                getattr(self, name).mul_(gamma)
+        # One fused call for all states: the per-step cost of forgetting stays flat in the number of sums.
+        torch._foreach_mul_([getattr(self, n) for n in self._defaults if n not in self._no_decay], gamma)
 
     def merge(self, other: SumStatistic) -> None:
         """Add ``other``'s sums into this one (equals one joint update over both streams)."""

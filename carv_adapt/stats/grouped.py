@@ -60,15 +60,21 @@ class GroupedVariance(SumStatistic):
         kept = tuple(x[finite.to(x.device)] for x in xs)
         return kept if kept[0].shape[0] > 0 else None
 
-    def _accumulate(self, within_n: Tensor, means: Tensor, K: int) -> None:
-        """``within_n``: ``N`` per-group unbiased within estimates (each with ``dof_n`` folded in by caller)."""
+    def _accumulate(self, ssw: Tensor, means: Tensor, dof_n: int, K: int) -> None:
+        """One step's sums: ``ssw`` the total within sum of squares (``dof_n`` degrees of freedom per group),
+        ``means`` the ``n x D`` group means; feeds the within, between and ``M2`` numerators."""
         n = means.shape[0]
-        sw_n = within_n
-        self.m2_num += float((means**2).sum(1).double().sum() - (sw_n / K).sum())
+        # Every reduction stays on the tensors' device; one transfer brings the three totals back.
+        msq = means.pow(2).sum()
+        ssb = (means - means.mean(0)).pow_(2).sum() if n >= 2 else msq * 0
+        ssw_f, msq_f, ssb_f = torch.stack([ssw.reshape(()), msq, ssb]).double().tolist()
+        self.ssw += ssw_f
+        self.dof_w += float(n * dof_n)
+        sw_sum = ssw_f / dof_n  # sum over groups of each group's unbiased within estimate
+        self.m2_num += msq_f - sw_sum / K
         self.groups += float(n)
         if n >= 2:
-            ssb = float(((means - means.mean(0)) ** 2).sum(1).double().sum())
-            self.sb_num += ssb - (n - 1) * float(sw_n.mean()) / K
+            self.sb_num += ssb_f - (n - 1) * (sw_sum / n) / K
             self.dof_b += float(n - 1)
 
     def update(self, x: Tensor, weights: Tensor | None = None) -> None:
@@ -82,33 +88,44 @@ class GroupedVariance(SumStatistic):
             raise ShapeError(f"grouped update needs N x K x ... contributions, got shape {tuple(x.shape)}")
         if weights is not None and tuple(weights.shape) != tuple(x.shape[:2]):
             raise ShapeError(f"weights: shape {tuple(weights.shape)}, expected N x K = {tuple(x.shape[:2])}")
-        xs = (x.detach(),) if weights is None else (x.detach(), weights.detach().to(x.device, x.dtype))
-        kept = self._drop_nonfinite("contribution", *xs)
-        if kept is None:
-            return
-        x = kept[0]
-        w = kept[1] if weights is not None else None
-        n, K = x.shape[0], x.shape[1]
+        x = x.detach()
+        w = None if weights is None else weights.detach().to(x.device, x.dtype)
+        K = x.shape[1]
         if K < 2:
+            # No within information; still count (and drop) non-finite draws as the policy says.
+            self._drop_nonfinite("contribution", *((x,) if w is None else (x, w)))
             return
+        sums = self._group_sums(x, w)
+        # A NaN or an infinity anywhere makes a total non-finite: only then pay the per-draw filter.
+        if not (bool(torch.isfinite(sums[0])) and math.isfinite(sums[2])):
+            kept = self._drop_nonfinite("contribution", *((x,) if w is None else (x, w)))
+            if kept is None:
+                return
+            x, w = kept[0], (kept[1] if w is not None else None)
+            sums = self._group_sums(x, w)
+        ssw, means, ss_pair, pairs = sums
+        self.ss_pair += ss_pair
+        self.pairs += pairs
+        self._accumulate(ssw, means, K - 1, K)
+
+    @staticmethod
+    def _group_sums(x: Tensor, w: Tensor | None) -> tuple[Tensor, Tensor, float, float]:
+        """``(within sum of squares, means, paired sum, pairs)`` of ``N x K x ...`` contributions, in
+        chunks of outer draws that bound the temporaries (~``_CHUNK_ELEMENTS``); small steps take one pass."""
+        n, K = x.shape[0], x.shape[1]
         flat = x.reshape(n, K, -1)
-        means = torch.empty(n, flat.shape[-1], dtype=flat.dtype, device=flat.device)
-        ssw_n = torch.empty(n, dtype=torch.float64)
-        ss_pair, pairs = 0.0, 0.0
-        # Chunks of outer draws bound the temporaries (~_CHUNK_ELEMENTS) without a Python loop for small steps.
         step = max(1, _CHUNK_ELEMENTS // max(1, K * flat.shape[-1]))
+        chunks = []
+        ssw = torch.zeros((), dtype=flat.dtype, device=flat.device)
+        ss_pair, pairs = 0.0, 0.0
         for i in range(0, n, step):
             xi = flat[i : i + step] if w is None else flat[i : i + step] * w[i : i + step, :, None]
             mi = xi.mean(dim=1)
-            means[i : i + step] = mi
-            ssw_n[i : i + step] = (xi - mi[:, None]).pow_(2).sum(dim=(1, 2)).double().cpu()
+            chunks.append(mi)
+            ssw = ssw + (xi - mi[:, None]).pow_(2).sum()
             sp, pc = paired_within_from_groups(xi)
             ss_pair, pairs = ss_pair + sp, pairs + pc
-        self.ssw += float(ssw_n.sum())
-        self.dof_w += float(n * (K - 1))
-        self.ss_pair += ss_pair
-        self.pairs += pairs
-        self._accumulate(ssw_n / (K - 1), means, K)
+        return ssw, (chunks[0] if len(chunks) == 1 else torch.cat(chunks)), ss_pair, pairs
 
     def update_split_half(self, g_a: Tensor, g_b: Tensor, K: int) -> None:
         """Accumulate a parameter-space split-half probe (SPEC §7): ``N x P`` gradients of the means of the
@@ -123,11 +140,9 @@ class GroupedVariance(SumStatistic):
             return
         a, b = kept
         k_a, k_b = (K + 1) // 2, K // 2
-        # Reductions in the gradients' own dtype; only the per-draw sums are float64.
-        within_n = (a - b).pow_(2).sum(1).double().cpu() / (1.0 / k_a + 1.0 / k_b)
-        self.ssw += float(within_n.sum())
-        self.dof_w += float(a.shape[0])
-        self._accumulate(within_n, (k_a * a + k_b * b) / K, K)
+        # Reductions in the gradients' own dtype; the totals come back as float64.
+        ssw = (a - b).pow_(2).sum() / (1.0 / k_a + 1.0 / k_b)
+        self._accumulate(ssw, (k_a * a + k_b * b) / K, 1, K)
 
     def compute(self) -> BetweenWithin:
         """Current estimates (NaN where not identified yet)."""

@@ -7,7 +7,7 @@ from torch import Tensor
 
 from carv_adapt.errors import ShapeError
 from carv_adapt.proposals.base import bin_index
-from carv_adapt.stats.base import NonFinitePolicy, SumStatistic
+from carv_adapt.stats.base import NonFinitePolicy, SumStatistic, all_finite
 
 __all__ = ["TimestepProfile"]
 
@@ -35,14 +35,15 @@ class TimestepProfile(SumStatistic):
     def num_bins(self) -> int:
         return self.edges.numel() - 1
 
-    def update(self, t: Tensor, sq_norms: Tensor) -> None:
-        """Accumulate ``sq_norms`` (same shape as the long Tensor ``t``)."""
+    def update(self, t: Tensor, sq_norms: Tensor, bins: Tensor | None = None) -> None:
+        """Accumulate ``sq_norms`` (same shape as the long Tensor ``t``); ``bins``, if given, are the bin
+        indices of ``t`` for these edges (a plan carries them), which saves the search."""
         if t.shape != sq_norms.shape:
             raise ShapeError(f"profile update: t {tuple(t.shape)} and sq_norms {tuple(sq_norms.shape)} differ")
         v = sq_norms.detach().reshape(-1).to("cpu", torch.float64)
-        b = bin_index(t.detach().reshape(-1).cpu(), self.edges)
-        ok = torch.isfinite(v)
-        if not bool(ok.all()):
+        b = bin_index(t.detach().reshape(-1).cpu(), self.edges) if bins is None else bins.reshape(-1)
+        if not all_finite(v):
+            ok = torch.isfinite(v)
             bad = int((~ok).sum())
             self._finite_or_reject("squared norm", v)  # applies the policy (raises or warns once)
             self.num_nonfinite += bad - 1
