@@ -18,7 +18,7 @@ import torch
 
 from carv_adapt.adapters import WorkloadAdapter, build_adapter
 from carv_adapt.bench.iddpm import LossSecondMomentResampler
-from carv_adapt.bench.pilot import PilotStats, brute_force_oracle, fit_estimate_cost, run_pilot
+from carv_adapt.bench.pilot import EstimateCost, PilotStats, brute_force_oracle, fit_estimate_cost, run_pilot
 from carv_adapt.bench.replicate import Replications, ecm_interval, replicate
 from carv_adapt.demo import demo_controller
 from carv_adapt.estimator import HierarchicalEstimator
@@ -29,6 +29,7 @@ from carv_adapt.proposals.base import Proposal, bin_sums
 __all__ = ["AblationSettings", "TimedController", "ablate", "fill_iddpm", "policy_estimator", "VARIANTS"]
 
 VARIANTS = ("baseline", "iddpm", "reuse", "+IS", "+strat", "adaptive", "oracle")
+_ESTIMATE_STAGES = ("upstream", "teacher", "backward", "probe")  # what estimate() itself runs, or controller cost
 
 
 @dataclass(frozen=True)
@@ -131,13 +132,20 @@ def _policy_row(
 
 
 def _checkpoint(
-    a: WorkloadAdapter, s: AblationSettings, state: dict, ctrl_view: dict[str, Any], seed: int, k_max: int
+    a: WorkloadAdapter,
+    s: AblationSettings,
+    state: dict,
+    ctrl_view: dict[str, Any],
+    seed: int,
+    k_max: int,
+    fixed_seconds: float,
 ) -> dict[str, Any]:
     c = a.wl.config
     target = TargetMeasure(a.wl.teacher.num_timesteps, c.t_min, c.t_max)
     estimate, draws = a.estimator(state), a.draws(state)
     t0 = time.perf_counter()
     cost = fit_estimate_cost(estimate, target, a.batch_size, s.cost_Ks, s.cost_reps, seed=seed)
+    cost = EstimateCost(a=cost.a + fixed_seconds, b=cost.b, N=cost.N)
     edges = target.bin_edges(s.num_bins)
     prior_b = (
         bin_sums(teacher_weight_proposal(target, a.weight, a.wl.teacher.alphas_cumprod).pmf(), edges)
@@ -178,7 +186,7 @@ def _checkpoint(
         ),
     }
     t1 = time.perf_counter()
-    reps = replicate(estimate, {k: v[0] for k, v in pols.items()}, s.replications)
+    reps = replicate(estimate, {k: v[0] for k, v in pols.items()}, s.replications, fixed_seconds)
     measure_seconds = time.perf_counter() - t1
     base = reps["baseline"]
     rows = [_policy_row(k, v[0], reps[k], base, v[1], v[2], seed + 20 + i) for i, (k, v) in enumerate(pols.items())]
@@ -276,6 +284,10 @@ def ablate(workload: str, s: AblationSettings, progress: Any = None) -> dict[str
         },
         "checkpoints": [],
     }
+    # Stages every training step pays whatever K is (distillation's fake-score update), the probe excepted
+    # (a controller cost): charged to every policy's estimate so W is per training step.
+    fixed = sum(v for r in res.records for k, v in r.seconds.items() if k not in _ESTIMATE_STAGES) / n
+    out["fixed_seconds_per_step"] = fixed
     steps_at = sorted({max(0, round(f * n) - 1) for f in s.checkpoints})
     for i, step in enumerate(steps_at):
         state = res.snapshots.get(step, getattr(res, "final_state", {})) if hasattr(res, "snapshots") else {}
@@ -283,7 +295,7 @@ def ablate(workload: str, s: AblationSettings, progress: Any = None) -> dict[str
             progress(f"{workload}: checkpoint {i + 1}/{len(steps_at)} (step {step + 1} of {n})")
         # Every policy gets the K range the controller may use (its memory cap), the oracle included.
         k_max = min(s.k_max, ctrl.config.k_max)
-        row = _checkpoint(a, s, state, views[step], s.seed + 1000 * (i + 1), k_max)
+        row = _checkpoint(a, s, state, views[step], s.seed + 1000 * (i + 1), k_max, fixed)
         row["step"] = step + 1
         out["checkpoints"].append(row)
     return out

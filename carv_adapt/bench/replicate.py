@@ -63,11 +63,15 @@ def _variance(gram: np.ndarray, idx: np.ndarray) -> float:
 
 
 def replicate(
-    estimate: Callable[[Plan], Tensor], policies: dict[str, HierarchicalEstimator], R: int
+    estimate: Callable[[Plan], Tensor],
+    policies: dict[str, HierarchicalEstimator],
+    R: int,
+    fixed_seconds: float = 0.0,
 ) -> dict[str, Replications]:
     """``R`` estimates per policy, interleaved round-robin so that machine drift hits every policy alike.
 
-    ``estimate(plan)`` returns the flattened final estimate; its wall time (plan drawing included) is the
+    ``estimate(plan)`` returns the flattened final estimate; its wall time (plan drawing included) plus
+    ``fixed_seconds`` (per-step work a training step pays whatever the policy, measured elsewhere) is the
     compute of one estimate.
     """
     if R < 3:
@@ -78,7 +82,7 @@ def replicate(
         for name, pol in policies.items():
             t0 = time.perf_counter()
             g = estimate(pol.plan())
-            seconds[name].append(time.perf_counter() - t0)
+            seconds[name].append(time.perf_counter() - t0 + fixed_seconds)
             samples[name].append(g.detach().reshape(-1).double().cpu())
     out = {}
     for name, pol in policies.items():
