@@ -195,6 +195,11 @@ class AdaptiveController:
         return self._proposal_obj
 
     @property
+    def proposal_kind(self) -> str:
+        """Which proposal the next plan draws from: ``"uniform"``, ``"prior"`` or ``"binned"`` (learned)."""
+        return self._proposal_kind
+
+    @property
     def step_count(self) -> int:
         return self._step
 

@@ -235,7 +235,7 @@ def _controller_view(ctrl: Any) -> dict[str, Any]:
         "step": ctrl.step_count - 1,
         "K": ctrl.K,
         "proposal": ctrl.proposal,
-        "kind": f"controller ({ctrl._proposal_kind})",
+        "kind": f"controller ({ctrl.proposal_kind})",
         "stratification": ctrl.config.stratification,
         "in_warmup": ctrl.in_warmup,
         "refits": len(ctrl.history),

@@ -64,6 +64,10 @@ class SumStatistic:
         # One fused call for all states: the per-step cost of forgetting stays flat in the number of sums.
         torch._foreach_mul_([getattr(self, n) for n in self._defaults if n not in self._no_decay], gamma)
 
+    def _add(self, names: tuple[str, ...], values: tuple[float, ...]) -> None:
+        """Add Python floats to several states in one fused call (per-step updates are many tiny adds)."""
+        torch._foreach_add_([getattr(self, n) for n in names], list(values))
+
     def merge(self, other: SumStatistic) -> None:
         """Add ``other``'s sums into this one (equals one joint update over both streams)."""
         if type(other) is not type(self) or other.state_names != self.state_names:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Literal
@@ -114,15 +115,15 @@ class CostTracker(SumStatistic):
             if sec < 0:
                 raise ConfigError(f"cost of stage {stage!r} must be >= 0 seconds, got {sec!r}")
             totals[self.role(stage)] += float(sec)
-        if not self._finite_or_reject("stage time", torch.tensor(list(totals.values()))):
+        if not all(math.isfinite(v) for v in totals.values()) and not self._finite_or_reject(
+            "stage time", torch.tensor(list(totals.values()))
+        ):
             return
-        for prefix, x, y in (("out", float(N), totals["outer"]), ("in", float(N * K), totals["inner"])):
-            getattr(self, f"{prefix}_sx").add_(x)
-            getattr(self, f"{prefix}_sxx").add_(x * x)
-            getattr(self, f"{prefix}_sy").add_(y)
-            getattr(self, f"{prefix}_sxy").add_(x * y)
-        self.steps += 1.0
-        self.fixed += totals["fixed"]
+        xo, yo, xi, yi = float(N), totals["outer"], float(N * K), totals["inner"]
+        self._add(
+            ("out_sx", "out_sxx", "out_sy", "out_sxy", "in_sx", "in_sxx", "in_sy", "in_sxy", "steps", "fixed"),
+            (xo, xo * xo, yo, xo * yo, xi, xi * xi, yi, xi * yi, 1.0, totals["fixed"]),
+        )
 
     def compute(self) -> CostEstimate:
         w = float(self.steps)

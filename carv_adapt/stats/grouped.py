@@ -68,14 +68,12 @@ class GroupedVariance(SumStatistic):
         msq = means.pow(2).sum()
         ssb = (means - means.mean(0)).pow_(2).sum() if n >= 2 else msq * 0
         ssw_f, msq_f, ssb_f = torch.stack([ssw.reshape(()), msq, ssb]).double().tolist()
-        self.ssw += ssw_f
-        self.dof_w += float(n * dof_n)
         sw_sum = ssw_f / dof_n  # sum over groups of each group's unbiased within estimate
-        self.m2_num += msq_f - sw_sum / K
-        self.groups += float(n)
-        if n >= 2:
-            self.sb_num += ssb_f - (n - 1) * (sw_sum / n) / K
-            self.dof_b += float(n - 1)
+        between = (ssb_f - (n - 1) * (sw_sum / n) / K, float(n - 1)) if n >= 2 else (0.0, 0.0)
+        self._add(
+            ("ssw", "dof_w", "m2_num", "groups", "sb_num", "dof_b"),
+            (ssw_f, float(n * dof_n), msq_f - sw_sum / K, float(n), *between),
+        )
 
     def update(self, x: Tensor, weights: Tensor | None = None) -> None:
         """Accumulate one step's ``N x K x ...`` weighted contributions ``rho f`` (or ``f`` with ``N x K``
@@ -104,8 +102,7 @@ class GroupedVariance(SumStatistic):
             x, w = kept[0], (kept[1] if w is not None else None)
             sums = self._group_sums(x, w)
         ssw, means, ss_pair, pairs = sums
-        self.ss_pair += ss_pair
-        self.pairs += pairs
+        self._add(("ss_pair", "pairs"), (ss_pair, pairs))
         self._accumulate(ssw, means, K - 1, K)
 
     @staticmethod
