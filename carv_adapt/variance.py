@@ -143,19 +143,20 @@ def within_between_from_groups(x: Tensor) -> dict[str, float]:
     }
 
 
-def paired_within_from_groups(x: Tensor) -> tuple[float, float]:
+def paired_within_from_groups(x: Tensor) -> tuple[Tensor, float]:
     """Paired-strata within estimate: ``(sum_j ||x_{n,2j} - x_{n,2j+1}||^2 / 2, number of pairs)``.
 
     Unbiased for ``sigma_w2`` under i.i.d. inner draws; under stratification (adjacent strata paired)
-    it estimates the stratified variance, conservatively (SPEC §7). ``x`` is ``N x K x ...``.
+    it estimates the stratified variance, conservatively (SPEC §7). ``x`` is ``N x K x ...``; the sum is a
+    0-dim Tensor on ``x``'s device (no host transfer, so callers can batch theirs).
     """
     n, k = x.shape[0], x.shape[1]
     pairs = k // 2
     if pairs == 0:
-        return 0.0, 0.0
+        return torch.zeros((), dtype=x.dtype, device=x.device), 0.0
     flat = x.reshape(n, k, -1)[:, : 2 * pairs]
     d = flat[:, 0::2] - flat[:, 1::2]
-    return float((d**2).sum(-1).double().sum() / 2.0), float(n * pairs)
+    return d.pow_(2).sum() / 2.0, float(n * pairs)
 
 
 def fit_linear_cost(

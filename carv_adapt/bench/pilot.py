@@ -17,12 +17,18 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from carv_adapt.allocation import optimal_k
 from carv_adapt.closed_form import smooth_bins
 from carv_adapt.estimator import HierarchicalEstimator
 from carv_adapt.plan import Plan
 from carv_adapt.proposals import TargetMeasure, UniformProposal
 from carv_adapt.stats.profile import TimestepProfile
-from carv_adapt.variance import is_second_moment, optimal_proposal_bins, within_variance_for_proposal
+from carv_adapt.variance import (
+    fit_linear_cost,
+    is_second_moment,
+    optimal_proposal_bins,
+    within_variance_for_proposal,
+)
 
 __all__ = ["EstimateCost", "PilotStats", "OracleChoice", "fit_estimate_cost", "run_pilot", "brute_force_oracle"]
 
@@ -53,7 +59,7 @@ def fit_estimate_cost(
     estimate: Callable[[Plan], Tensor], target: TargetMeasure, N: int, Ks: tuple[int, ...], reps: int, seed: int = 0
 ) -> EstimateCost:
     """Time ``reps`` estimates at each ``K`` in ``Ks`` (after one untimed warm-up call) and fit ``a + b K``
-    by least squares (``b >= 0``)."""
+    by least squares (:func:`~carv_adapt.variance.fit_linear_cost`: ``a, b >= 0``)."""
     pol = {K: HierarchicalEstimator(UniformProposal(target), N=N, K=K, stratification="iid", seed=seed + K) for K in Ks}
     estimate(pol[Ks[0]].plan())
     xs, ys = [], []
@@ -63,10 +69,8 @@ def fit_estimate_cost(
             estimate(pol[K].plan())
             xs.append(float(K))
             ys.append(time.perf_counter() - t0)
-    x, y = torch.tensor(xs, dtype=torch.float64), torch.tensor(ys, dtype=torch.float64)
-    b = float(((x - x.mean()) * (y - y.mean())).sum() / ((x - x.mean()) ** 2).sum()) if len(Ks) > 1 else 0.0
-    b = max(b, 0.0)
-    return EstimateCost(a=max(float(y.mean()) - b * float(x.mean()), 0.0), b=b, N=N)
+    a, b = fit_linear_cost(len(xs), sum(xs), sum(x * x for x in xs), sum(ys), sum(x * y for x, y in zip(xs, ys)))
+    return EstimateCost(a=a, b=b, N=N)
 
 
 @dataclass(frozen=True)
@@ -100,7 +104,9 @@ class PilotStats:
         return self.variance(p_b, K) * self.cost.seconds(K)
 
     def best_K(self, p_b: Tensor, k_max: int) -> int:
-        return min(range(1, k_max + 1), key=lambda K: self.W(p_b, K))
+        """The ``K`` minimizing :meth:`W`: ``a / N`` acts as the outer cost, ``b / N`` as the inner one."""
+        c = self.cost
+        return optimal_k(max(self.sigma_b2, 0.0), self.sigma_w2_for(p_b), c.c_out, c.c_in, 1, k_max)
 
     def carv_proposal(self, alpha: float = 0.1, smoothing: int = 1) -> Tensor:
         """The closed-form IS proposal ``(1 - alpha) p* + alpha pi`` with ``p* ∝ pi sqrt(smoothed m)``."""
@@ -176,7 +182,8 @@ def brute_force_oracle(
     alphas: tuple[float, ...] = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5),
     smoothings: tuple[int, ...] = (0, 1, 2),
 ) -> OracleChoice:
-    """Minimize the pilot's predicted ``W`` over every ``K`` in ``1..k_max`` and every candidate proposal:
+    """Minimize the pilot's predicted ``W`` over ``K`` in ``1..k_max`` (exactly, ``W`` is convex in ``K``) and every
+    candidate proposal:
     uniform, the analytic prior (if any), and ``(1 - alpha) p* + alpha pi`` over the ``alphas`` and
     ``smoothings`` grids."""
     cands: list[tuple[str, Tensor]] = [("uniform", pilot.pi_b.double())]
@@ -187,8 +194,8 @@ def brute_force_oracle(
             cands.append((f"p*(alpha={a}, smooth={r})", pilot.carv_proposal(a, r)))
     best = OracleChoice("uniform", pilot.pi_b.double(), 1, math.inf)
     for name, p in cands:
-        for K in range(1, k_max + 1):
-            w = pilot.W(p, K)
-            if w < best.W:
-                best = OracleChoice(name, p, K, w)
+        K = pilot.best_K(p, k_max)
+        w = pilot.W(p, K)
+        if w < best.W:
+            best = OracleChoice(name, p, K, w)
     return best

@@ -13,10 +13,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from carv_adapt.adapters import build_adapter
+from carv_adapt.allocation import optimal_k
 from carv_adapt.bench.ablation import policy_estimator
 from carv_adapt.bench.pilot import fit_estimate_cost, run_pilot
 from carv_adapt.bench.replicate import ecm_interval, replicate
 from carv_adapt.proposals import BinnedProposal, TargetMeasure, UniformProposal
+from carv_adapt.variance import work_normalized_variance
 
 __all__ = ["SweepSettings", "cost_sweep", "predicted_ecm_curve"]
 
@@ -37,12 +39,11 @@ class SweepSettings:
 
 
 def predicted_ecm_curve(sb: float, sw_base: float, sw: float, ratio: float, k_max: int) -> tuple[float, int]:
-    """``(ECM, K)`` the variance model predicts at ``c_out / c_in = ratio`` (SPEC §3-§4): the baseline's
-    ``(sb + sw_base)(ratio + 1)`` over ``min_K (sb + sw / K)(ratio + K)``, ``K`` in ``1..k_max``. Pass the
+    """``(ECM, K)`` the variance model predicts at ``c_out / c_in = ratio`` (SPEC §3-§4): the baseline's ``W``
+    at ``K = 1`` with ``sw_base`` over ``W`` at the optimal integer ``K`` in ``1..k_max`` with ``sw``. Pass the
     uniform within variance as ``sw`` for reuse only, the IS one for CARV."""
-    w0 = (sb + sw_base) * (ratio + 1.0)
-    best = min(range(1, k_max + 1), key=lambda K: (sb + sw / K) * (ratio + K))
-    return w0 / ((sb + sw / best) * (ratio + best)), best
+    K = optimal_k(sb, sw, ratio, 1.0, 1, k_max)
+    return work_normalized_variance(sb, sw_base, 1, ratio, 1.0) / work_normalized_variance(sb, sw, K, ratio, 1.0), K
 
 
 def cost_sweep(s: SweepSettings, progress: Any = None) -> dict[str, Any]:

@@ -60,19 +60,23 @@ class GroupedVariance(SumStatistic):
         kept = tuple(x[finite.to(x.device)] for x in xs)
         return kept if kept[0].shape[0] > 0 else None
 
-    def _accumulate(self, ssw: Tensor, means: Tensor, dof_n: int, K: int) -> None:
-        """One step's sums: ``ssw`` the total within sum of squares (``dof_n`` degrees of freedom per group),
-        ``means`` the ``n x D`` group means; feeds the within, between and ``M2`` numerators."""
-        n = means.shape[0]
-        # Every reduction stays on the tensors' device; one transfer brings the three totals back.
+    @staticmethod
+    def _step_totals(ssw: Tensor, means: Tensor, ss_pair: Tensor) -> list[float]:
+        """``[ssw, ss_pair, sum_n ||mean_n||^2, sum_n ||mean_n - mean||^2]`` as floats: every reduction stays
+        on the tensors' device and one transfer brings the four totals back."""
         msq = means.pow(2).sum()
-        ssb = (means - means.mean(0)).pow_(2).sum() if n >= 2 else msq * 0
-        ssw_f, msq_f, ssb_f = torch.stack([ssw.reshape(()), msq, ssb]).double().tolist()
+        ssb = (means - means.mean(0)).pow_(2).sum() if means.shape[0] >= 2 else torch.zeros_like(msq)
+        return torch.stack([ssw.reshape(()), ss_pair.reshape(()).to(msq.dtype), msq, ssb]).double().tolist()
+
+    def _accumulate(self, totals: list[float], n: int, dof_n: int, K: int, pairs: float = 0.0) -> None:
+        """Add one step's :meth:`_step_totals` over ``n`` groups of ``dof_n`` within degrees of freedom each to
+        the within, paired, between and ``M2`` numerators."""
+        ssw_f, pair_f, msq_f, ssb_f = totals
         sw_sum = ssw_f / dof_n  # sum over groups of each group's unbiased within estimate
         between = (ssb_f - (n - 1) * (sw_sum / n) / K, float(n - 1)) if n >= 2 else (0.0, 0.0)
         self._add(
-            ("ssw", "dof_w", "m2_num", "groups", "sb_num", "dof_b"),
-            (ssw_f, float(n * dof_n), msq_f - sw_sum / K, float(n), *between),
+            ("ssw", "dof_w", "ss_pair", "pairs", "m2_num", "groups", "sb_num", "dof_b"),
+            (ssw_f, float(n * dof_n), pair_f, pairs, msq_f - sw_sum / K, float(n), *between),
         )
 
     def update(self, x: Tensor, weights: Tensor | None = None) -> None:
@@ -93,20 +97,20 @@ class GroupedVariance(SumStatistic):
             # No within information; still count (and drop) non-finite draws as the policy says.
             self._drop_nonfinite("contribution", *((x,) if w is None else (x, w)))
             return
-        sums = self._group_sums(x, w)
+        ssw, means, ss_pair, pairs = self._group_sums(x, w)
+        totals = self._step_totals(ssw, means, ss_pair)
         # A NaN or an infinity anywhere makes a total non-finite: only then pay the per-draw filter.
-        if not (bool(torch.isfinite(sums[0])) and math.isfinite(sums[2])):
+        if not all(math.isfinite(v) for v in totals):
             kept = self._drop_nonfinite("contribution", *((x,) if w is None else (x, w)))
             if kept is None:
                 return
             x, w = kept[0], (kept[1] if w is not None else None)
-            sums = self._group_sums(x, w)
-        ssw, means, ss_pair, pairs = sums
-        self._add(("ss_pair", "pairs"), (ss_pair, pairs))
-        self._accumulate(ssw, means, K - 1, K)
+            ssw, means, ss_pair, pairs = self._group_sums(x, w)
+            totals = self._step_totals(ssw, means, ss_pair)
+        self._accumulate(totals, means.shape[0], K - 1, K, pairs)
 
     @staticmethod
-    def _group_sums(x: Tensor, w: Tensor | None) -> tuple[Tensor, Tensor, float, float]:
+    def _group_sums(x: Tensor, w: Tensor | None) -> tuple[Tensor, Tensor, Tensor, float]:
         """``(within sum of squares, means, paired sum, pairs)`` of ``N x K x ...`` contributions, in
         chunks of outer draws that bound the temporaries (~``_CHUNK_ELEMENTS``); small steps take one pass."""
         n, K = x.shape[0], x.shape[1]
@@ -114,7 +118,7 @@ class GroupedVariance(SumStatistic):
         step = max(1, _CHUNK_ELEMENTS // max(1, K * flat.shape[-1]))
         chunks = []
         ssw = torch.zeros((), dtype=flat.dtype, device=flat.device)
-        ss_pair, pairs = 0.0, 0.0
+        ss_pair, pairs = torch.zeros_like(ssw), 0.0
         for i in range(0, n, step):
             xi = flat[i : i + step] if w is None else flat[i : i + step] * w[i : i + step, :, None]
             mi = xi.mean(dim=1)
@@ -132,14 +136,22 @@ class GroupedVariance(SumStatistic):
             raise ShapeError(f"split-half probe needs two N x P gradients, got {tuple(g_a.shape)}, {tuple(g_b.shape)}")
         if K < 2:
             raise ShapeError(f"split-half probe needs K >= 2 inner draws, got K={K}")
-        kept = self._drop_nonfinite("probe gradient", g_a.detach(), g_b.detach())
-        if kept is None:
-            return
-        a, b = kept
         k_a, k_b = (K + 1) // 2, K // 2
-        # Reductions in the gradients' own dtype; the totals come back as float64.
-        ssw = (a - b).pow_(2).sum() / (1.0 / k_a + 1.0 / k_b)
-        self._accumulate(ssw, (k_a * a + k_b * b) / K, 1, K)
+
+        def totals(a: Tensor, b: Tensor) -> list[float]:
+            # Reductions in the gradients' own dtype; the totals come back as float64 in one transfer.
+            ssw = (a - b).pow_(2).sum() / (1.0 / k_a + 1.0 / k_b)
+            return self._step_totals(ssw, (k_a * a + k_b * b) / K, torch.zeros_like(ssw))
+
+        a, b = g_a.detach(), g_b.detach()
+        tot = totals(a, b)
+        if not all(math.isfinite(v) for v in tot):  # only then pay the per-draw filter
+            kept = self._drop_nonfinite("probe gradient", a, b)
+            if kept is None:
+                return
+            a, b = kept
+            tot = totals(a, b)
+        self._accumulate(tot, a.shape[0], 1, K)
 
     def compute(self) -> BetweenWithin:
         """Current estimates (NaN where not identified yet)."""
