@@ -90,13 +90,14 @@ def drive(
     on_step: Any = None,
     score: Any = None,
     score_every: int = 0,
-    snapshot: Any = None,
+    state: Any = None,
     snapshot_steps: Any = (),
-) -> tuple[list[StepRecord], list[tuple[int, float]], float, dict[int, dict[str, Tensor]]]:
+) -> RunResult:
     """The shared training loop: plan (controller or fixed policy), ``one_step(plan, step) -> (f, seconds,
     probe, grad_norm)``, observe/step the controller, score, stop at ``compute_budget`` measured seconds.
 
-    ``snapshot()`` (the parameters as a state dict) is stored after each step in ``snapshot_steps``."""
+    ``state()`` (the trained parameters as a detached state dict) gives the result's final state and the
+    snapshots taken after each step in ``snapshot_steps``."""
     records: list[StepRecord] = []
     snapshots: dict[int, dict[str, Tensor]] = {}
     wanted = set(snapshot_steps)
@@ -116,10 +117,18 @@ def drive(
             scores.append((step, value))
         rec = StepRecord(step=step, N=plan.N, K=plan.K, seconds=sec, grad_norm=grad_norm, score=value)
         records.append(rec)
-        if snapshot is not None and step in wanted:
-            snapshots[step] = snapshot()
+        if state is not None and step in wanted:
+            snapshots[step] = state()
         if on_step is not None:
             on_step(rec)
         if compute_budget is not None and compute >= compute_budget:
             break
-    return records, scores, compute, snapshots
+    return RunResult(
+        records=records,
+        history=list(controller.history) if controller is not None else [],
+        final_state=state() if state is not None else {},
+        compute_seconds=compute,
+        scores=scores,
+        controller_state=controller.state_dict() if controller is not None else None,
+        snapshots=snapshots,
+    )

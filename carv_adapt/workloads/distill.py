@@ -209,7 +209,7 @@ class DistillWorkload:
             s.update({f"fake.{k}": v.detach().clone() for k, v in fake.state_dict().items()})
             return s
 
-        records, scores, compute, snaps = drive(
+        return drive(
             steps,
             controller,
             policy,
@@ -218,17 +218,8 @@ class DistillWorkload:
             on_step,
             lambda: self.quality(gen)["fd"],
             score_every,
-            snapshot=state,
+            state=state,
             snapshot_steps=snapshot_steps,
-        )
-        return RunResult(
-            records=records,
-            history=list(controller.history) if controller else [],
-            final_state=state(),
-            compute_seconds=compute,
-            scores=scores,
-            controller_state=controller.state_dict() if controller else None,
-            snapshots=snaps,
         )
 
     def models_from_state(self, state: dict[str, Tensor]) -> tuple[OneStepGenerator, nn.Module]:

@@ -160,7 +160,7 @@ class SDS3DWorkload:
             probe, t_probe, t_back, norm = descend(plan, lat, f, params, opt, probing and step % probe_every == 0)
             return f, {"upstream": t1 - t0, "teacher": t2 - t1, "probe": t_probe, "backward": t_back}, probe, norm
 
-        records, scores, compute, snaps = drive(
+        return drive(
             steps,
             controller,
             policy,
@@ -169,17 +169,8 @@ class SDS3DWorkload:
             on_step,
             lambda: self.score(scene),
             score_every,
-            snapshot=lambda: {k: v.detach().clone() for k, v in scene.state_dict().items()},
+            state=lambda: {k: v.detach().clone() for k, v in scene.state_dict().items()},
             snapshot_steps=snapshot_steps,
-        )
-        return RunResult(
-            records=records,
-            history=list(controller.history) if controller is not None else [],
-            final_state={k: v.detach().clone() for k, v in scene.state_dict().items()},
-            compute_seconds=compute,
-            scores=scores,
-            controller_state=controller.state_dict() if controller is not None else None,
-            snapshots=snaps,
         )
 
     def scene_from_state(self, state: dict[str, Tensor]) -> VoxelScene:
