@@ -26,7 +26,7 @@ from carv_adapt.plan import Plan, resolve_stratification
 from carv_adapt.proposals import BinnedProposal, TargetMeasure, UniformProposal, teacher_weight_proposal
 from carv_adapt.proposals.base import Proposal, bin_sums
 
-__all__ = ["AblationSettings", "TimedController", "ablate", "fill_iddpm", "policy_estimator", "VARIANTS"]
+__all__ = ["AblationSettings", "TimedController", "ablate", "fill_iddpm", "pilot_at", "policy_estimator", "VARIANTS"]
 
 VARIANTS = ("baseline", "iddpm", "reuse", "+IS", "+strat", "adaptive", "oracle")
 _ESTIMATE_STAGES = ("upstream", "teacher", "backward", "probe")  # what estimate() itself runs, or controller cost
@@ -131,6 +131,36 @@ def _policy_row(
     }
 
 
+def pilot_at(
+    a: WorkloadAdapter,
+    state: dict,
+    outer: int,
+    inner: int,
+    num_bins: int,
+    cost_Ks: tuple[int, ...],
+    cost_reps: int,
+    seed: int,
+    fixed_seconds: float = 0.0,
+) -> tuple[TargetMeasure, Any, Any, PilotStats]:
+    """A workload's target, estimate and per-draw functions at frozen ``state``, and its pilot statistics:
+    the estimate's cost fitted from timed estimates (plus ``fixed_seconds`` per estimate), then
+    ``outer x inner`` final-space draws; the teacher-weight prior rides along where the workload declares it."""
+    c = a.wl.config
+    target = TargetMeasure(a.wl.teacher.num_timesteps, c.t_min, c.t_max)
+    estimate, draws = a.estimator(state), a.draws(state)
+    cost = fit_estimate_cost(estimate, target, a.batch_size, cost_Ks, cost_reps, seed=seed)
+    cost = EstimateCost(a=cost.a + fixed_seconds, b=cost.b, N=cost.N)
+    prior_b = (
+        bin_sums(
+            teacher_weight_proposal(target, a.weight, a.wl.teacher.alphas_cumprod).pmf(), target.bin_edges(num_bins)
+        )
+        if a.sds_prior
+        else None
+    )
+    pilot = run_pilot(draws, target, outer, inner, num_bins, cost, seed=seed + 1, prior_b=prior_b)
+    return target, estimate, draws, pilot
+
+
 def _checkpoint(
     a: WorkloadAdapter,
     s: AblationSettings,
@@ -140,19 +170,11 @@ def _checkpoint(
     k_max: int,
     fixed_seconds: float,
 ) -> dict[str, Any]:
-    c = a.wl.config
-    target = TargetMeasure(a.wl.teacher.num_timesteps, c.t_min, c.t_max)
-    estimate, draws = a.estimator(state), a.draws(state)
     t0 = time.perf_counter()
-    cost = fit_estimate_cost(estimate, target, a.batch_size, s.cost_Ks, s.cost_reps, seed=seed)
-    cost = EstimateCost(a=cost.a + fixed_seconds, b=cost.b, N=cost.N)
-    edges = target.bin_edges(s.num_bins)
-    prior_b = (
-        bin_sums(teacher_weight_proposal(target, a.weight, a.wl.teacher.alphas_cumprod).pmf(), edges)
-        if a.sds_prior
-        else None
+    target, estimate, draws, pilot = pilot_at(
+        a, state, s.pilot_outer, s.pilot_inner, s.num_bins, s.cost_Ks, s.cost_reps, seed, fixed_seconds
     )
-    pilot = run_pilot(draws, target, s.pilot_outer, s.pilot_inner, s.num_bins, cost, seed=seed + 1, prior_b=prior_b)
+    edges = pilot.edges
     pilot_seconds = time.perf_counter() - t0
     iddpm, fill_seconds = fill_iddpm(draws, target, s.iddpm_history, s.iddpm_uniform_prob, 64, seed + 2)
 

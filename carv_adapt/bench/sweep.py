@@ -14,10 +14,9 @@ from typing import Any
 
 from carv_adapt.adapters import build_adapter
 from carv_adapt.allocation import optimal_k
-from carv_adapt.bench.ablation import policy_estimator
-from carv_adapt.bench.pilot import fit_estimate_cost, run_pilot
+from carv_adapt.bench.ablation import pilot_at, policy_estimator
 from carv_adapt.bench.replicate import ecm_interval, replicate
-from carv_adapt.proposals import BinnedProposal, TargetMeasure, UniformProposal
+from carv_adapt.proposals import BinnedProposal, UniformProposal
 from carv_adapt.variance import work_normalized_variance
 
 __all__ = ["SweepSettings", "cost_sweep", "predicted_ecm_curve"]
@@ -55,12 +54,11 @@ def cost_sweep(s: SweepSettings, progress: Any = None) -> dict[str, Any]:
         if progress is not None:
             progress(f"cost sweep: {res}x{res}, {spr} samples per ray ({i + 1}/{len(s.settings)})")
         a = build_adapter("sds3d", s.seed, s.quick, resolution=res, samples_per_ray=spr)
-        c = a.wl.config
-        target = TargetMeasure(a.wl.teacher.num_timesteps, c.t_min, c.t_max)
-        estimate, draws = a.estimator(state), a.draws(state)
         seed = s.seed + 100 * (i + 1)
-        cost = fit_estimate_cost(estimate, target, a.batch_size, (1, 4, 16, 32), 3, seed=seed)
-        pilot = run_pilot(draws, target, s.pilot_outer, s.pilot_inner, s.num_bins, cost, seed=seed + 1)
+        target, estimate, _, pilot = pilot_at(
+            a, state, s.pilot_outer, s.pilot_inner, s.num_bins, (1, 4, 16, 32), 3, seed
+        )
+        cost = pilot.cost
         N = a.batch_size
         K_u = pilot.best_K(pilot.pi_b, s.k_max)
         p_carv = pilot.carv_proposal()
