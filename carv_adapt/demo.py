@@ -19,7 +19,7 @@ from carv_adapt.fit.logs import JsonlRefitLog
 from carv_adapt.measure import Measurement, measure_W
 from carv_adapt.proposals import TargetMeasure, UniformProposal, teacher_weight_proposal
 
-__all__ = ["DemoSettings", "run_demo", "demo_controller", "WORKLOADS", "format_table"]
+__all__ = ["DemoSettings", "run_demo", "demo_controller", "equal_compute_runs", "WORKLOADS", "format_table"]
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,17 @@ def demo_controller(a: WorkloadAdapter, steps: int, seed: int, **overrides: Any)
     return AdaptiveController(**kw)
 
 
+def equal_compute_runs(
+    a: WorkloadAdapter, steps: int, seed: int, on_step: tuple[Any, Any] = (None, None), **controller_kw: Any
+) -> tuple[Any, Any, AdaptiveController]:
+    """The baseline for ``steps`` steps, then the :func:`demo_controller` run until the baseline's measured
+    compute is spent. Returns ``(baseline result, adaptive result, controller)``."""
+    base = a.run(steps, on_step=on_step[0])
+    ctrl = demo_controller(a, steps, seed, **controller_kw)
+    adapt = a.run(steps * 8, controller=ctrl, compute_budget=base.compute_seconds, on_step=on_step[1])
+    return base, adapt, ctrl
+
+
 def run_demo(settings: DemoSettings, progress: Any = None) -> dict[str, Any]:
     """Run the demo and write its report folder; returns the summary dict (also ``summary.json``)."""
     if settings.workload not in WORKLOADS:
@@ -74,11 +85,21 @@ def run_demo(settings: DemoSettings, progress: Any = None) -> dict[str, Any]:
     def tick(task: Any) -> Any:
         return (lambda rec: progress.advance(task)) if progress is not None else None
 
-    task = progress.add_task("baseline (K=1, uniform, iid)", total=None) if progress else None
-    base = a.run(settings.steps, on_step=tick(task))
-    ctrl = demo_controller(a, settings.steps, settings.seed, logger=JsonlRefitLog(out / "refits.jsonl"))
-    task = progress.add_task("adaptive (equal compute)", total=None) if progress else None
-    adapt = a.run(settings.steps * 8, controller=ctrl, compute_budget=base.compute_seconds, on_step=tick(task))
+    tasks = (
+        (
+            progress.add_task("baseline (K=1, uniform, iid)", total=None),
+            progress.add_task("adaptive (equal compute)", total=None),
+        )
+        if progress
+        else (None, None)
+    )
+    base, adapt, ctrl = equal_compute_runs(
+        a,
+        settings.steps,
+        settings.seed,
+        on_step=(tick(tasks[0]), tick(tasks[1])),
+        logger=JsonlRefitLog(out / "refits.jsonl"),
+    )
 
     # Measured ECM at the adaptive run's final parameters: variance of the final estimate x measured time.
     estimate = a.estimator(getattr(adapt, "final_state", {}))

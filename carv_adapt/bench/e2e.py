@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from carv_adapt.adapters import build_adapter
-from carv_adapt.demo import demo_controller
+from carv_adapt.demo import equal_compute_runs
 
 __all__ = ["E2ESettings", "equal_compute"]
 
@@ -35,9 +35,7 @@ def equal_compute(workload: str, s: E2ESettings, progress: Any = None) -> dict[s
             progress(f"{workload}: equal-compute runs, seed {seed}")
         a = build_adapter(workload, seed, s.quick)
         t0 = time.perf_counter()
-        base = a.run(s.steps)
-        ctrl = demo_controller(a, s.steps, seed)
-        adapt = a.run(s.steps * 8, controller=ctrl, compute_budget=base.compute_seconds)
+        base, adapt, ctrl = equal_compute_runs(a, s.steps, seed)
         wall = time.perf_counter() - t0
         rows.append(
             {
