@@ -276,14 +276,16 @@ def ablate(workload: str, s: AblationSettings, progress: Any = None) -> dict[str
     a = build_adapter(workload, s.seed, s.quick)
     ctrl = demo_controller(a, s.steps, s.seed)
     timed = TimedController(ctrl)
+    n_planned = a.controller_steps(s.steps)
+    steps_at = sorted({max(0, round(f * n_planned) - 1) for f in s.checkpoints})
     views: dict[int, dict[str, Any]] = {}
 
     def on_step(rec: Any) -> None:
-        views[rec.step] = _controller_view(ctrl)
+        if rec.step in steps_at:
+            views[rec.step] = _controller_view(ctrl)
 
-    snap = sorted({max(0, round(f * s.steps) - 1) for f in s.checkpoints})
     t0 = time.perf_counter()
-    res = a.run(s.steps, controller=timed, on_step=on_step, snapshot_steps=snap)
+    res = a.run(s.steps, controller=timed, on_step=on_step, snapshot_steps=steps_at)
     train_wall = time.perf_counter() - t0
     n = len(res.records)
     compute = res.compute_seconds
@@ -310,9 +312,9 @@ def ablate(workload: str, s: AblationSettings, progress: Any = None) -> dict[str
     # (a controller cost): charged to every policy's estimate so W is per training step.
     fixed = sum(v for r in res.records for k, v in r.seconds.items() if k not in _ESTIMATE_STAGES) / n
     out["fixed_seconds_per_step"] = fixed
-    steps_at = sorted({max(0, round(f * n) - 1) for f in s.checkpoints})
     for i, step in enumerate(steps_at):
-        state = res.snapshots.get(step, getattr(res, "final_state", {})) if hasattr(res, "snapshots") else {}
+        # The attribution teacher is frozen: its result has no parameters to snapshot.
+        state = res.snapshots[step] if getattr(res, "snapshots", None) else {}
         if progress is not None:
             progress(f"{workload}: checkpoint {i + 1}/{len(steps_at)} (step {step + 1} of {n})")
         # Every policy gets the K range the controller may use (its memory cap), the oracle included.
