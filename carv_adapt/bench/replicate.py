@@ -2,7 +2,8 @@
 
 Each policy's ``R`` replications at frozen parameters are reduced to their centred Gram matrix (``R x R``)
 and per-replication seconds, which is all a bootstrap resample needs: the trace variance of the resampled
-multiset ``I`` is ``(sum_{i in I} G_ii - sum_{i,j in I} G_ij / R) / (R - 1)``.
+multiset ``I`` is ``(sum_{i in I} G_ii - sum_{i,j in I} G_ij / R) / (R - 1)``. It holds the ``R`` estimates
+at once (``R x P``); :func:`carv_adapt.measure.measure_W` streams one policy in ``O(P)`` memory instead.
 """
 
 from __future__ import annotations
