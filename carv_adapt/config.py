@@ -1,103 +1,126 @@
-"""The controller's configuration (STYLE §8): a pydantic v2 model, ``extra="forbid"``."""
+"""The controller's configuration: a :class:`~carv_adapt.policy.Policy` plus run-time fields (STYLE §17).
+
+Every setting is declared once, in the policy's schema or here (run-time only: seed, space, non-finite
+handling, memory). Flat keyword arguments (``AdaptiveController(k_max=32, batch_size=4)``) are resolved by
+name against the schema itself, so a new policy field needs no translation code.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+from functools import cache
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from carv_adapt.errors import ConfigError
+from carv_adapt.policy import Policy, validation_message
 
-__all__ = ["ControllerConfig", "parse_config"]
+__all__ = ["ControllerConfig", "parse_config", "flat_fields"]
 
 
 class ControllerConfig(BaseModel):
-    """Settings of :class:`~carv_adapt.controller.AdaptiveController` (SPEC §4-§8).
+    """Settings of :class:`~carv_adapt.controller.AdaptiveController`: ``policy`` and the run-time fields.
 
-    Timesteps: the target ``pi`` is uniform over ``[t_min, t_max]`` of ``num_timesteps``; the proposal is
-    piecewise constant over ``num_bins`` bins. Allocation: ``fixed_batch`` keeps ``batch_size`` outer
-    draws and picks ``K``; ``fixed_budget`` picks ``K`` and ``N`` for ``budget`` seconds per step.
+    ``space`` is where ``K*`` takes ``sigma_B^2`` / ``sigma_W^2`` from (``"parameter"`` needs split-half probe
+    observations); ``memory_cap_bytes`` with ``inner_bytes`` bounds ``N K`` (docs/theory.md §12, R6).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    schema_version: Literal[1] = 1
-    num_timesteps: int = Field(1000, ge=1)
-    t_min: int = Field(0, ge=0)
-    t_max: int | None = Field(None, ge=0, description="inclusive; default num_timesteps - 1")
-    num_bins: int = Field(20, ge=1)
-
-    allocation: Literal["fixed_batch", "fixed_budget"] = "fixed_batch"
-    batch_size: int = Field(1, ge=1, description="N under fixed_batch (and during warm-up)")
-    budget: float | None = Field(None, gt=0, description="seconds per step under fixed_budget")
-    k_min: int = Field(1, ge=1)
-    k_max: int = Field(64, ge=1)
-    warmup_k: tuple[int, ...] = Field((2, 4), min_length=1, description="K cycled through during warm-up")
-
+    policy: Policy = Policy()
+    space: Literal["proxy", "parameter"] = "proxy"
+    nonfinite: Literal["skip", "error"] = "skip"
+    seed: int = 0
     memory_cap_bytes: int | None = Field(None, gt=0, description="memory for the N K inner draws of a step")
     inner_bytes: int | None = Field(None, gt=0, description="bytes one inner draw needs (see measure_inner_bytes)")
 
-    warmup_steps: int = Field(20, ge=1)
-    refit_every: int = Field(10, ge=1)
-    adapt_k: bool = True
-    adapt_proposal: bool = True
-    warmup_proposal: Literal["uniform", "prior"] = "uniform"
-    stratification: Literal["auto", "iid", "stratified", "lattice", "global"] = "auto"
-    antithetic: bool = False
-
-    alpha: float = Field(0.1, ge=0.0, le=1.0, description="defensive mixture weight of pi")
-    smoothing: int = Field(1, ge=0, description="profile smoothing radius in bins")
-    prior_count: float = Field(5.0, ge=0.0, description="pseudo-observations shrinking sparse bins to the mean")
-    max_move: float = Field(0.25, gt=0.0, le=1.0, description="max TV move of the proposal per refit")
-    proposal_threshold: float = Field(0.01, ge=0.0, description="min relative gain in E[rho^2 m] to switch")
-    k_threshold: float = Field(0.05, ge=0.0, description="min relative gain in W to change K")
-    k_cooldown: int = Field(1, ge=0, description="refits to wait after a K change")
-    forgetting: float = Field(0.99, gt=0.0, le=1.0, description="per-step decay of the statistics")
-
-    space: Literal["proxy", "parameter"] = Field(
-        "proxy", description="where K* takes sigma_B^2 / sigma_W^2 from (parameter needs probe observations)"
-    )
-    nonfinite: Literal["skip", "error"] = "skip"
-    seed: int = 0
-
-    @field_validator("warmup_k")
-    @classmethod
-    def _warmup_k_positive(cls, v: tuple[int, ...]) -> tuple[int, ...]:
-        if any(k < 1 for k in v):
-            raise ValueError(f"every warm-up K must be >= 1, got {list(v)}")
-        return v
-
     @model_validator(mode="after")
-    def _consistent(self) -> ControllerConfig:
-        t_max = self.num_timesteps - 1 if self.t_max is None else self.t_max
-        if not (self.t_min <= t_max < self.num_timesteps):
-            raise ValueError(
-                f"need t_min <= t_max < num_timesteps, got t_min={self.t_min}, t_max={t_max}, "
-                f"num_timesteps={self.num_timesteps}"
-            )
-        if self.num_bins > t_max + 1 - self.t_min:
-            raise ValueError(f"num_bins={self.num_bins} exceeds the {t_max + 1 - self.t_min} timesteps in range")
-        if self.k_max < self.k_min:
-            raise ValueError(f"k_max ({self.k_max}) must be >= k_min ({self.k_min})")
+    def _memory_pair(self) -> ControllerConfig:
         if (self.memory_cap_bytes is None) != (self.inner_bytes is None):
             raise ValueError("memory_cap_bytes and inner_bytes go together: set both or neither")
-        if self.allocation == "fixed_budget" and self.budget is None:
-            raise ValueError("allocation='fixed_budget' needs budget (seconds per step)")
         return self
 
 
-def parse_config(data: dict | ControllerConfig | None = None, **overrides: object) -> ControllerConfig:
-    """Validate a config, turning pydantic's error into a :class:`ConfigError` that names each bad field."""
+# Names kept from the flat configuration of earlier versions; everything else is the schema's own leaf name.
+_ALIASES = {"batch_size": ("policy", "allocation", "N"), "allocation": ("policy", "allocation", "mode")}
+_OPAQUE = {"proposal", "provenance", "schema_version"}
+
+
+@cache
+def flat_fields() -> dict[str, tuple[str, ...]]:
+    """Every leaf setting's name and its path in :class:`ControllerConfig`, derived from the schema.
+
+    Leaf names are unique across the schema (checked here), so ``k_max=32`` has exactly one meaning.
+    """
+    out: dict[str, tuple[str, ...]] = {}
+
+    def walk(model: type[BaseModel], prefix: tuple[str, ...]) -> None:
+        for name, info in model.model_fields.items():
+            ann = info.annotation
+            if name not in _OPAQUE and isinstance(ann, type) and issubclass(ann, BaseModel):
+                walk(ann, (*prefix, name))
+                continue
+            if name in out:
+                raise AssertionError(f"setting {name!r} declared twice: {out[name]} and {(*prefix, name)}")
+            out[name] = (*prefix, name)
+
+    walk(ControllerConfig, ())
+    for alias, path in _ALIASES.items():
+        out.setdefault(alias, path)
+    return out
+
+
+def _nest(raw: dict[str, Any]) -> dict[str, Any]:
+    """Turn flat keys into the nested layout (nested keys pass through); unknown keys are left for pydantic."""
+    fields = flat_fields()
+    nested: dict[str, Any] = {}
+    for key, value in raw.items():
+        path = fields.get(key)
+        if key == "allocation" and isinstance(value, dict):
+            path = None  # a nested allocation block, not the flat mode
+        if key in ControllerConfig.model_fields or path is None:
+            _merge(nested, {key: value})
+            continue
+        node: dict[str, Any] = {}
+        leaf = node
+        for p in path[:-1]:
+            leaf[p] = {}
+            leaf = leaf[p]
+        leaf[path[-1]] = value
+        _merge(nested, node)
+    return nested
+
+
+def _merge(into: dict[str, Any], new: dict[str, Any]) -> None:
+    for k, v in new.items():
+        if isinstance(v, dict) and isinstance(into.get(k), dict):
+            _merge(into[k], v)
+        elif isinstance(v, BaseModel) and isinstance(into.get(k), dict):
+            _merge(into[k], v.model_dump())
+        elif isinstance(v, dict) and isinstance(into.get(k), BaseModel):
+            base = into[k].model_dump()
+            _merge(base, v)
+            into[k] = base
+        else:
+            into[k] = v
+
+
+def parse_config(data: dict | ControllerConfig | None = None, **overrides: Any) -> ControllerConfig:
+    """Validate a config from a :class:`ControllerConfig`, a nested or flat dict, and flat overrides.
+
+    pydantic's error becomes a :class:`ConfigError` naming each bad field and its value.
+    """
     if isinstance(data, ControllerConfig) and not overrides:
         return data
-    raw = dict(data.model_dump() if isinstance(data, ControllerConfig) else (data or {}))
-    raw.update(overrides)
+    raw: dict[str, Any] = {}
+    if isinstance(data, ControllerConfig):
+        raw = data.model_dump()
+    elif data is not None:
+        raw = _nest(dict(data))
+    _merge(raw, _nest(overrides))
+    if isinstance(raw.get("policy"), dict) and "schema_version" not in raw["policy"]:
+        pass  # a partial policy block: the schema's defaults fill the rest
     try:
         return ControllerConfig.model_validate(raw)
     except ValidationError as e:
-        lines = []
-        for err in e.errors():
-            field = ".".join(str(p) for p in err["loc"]) or "config"
-            hint = " (unknown field: check the spelling)" if err["type"] == "extra_forbidden" else ""
-            lines.append(f"{field}={err.get('input')!r}: {err['msg']}{hint}")
-        raise ConfigError("invalid ControllerConfig: " + "; ".join(lines)) from None
+        raise ConfigError("invalid ControllerConfig: " + validation_message(e)) from None

@@ -7,7 +7,6 @@ which is what bootstrap intervals and side-by-side interleaving need.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from torch import Tensor
 from carv_adapt.estimator import HierarchicalEstimator
 from carv_adapt.plan import Plan
 from carv_adapt.stats.welford import Welford
+from carv_adapt.variance import ecm
 
 __all__ = ["Measurement", "measure_W"]
 
@@ -37,8 +37,8 @@ class Measurement:
         return self.variance * self.seconds_per_estimate
 
     def ecm_against(self, baseline: Measurement) -> float:
-        """``W_baseline / W``."""
-        return baseline.W / self.W if self.W > 0 else math.nan
+        """``W_baseline / W`` (:func:`carv_adapt.variance.ecm`)."""
+        return ecm(baseline.W, self.W)
 
 
 def measure_W(estimate: Callable[[Plan], Tensor], policy: HierarchicalEstimator, R: int) -> Measurement:

@@ -16,7 +16,7 @@ __all__ = ["Plan", "Refit"]
 
 @dataclass(frozen=True)
 class Plan:
-    """What to run this step (SPEC §8).
+    """What to run this step (docs/theory.md §8).
 
     Attributes:
         step: the controller step this plan belongs to.
@@ -68,13 +68,19 @@ class Plan:
         return self.rho.to(device=f.device, dtype=f.dtype).reshape(self.N, self.K, *([1] * (f.dim() - 2)))
 
     def weighted_mean(self, f: Tensor) -> Tensor:
-        """The hierarchical estimate ``1/(N K) sum_nk rho_nk f_nk`` of ``N x K x ...`` contributions (SPEC §2)."""
+        """The hierarchical estimate ``1/(N K) sum_nk rho_nk f_nk`` of ``N x K x ...`` contributions (docs/theory.md §2)."""
         return (self.weights_like(f) * f).mean(dim=(0, 1))
 
 
 @dataclass(frozen=True)
 class Refit:
-    """One refit of the controller: what it saw, what it chose and what it predicts (SPEC §8)."""
+    """One refit of the controller: what it saw, what it chose and what it predicts (docs/theory.md §8, §12 R8).
+
+    ``sigma_b2`` / ``sigma_w2`` are the estimates the decision used (in ``space``), ``sigma_w2`` under the
+    proposal in force before the refit; ``predicted_sigma_w2`` is the chosen policy's. ``statistics`` and
+    ``state`` hold the decision's whole input (reduced statistics and the state before), so ``carv-adapt fit``
+    replays the same decision function offline.
+    """
 
     step: int
     K: int
@@ -96,6 +102,12 @@ class Refit:
     proposal_changed: bool
     reason: str
     extra: dict[str, Any] = field(default_factory=dict)
+    num_timesteps: int | None = None
+    space: str = "proxy"
+    predicted_sigma_w2: float = float("nan")
+    k_interval: list[int] = field(default_factory=list)
+    statistics: dict[str, Any] = field(default_factory=dict)
+    state: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         from dataclasses import asdict

@@ -1,4 +1,9 @@
-"""Policies as files (SPEC §9): a schema-versioned pydantic value with JSON save/load and migration."""
+"""The one schema of every setting (docs/theory.md §9): a schema-versioned pydantic value, saved as JSON.
+
+A :class:`Policy` holds the target, the bins, the allocation, the proposal, the sampling design, the
+safeguards and the retune schedule. The controller's configuration composes it with run-time fields
+(:class:`~carv_adapt.config.ControllerConfig`); nothing here is declared twice.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from carv_adapt.errors import ConfigError
 
@@ -16,13 +21,18 @@ __all__ = [
     "TargetSpec",
     "AllocationSpec",
     "Safeguards",
+    "ScheduleSpec",
     "BinnedSpec",
     "UniformSpec",
     "WeightedSpec",
+    "StratificationMode",
     "SCHEMA_VERSION",
+    "validation_message",
 ]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+
+StratificationMode = Literal["auto", "iid", "stratified", "lattice", "global"]
 
 
 class _Strict(BaseModel):
@@ -30,11 +40,24 @@ class _Strict(BaseModel):
 
 
 class TargetSpec(_Strict):
-    """The target timestep measure ``pi``: uniform over ``[t_min, t_max]``."""
+    """The target timestep measure ``pi``: uniform over ``[t_min, t_max]`` of ``num_timesteps``."""
 
     num_timesteps: int = Field(1000, ge=1)
     t_min: int = Field(0, ge=0)
-    t_max: int | None = None
+    t_max: int | None = Field(None, ge=0, description="inclusive; default num_timesteps - 1")
+
+    @property
+    def last(self) -> int:
+        return self.num_timesteps - 1 if self.t_max is None else self.t_max
+
+    @model_validator(mode="after")
+    def _range(self) -> TargetSpec:
+        if not (self.t_min <= self.last < self.num_timesteps):
+            raise ValueError(
+                f"need t_min <= t_max < num_timesteps, got t_min={self.t_min}, t_max={self.last}, "
+                f"num_timesteps={self.num_timesteps}"
+            )
+        return self
 
 
 class UniformSpec(_Strict):
@@ -72,43 +95,95 @@ ProposalSpec = Annotated[UniformSpec | BinnedSpec | WeightedSpec, Field(discrimi
 
 
 class AllocationSpec(_Strict):
+    """How ``N`` and ``K`` are chosen (docs/theory.md §4).
+
+    ``K`` is the starting (or, frozen, the only) inner count; ``None`` cycles ``warmup_k`` during the warm-up,
+    so the cost fit sees several ``N K``.
+    """
+
     mode: Literal["fixed_batch", "fixed_budget"] = "fixed_batch"
-    K: int = Field(1, ge=1)
-    N: int = Field(1, ge=1)
-    budget: float | None = Field(None, gt=0)
+    N: int = Field(1, ge=1, description="outer draws per step under fixed_batch (and during warm-up)")
+    K: int | None = Field(None, ge=1, description="starting K; None cycles warmup_k during the warm-up")
+    budget: float | None = Field(None, gt=0, description="seconds per step under fixed_budget")
     k_min: int = Field(1, ge=1)
     k_max: int = Field(64, ge=1)
+    warmup_k: tuple[int, ...] = Field((2, 4), min_length=1, description="K cycled through during warm-up")
+
+    @field_validator("warmup_k")
+    @classmethod
+    def _warmup_k_positive(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if any(k < 1 for k in v):
+            raise ValueError(f"every warm-up K must be >= 1, got {list(v)}")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> AllocationSpec:
+        if self.k_max < self.k_min:
+            raise ValueError(f"k_max ({self.k_max}) must be >= k_min ({self.k_min})")
+        if self.mode == "fixed_budget" and self.budget is None:
+            raise ValueError("mode='fixed_budget' needs budget (seconds per step)")
+        return self
 
 
 class Safeguards(_Strict):
-    alpha: float = Field(0.1, ge=0.0, le=1.0)
-    smoothing: int = Field(1, ge=0)
-    prior_count: float = Field(5.0, ge=0.0)
-    max_move: float = Field(0.25, gt=0.0, le=1.0)
-    proposal_threshold: float = Field(0.01, ge=0.0)
-    k_threshold: float = Field(0.05, ge=0.0)
-    k_cooldown: int = Field(1, ge=0)
-    forgetting: float = Field(0.99, gt=0.0, le=1.0)
+    """Damping of the decisions (docs/theory.md §12). Each regularizer fades as evidence accumulates."""
+
+    alpha: float = Field(0.1, ge=0.0, le=1.0, description="defensive mixture weight of pi (rho <= 1/alpha)")
+    smoothing: int = Field(1, ge=0, description="radius (bins) of the local smooth noisy bins shrink toward")
+    max_move: float = Field(0.25, gt=0.0, le=1.0, description="TV cap on a proposal move the evidence cannot back")
+    confidence: float = Field(1.0, ge=0.0, description="z: a change must beat z standard errors of its gain")
+    k_cooldown: int = Field(1, ge=0, description="refits to wait after a K change")
+    forgetting: float = Field(0.99, gt=0.0, le=1.0, description="per-step decay of the statistics")
+
+
+class ScheduleSpec(_Strict):
+    """When the controller refits and what it may change (docs/theory.md §8)."""
+
+    warmup_steps: int = Field(20, ge=1)
+    refit_every: int = Field(10, ge=1)
+    warmup_proposal: Literal["uniform", "prior"] = "uniform"
+    adapt_k: bool = True
+    adapt_proposal: bool = True
 
 
 class Policy(_Strict):
-    """A serializable policy: allocation, proposal, stratification, safeguards and retune schedule.
+    """A serializable policy: allocation, proposal, sampling design, safeguards and retune schedule.
 
-    ``adaptive=False`` freezes it: a controller built from it plans with exactly this K and proposal.
+    ``adaptive=False`` freezes it: a controller built from it plans with exactly this K and proposal;
+    refits still record statistics.
     """
 
-    schema_version: Literal[2] = SCHEMA_VERSION
+    schema_version: Literal[3] = SCHEMA_VERSION
     target: TargetSpec = TargetSpec()
+    num_bins: int = Field(20, ge=1)
     allocation: AllocationSpec = AllocationSpec()
     proposal: ProposalSpec = UniformSpec()
-    stratification: Literal["auto", "iid", "stratified", "lattice", "global"] = "auto"
+    stratification: StratificationMode = "auto"
     antithetic: bool = False
     safeguards: Safeguards = Safeguards()
-    num_bins: int = Field(20, ge=1)
-    warmup_steps: int = Field(20, ge=1)
-    refit_every: int = Field(10, ge=1)
+    schedule: ScheduleSpec = ScheduleSpec()
     adaptive: bool = True
     provenance: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _bins_fit(self) -> Policy:
+        width = self.target.last + 1 - self.target.t_min
+        if self.num_bins > width:
+            raise ValueError(f"num_bins={self.num_bins} exceeds the {width} timesteps in range")
+        if isinstance(self.proposal, WeightedSpec) and len(self.proposal.g) != self.target.num_timesteps:
+            raise ValueError(
+                f"weighted proposal g has {len(self.proposal.g)} entries, needs num_timesteps="
+                f"{self.target.num_timesteps}"
+            )
+        return self
+
+    @property
+    def adapts_k(self) -> bool:
+        return self.adaptive and self.schedule.adapt_k
+
+    @property
+    def adapts_proposal(self) -> bool:
+        return self.adaptive and self.schedule.adapt_proposal
 
     # ------------------------------------------------------------------ files
     def save(self, path: str | Path) -> None:
@@ -129,49 +204,30 @@ class Policy(_Strict):
             raise ConfigError(f"{source}: a policy is a JSON object, got {type(raw).__name__}")
         version = raw.get("schema_version")
         if version == 1:
-            raw = migrate_v1(raw)
+            raw = migrate_v2(migrate_v1(raw))
+        elif version == 2:
+            raw = migrate_v2(raw)
         elif version != SCHEMA_VERSION:
             raise ConfigError(
-                f"{source}: schema_version={version!r} is not supported (this carv_adapt reads 1 and "
+                f"{source}: schema_version={version!r} is not supported (this carv_adapt reads 1 to "
                 f"{SCHEMA_VERSION}); re-export the policy with a matching version"
             )
         try:
             return cls.model_validate(raw)
         except ValidationError as e:
-            msgs = [f"{'.'.join(str(p) for p in err['loc'])}={err.get('input')!r}: {err['msg']}" for err in e.errors()]
-            raise ConfigError(f"{source}: invalid policy: " + "; ".join(msgs)) from None
+            raise ConfigError(f"{source}: invalid policy: {validation_message(e)}") from None
 
-    # ------------------------------------------------------------------ controller
-    def controller_config(self, **overrides: Any) -> dict[str, Any]:
-        """Keyword arguments for :class:`~carv_adapt.controller.AdaptiveController`."""
-        a, s = self.allocation, self.safeguards
-        cfg = dict(
-            num_timesteps=self.target.num_timesteps,
-            t_min=self.target.t_min,
-            t_max=self.target.t_max,
-            num_bins=self.num_bins,
-            allocation=a.mode,
-            batch_size=a.N,
-            budget=a.budget,
-            k_min=a.k_min,
-            k_max=a.k_max,
-            warmup_steps=self.warmup_steps,
-            refit_every=self.refit_every,
-            adapt_k=self.adaptive,
-            adapt_proposal=self.adaptive,
-            stratification=self.stratification,
-            antithetic=self.antithetic,
-            **s.model_dump(),
-        )
-        cfg.update(overrides)
-        return cfg
+    # ------------------------------------------------------------------ derived
+    def target_measure(self) -> Any:
+        from carv_adapt.proposals import TargetMeasure
+
+        return TargetMeasure(self.target.num_timesteps, self.target.t_min, self.target.t_max)
 
     def proposal_pmf(self) -> torch.Tensor:
         """The proposal as a ``T``-dim pmf over timesteps."""
-        from carv_adapt.proposals import BinnedProposal, TargetMeasure, UniformProposal, WeightedProposal
+        from carv_adapt.proposals import BinnedProposal, UniformProposal, WeightedProposal
 
-        target = TargetMeasure(self.target.num_timesteps, self.target.t_min, self.target.t_max)
-        p = self.proposal
+        target, p = self.target_measure(), self.proposal
         if isinstance(p, UniformSpec):
             return UniformProposal(target).pmf()
         if isinstance(p, BinnedSpec):
@@ -179,25 +235,25 @@ class Policy(_Strict):
         return WeightedProposal(target, torch.tensor(p.g, dtype=torch.float64)).pmf()
 
 
+def validation_message(e: ValidationError) -> str:
+    """pydantic's errors as ``field=value: message`` items, naming unknown fields as such."""
+    lines = []
+    for err in e.errors():
+        field = ".".join(str(p) for p in err["loc"]) or "value"
+        hint = " (unknown field: check the spelling)" if err["type"] == "extra_forbidden" else ""
+        lines.append(f"{field}={err.get('input')!r}: {err['msg']}{hint}")
+    return "; ".join(lines)
+
+
 def migrate_v1(raw: dict[str, Any]) -> dict[str, Any]:
     """Version 1 kept ``K``, ``N``, ``bin_edges`` and ``probs`` at the top level and had no safeguards block."""
-    known = {
-        "schema_version",
-        "K",
-        "N",
-        "bin_edges",
-        "probs",
-        "num_timesteps",
-        "t_min",
-        "t_max",
-        "stratification",
-        "alpha",
-    }
+    known = {"schema_version", "K", "N", "bin_edges", "probs", "num_timesteps", "t_min", "t_max"}
+    known |= {"stratification", "alpha"}
     unknown = set(raw) - known
     if unknown:
         raise ConfigError(f"schema_version 1 policy has unknown fields {sorted(unknown)}; cannot migrate it")
     out: dict[str, Any] = {
-        "schema_version": SCHEMA_VERSION,
+        "schema_version": 2,
         "target": {k: raw[k] for k in ("num_timesteps", "t_min", "t_max") if k in raw},
         "allocation": {"K": raw.get("K", 1), "N": raw.get("N", 1)},
         "provenance": {"migrated_from": 1},
@@ -209,4 +265,24 @@ def migrate_v1(raw: dict[str, Any]) -> dict[str, Any]:
         out["stratification"] = raw["stratification"]
     if "alpha" in raw:
         out["safeguards"] = {"alpha": raw["alpha"]}
+    return out
+
+
+# Version 2 knobs replaced by evidence-dependent rules (docs/theory.md §12): dropped, and noted in provenance.
+_V2_DROPPED = ("prior_count", "proposal_threshold", "k_threshold")
+
+
+def migrate_v2(raw: dict[str, Any]) -> dict[str, Any]:
+    """Version 2 kept the schedule at the top level and had fixed thresholds in the safeguards."""
+    out = {k: v for k, v in raw.items() if k not in ("warmup_steps", "refit_every")}
+    out["schema_version"] = SCHEMA_VERSION
+    out["schedule"] = {k: raw[k] for k in ("warmup_steps", "refit_every") if k in raw}
+    safeguards = dict(raw.get("safeguards") or {})
+    dropped = {k: safeguards.pop(k) for k in _V2_DROPPED if k in safeguards}
+    out["safeguards"] = safeguards
+    provenance = dict(raw.get("provenance") or {})
+    provenance.setdefault("migrated_from", 2)
+    if dropped:
+        provenance["dropped_settings"] = dropped
+    out["provenance"] = provenance
     return out

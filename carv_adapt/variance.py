@@ -22,7 +22,8 @@ __all__ = [
     "optimal_proposal_bins",
     "is_second_moment",
     "within_variance_for_proposal",
-    "within_between_from_groups",
+    "group_sums",
+    "stratified_within",
     "paired_within_from_groups",
     "fit_linear_cost",
     "total_variation",
@@ -117,30 +118,44 @@ def within_variance_for_proposal(
     return max(sigma_w2_obs, 0.0) * max(S_new - M2, 0.0) / (S_obs - M2)
 
 
-def within_between_from_groups(x: Tensor) -> dict[str, float]:
-    """One step's grouped sums of squares (SPEC §7) from weighted contributions.
+def group_sums(x: Tensor, weights: Tensor | None = None, chunk_elements: int = 1 << 20) -> tuple[Tensor, Tensor, Tensor, float]:
+    """One step's grouped sums of squares (docs/theory.md §7) of ``N x K x ...`` contributions.
 
     Args:
-        x: ``N x K x D`` Tensor of ``rho f`` (any trailing shape is flattened).
+        x: ``N x K x ...`` contributions (``rho f``, or ``f`` with ``weights``).
+        weights: optional ``N x K`` weights ``rho`` applied on the fly (no full-size product is kept).
+        chunk_elements: outer draws are processed in chunks of about this many elements, bounding temporaries.
 
     Returns:
-        ``ssw = sum_nk ||x_nk - xbar_n||^2`` with ``dof_w = N (K - 1)``; ``ssb = sum_n ||xbar_n - xbar||^2``
-        with ``dof_b = N - 1``; ``ss_mean = sum_n ||xbar_n||^2``; ``n = N``.
+        ``(ssw, means, ss_pair, pairs)``: the within sum of squares ``sum_nk ||x_nk - xbar_n||^2`` (0-dim), the
+        ``N x D`` group means, the paired-strata sum ``sum ||x_{n,2j} - x_{n,2j+1}||^2 / 2`` (0-dim) and the
+        number of pairs. Reductions stay on ``x``'s device and dtype.
     """
-    n, k = x.shape[0], x.shape[1]
-    flat = x.reshape(n, k, -1).double()
-    xbar_n = flat.mean(dim=1)
-    ssw = float(((flat - xbar_n[:, None, :]) ** 2).sum())
-    xbar = xbar_n.mean(dim=0)
-    ssb = float(((xbar_n - xbar) ** 2).sum())
-    return {
-        "ssw": ssw,
-        "dof_w": float(n * (k - 1)),
-        "ssb": ssb,
-        "dof_b": float(n - 1),
-        "ss_mean": float((xbar_n**2).sum()),
-        "n": float(n),
-    }
+    n, K = x.shape[0], x.shape[1]
+    flat = x.reshape(n, K, -1)
+    step = max(1, chunk_elements // max(1, K * flat.shape[-1]))
+    chunks = []
+    ssw = torch.zeros((), dtype=flat.dtype, device=flat.device)
+    ss_pair, pairs = torch.zeros_like(ssw), 0.0
+    for i in range(0, n, step):
+        xi = flat[i : i + step] if weights is None else flat[i : i + step] * weights[i : i + step, :, None]
+        mi = xi.mean(dim=1)
+        chunks.append(mi)
+        ssw = ssw + (xi - mi[:, None]).pow_(2).sum()
+        sp, pc = paired_within_from_groups(xi)
+        ss_pair, pairs = ss_pair + sp, pairs + pc
+    return ssw, (chunks[0] if len(chunks) == 1 else torch.cat(chunks)), ss_pair, pairs
+
+
+def stratified_within(sigma_w2_iid: float, phi: float, K: int) -> float:
+    """Per-draw within variance at ``K`` per-draw strata: ``sigma_iid (phi + (1 - phi) / K^2)`` (§12, R4).
+
+    ``phi`` is the share of the i.i.d. within variance that stratifying the timesteps cannot remove (the noise
+    part); the rest, the variation of the conditional mean over ``t``, falls as ``1/K^2`` per draw for a smooth
+    integrand. ``phi = 1`` is an i.i.d. design.
+    """
+    phi = min(max(phi, 0.0), 1.0)
+    return sigma_w2_iid * (phi + (1.0 - phi) / (K * K))
 
 
 def paired_within_from_groups(x: Tensor) -> tuple[Tensor, float]:

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from carv_adapt.allocation import optimal_k
-from carv_adapt.closed_form import smooth_bins
+from carv_adapt.proposals.shaping import smooth_bins
 from carv_adapt.estimator import HierarchicalEstimator
 from carv_adapt.plan import Plan
 from carv_adapt.proposals import TargetMeasure, UniformProposal

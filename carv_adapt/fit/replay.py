@@ -18,37 +18,67 @@ from carv_adapt.controller import AdaptiveController
 from carv_adapt.errors import ConfigError
 from carv_adapt.plan import Refit
 from carv_adapt.proposals import TargetMeasure
-from carv_adapt.variance import work_normalized_variance
+from carv_adapt.variance import is_second_moment, work_normalized_variance
 from carv_adapt.workloads.synthetic import SyntheticNested
 
 __all__ = ["synthetic_from_record", "replay_objective"]
 
 
-def synthetic_from_record(record: Refit, num_timesteps: int, D: int = 16) -> SyntheticNested:
-    """A nested workload whose ``m_b``, ``sigma_B^2``, ``M2``, ``c_out``, ``c_in`` are the record's."""
-    M2 = float(record.extra.get("M2", math.nan))
-    if not (math.isfinite(M2) and record.sigma_b2 > 0 and math.isfinite(record.sigma_b2)):
-        raise ConfigError(f"record at step {record.step} lacks positive sigma_b2 / finite M2 for a replay")
-    target = TargetMeasure(num_timesteps, record.bin_edges[0], record.bin_edges[-1] - 1)
+def synthetic_from_record(record: Refit, num_timesteps: int | None = None, D: int = 16) -> SyntheticNested:
+    """A nested workload with ``record``'s statistics, all in the record's own space.
+
+    ``sigma_B^2`` and ``sigma_W^2`` (under the record's proposal) are the record's, in the space its decision
+    used (parameter space for probed runs); the output-space profile only shapes ``sigma_W^2`` over ``t``
+    (``s(t)^2 ∝ m(t) - M2``, scaled so the record's proposal gets the record's ``sigma_W^2``). Costs are the
+    record's ``c_out``, ``c_in`` and the fixed ``c_0`` (charged as a per-step teacher-call cost).
+    """
+    from carv_adapt.fit.closed_form import record_statistics
+
+    stats = record_statistics(record)
+    T = num_timesteps if num_timesteps is not None else record.num_timesteps
+    if T is None:
+        raise ConfigError(f"record at step {record.step} does not say num_timesteps; pass it explicitly")
+    M2 = stats.proxy.M2 if math.isfinite(stats.proxy.M2) else 0.0
+    sb2, sw2 = record.sigma_b2, record.sigma_w2
+    if not (math.isfinite(sb2) and sb2 > 0 and math.isfinite(sw2) and sw2 > 0):
+        raise ConfigError(
+            f"record at step {record.step} has sigma_b2={sb2!r}, sigma_w2={sw2!r}: a replay needs both positive"
+        )
+    target = TargetMeasure(T, record.bin_edges[0], record.bin_edges[-1] - 1)
     edges = torch.tensor(record.bin_edges)
-    m = torch.tensor(record.profile, dtype=torch.float64)
-    s = ((m - M2).clamp_min(1e-12 * float(m.max())) / D).sqrt()
-    sb = math.sqrt(record.sigma_b2 / D)
-    mu0 = math.sqrt(max(M2 - record.sigma_b2, 0.0) / D)
+    shape = (stats.m - M2).clamp_min(1e-12 * float(stats.m.max()))
+    p_rec = torch.tensor(record.proposal, dtype=torch.float64)
+    scale = sw2 / float(is_second_moment(stats.pi_b, p_rec, shape))
     return SyntheticNested(
-        target, edges, s, D=D, sb=sb, mu0=mu0, c_out=record.c_out, c_in=max(record.c_in, 1e-12), c_call=0.0
+        target,
+        edges,
+        (scale * shape / D).sqrt(),
+        D=D,
+        sb=math.sqrt(sb2 / D),
+        mu0=0.0,
+        c_out=record.c_out,
+        c_in=max(record.c_in, 1e-12),
+        c_call=max(record.c_0, 0.0),
     )
 
 
 def replay_objective(
-    record: Refit, num_timesteps: int, steps: int = 200, seeds: int = 3, base: dict[str, Any] | None = None
+    record: Refit,
+    num_timesteps: int | None = None,
+    steps: int = 200,
+    seeds: int = 3,
+    base: dict[str, Any] | None = None,
 ) -> Callable[[dict[str, float]], tuple[float, float]]:
-    """``params -> (mean W over steps and seeds, its standard error)`` on the record's replay."""
+    """``params -> (mean W over steps and seeds, its standard error)`` on the record's replay.
+
+    W charges the fixed cost per outer draw (``c_out + c_0 / N``), as the controller's fixed-batch model does.
+    """
     wl = synthetic_from_record(record, num_timesteps)
+    c_out_eff = wl.c_out + wl.c_call / record.N
 
     def objective(params: dict[str, float]) -> tuple[float, float]:
         cfg = dict(
-            num_timesteps=num_timesteps,
+            num_timesteps=wl.target.num_timesteps,
             t_min=wl.target.t_min,
             t_max=wl.target.t_max,
             batch_size=record.N,
@@ -66,7 +96,7 @@ def replay_objective(
             for _ in range(steps):
                 plan = ctrl.plan()
                 sw = wl.sigma_w2_pmf(ctrl.proposal.pmf())
-                total += work_normalized_variance(wl.sigma_b2, sw, plan.K, wl.c_out, wl.c_in)
+                total += work_normalized_variance(wl.sigma_b2, sw, plan.K, c_out_eff, wl.c_in)
                 ctrl.observe(plan, wl.contributions(plan, g), costs=wl.costs(plan))
                 ctrl.step()
             values.append(total / steps)

@@ -16,6 +16,7 @@ from carv_adapt.proposals.families import (
     WeightedProposal,
     as_binned,
     defensive_mixture,
+    resolve_prior,
     teacher_weight_proposal,
 )
 
@@ -30,6 +31,7 @@ __all__ = [
     "defensive_mixture",
     "teacher_weight_proposal",
     "as_binned",
+    "resolve_prior",
     "Stratification",
     "draw_uniforms",
     "bin_sums",

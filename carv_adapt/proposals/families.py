@@ -114,3 +114,18 @@ def as_binned(proposal: Proposal, edges: Tensor) -> BinnedProposal:
 
 
 __all__ += ["as_binned", "PmfProposal"]
+
+
+def resolve_prior(prior: Proposal | Tensor, target: TargetMeasure, alpha: float) -> Tensor:
+    """A prior proposal (a :class:`Proposal`, or a ``T``-dim Tensor ``g`` meaning ``q ∝ pi g``) as a ``T``-dim
+    pmf mixed with the target: ``(1 - alpha) q + alpha pi``.
+
+    The defensive mixture applies to the prior too: an analytic ``g(t)`` that vanishes somewhere (the
+    teacher-weight prior at ``t -> T``, where ``alphabar -> 0``) would otherwise give unbounded weights.
+    """
+    if isinstance(prior, Proposal):
+        pmf = PmfProposal(target, prior.pmf()).pmf()
+    else:
+        pmf = PmfProposal(target, target.pmf() * torch.as_tensor(prior, dtype=torch.float64)).pmf()
+    return (1.0 - alpha) * pmf + alpha * target.pmf()
+__all__ += ["resolve_prior"]

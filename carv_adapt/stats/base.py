@@ -11,9 +11,12 @@ from torch import Tensor
 
 from carv_adapt.errors import NonFiniteError, StateError
 
-__all__ = ["SumStatistic", "NonFinitePolicy"]
+__all__ = ["SumStatistic", "NonFinitePolicy", "Decay", "reliability_mean_se"]
 
 NonFinitePolicy = Literal["skip", "error"]
+# How a sum forgets: "linear" sums of weighted observations scale by gamma per step; "square" sums of squared
+# weights (for effective sample sizes) by gamma^2; "none" never decay (counters).
+Decay = Literal["linear", "square", "none"]
 
 
 def all_finite(x: Tensor) -> bool:
@@ -36,17 +39,16 @@ class SumStatistic:
 
     def __init__(self, nonfinite: NonFinitePolicy = "skip") -> None:
         self._defaults: dict[str, Tensor] = {}
-        self._no_decay: set[str] = set()
+        self._decay: dict[str, Decay] = {}
         self.nonfinite = nonfinite
         self._warned = False
-        self.add_state("num_nonfinite", torch.zeros((), dtype=torch.float64), decays=False)
+        self.add_state("num_nonfinite", torch.zeros((), dtype=torch.float64), decay="none")
 
-    def add_state(self, name: str, default: Tensor, decays: bool = True) -> None:
-        """Declare a summed state (float64) with its reset value."""
+    def add_state(self, name: str, default: Tensor, decay: Decay = "linear") -> None:
+        """Declare a summed state (float64) with its reset value and how it forgets."""
         self._defaults[name] = default.to(torch.float64).clone()
         setattr(self, name, default.to(torch.float64).clone())
-        if not decays:
-            self._no_decay.add(name)
+        self._decay[name] = decay
 
     @property
     def state_names(self) -> list[str]:
@@ -61,8 +63,11 @@ class SumStatistic:
         """Exponential forgetting: scale every decaying sum by ``gamma`` in ``(0, 1]``."""
         if gamma == 1.0:
             return
-        # One fused call for all states: the per-step cost of forgetting stays flat in the number of sums.
-        torch._foreach_mul_([getattr(self, n) for n in self._defaults if n not in self._no_decay], gamma)
+        # One fused call per decay kind: the per-step cost of forgetting stays flat in the number of sums.
+        for kind, factor in (("linear", gamma), ("square", gamma * gamma)):
+            names = [n for n, d in self._decay.items() if d == kind]
+            if names:
+                torch._foreach_mul_([getattr(self, n) for n in names], factor)
 
     def _add(self, names: tuple[str, ...], values: tuple[float, ...]) -> None:
         """Add Python floats to several states in one fused call (per-step updates are many tiny adds)."""
@@ -129,3 +134,23 @@ class SumStatistic:
                 stacklevel=3,
             )
         return False
+
+
+def reliability_mean_se(s_w: float, s_w2: float, s_wx: float, s_wx2: float) -> tuple[float, float]:
+    """Weighted mean of per-step estimates ``x_s`` with weights ``w_s`` and its standard error.
+
+    From the sums ``sum w``, ``sum w^2``, ``sum w x`` and ``sum w x^2`` (forgetting folded into the weights):
+    the unbiased reliability-weighted variance ``V = (sum w x^2 - (sum w x)^2 / sum w) / (sum w - sum w^2 / sum w)``
+    of one step's estimate, and ``se^2 = V sum w^2 / (sum w)^2``. ``(nan, inf)`` before the first step; ``se = inf``
+    until two steps with weight are seen.
+    """
+    import math
+
+    if s_w <= 0:
+        return math.nan, math.inf
+    mean = s_wx / s_w
+    den = s_w - s_w2 / s_w
+    if den <= 1e-12 * s_w:
+        return mean, math.inf
+    var = max(s_wx2 - s_wx * s_wx / s_w, 0.0) / den
+    return mean, math.sqrt(var * s_w2) / s_w

@@ -15,7 +15,9 @@ from carv_adapt.variance import fit_linear_cost
 
 __all__ = ["StageTimer", "CostTracker", "CostEstimate", "StageRole"]
 
-StageRole = Literal["outer", "inner", "fixed"]
+# "measurement" stages (the split-half probe) are the controller's own overhead: reported, never charged to the
+# policy's cost model, whose W excludes them (docs/theory.md §12, R7).
+StageRole = Literal["outer", "inner", "fixed", "measurement"]
 
 DEFAULT_ROLES: dict[str, StageRole] = {
     "upstream": "outer",
@@ -23,7 +25,7 @@ DEFAULT_ROLES: dict[str, StageRole] = {
     "teacher": "inner",
     "inner": "inner",
     "overhead": "fixed",
-    "probe": "fixed",
+    "probe": "measurement",
 }
 
 
@@ -80,6 +82,7 @@ class CostEstimate:
     c_out: float
     c_in: float
     steps: float
+    measurement: float = 0.0  # seconds per step in measurement stages (probes), outside the cost model
 
 
 class CostTracker(SumStatistic):
@@ -98,6 +101,7 @@ class CostTracker(SumStatistic):
                 self.add_state(f"{role}_s{s}", torch.zeros(()))
         self.add_state("steps", torch.zeros(()))
         self.add_state("fixed", torch.zeros(()))
+        self.add_state("measurement", torch.zeros(()))
 
     def role(self, stage: str) -> StageRole:
         try:
@@ -105,12 +109,12 @@ class CostTracker(SumStatistic):
         except KeyError:
             raise ConfigError(
                 f"unknown cost stage {stage!r}; known stages {sorted(self.roles)} — declare it with "
-                f"stage_roles={{{stage!r}: 'outer' | 'inner' | 'fixed'}}"
+                f"stage_roles={{{stage!r}: 'outer' | 'inner' | 'fixed' | 'measurement'}}"
             ) from None
 
     def update(self, N: int, K: int, stage_seconds: dict[str, float]) -> None:
         """Accumulate one step's per-stage seconds for an ``N x K`` plan."""
-        totals = {"outer": 0.0, "inner": 0.0, "fixed": 0.0}
+        totals = {"outer": 0.0, "inner": 0.0, "fixed": 0.0, "measurement": 0.0}
         for stage, sec in stage_seconds.items():
             if sec < 0:
                 raise ConfigError(f"cost of stage {stage!r} must be >= 0 seconds, got {sec!r}")
@@ -124,6 +128,8 @@ class CostTracker(SumStatistic):
             ("out_sx", "out_sxx", "out_sy", "out_sxy", "in_sx", "in_sxx", "in_sy", "in_sxy", "steps", "fixed"),
             (xo, xo * xo, yo, xo * yo, xi, xi * xi, yi, xi * yi, 1.0, totals["fixed"]),
         )
+        self._add(("measurement",), (totals["measurement"],)
+        )
 
     def compute(self) -> CostEstimate:
         w = float(self.steps)
@@ -132,4 +138,5 @@ class CostTracker(SumStatistic):
         )
         a_in, c_in = fit_linear_cost(w, float(self.in_sx), float(self.in_sxx), float(self.in_sy), float(self.in_sxy))
         fixed = float(self.fixed) / w if w > 0 else 0.0
-        return CostEstimate(c_0=a_out + a_in + fixed, c_out=c_out, c_in=c_in, steps=w)
+        measurement = float(self.measurement) / w if w > 0 else 0.0
+        return CostEstimate(c_0=a_out + a_in + fixed, c_out=c_out, c_in=c_in, steps=w, measurement=measurement)

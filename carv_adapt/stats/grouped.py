@@ -1,50 +1,65 @@
-"""Grouped between/within variance estimators (SPEC §7)."""
+"""Grouped between/within variance estimators with their standard errors (docs/theory.md §7, §12 R4-R5)."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor
 
 from carv_adapt.errors import ShapeError
-from carv_adapt.stats.base import NonFinitePolicy, SumStatistic, all_finite
-from carv_adapt.variance import paired_within_from_groups
+from carv_adapt.stats.base import NonFinitePolicy, SumStatistic, all_finite, reliability_mean_se
+from carv_adapt.variance import group_sums
 
-__all__ = ["GroupedVariance", "BetweenWithin", "split_half_within"]
+__all__ = ["GroupedVariance", "BetweenWithin", "split_half_within", "Design"]
 
-
-_CHUNK_ELEMENTS = 1 << 20
+# How the K inner draws of one outer draw were placed: independent, or one per-draw stratum each.
+Design = Literal["iid", "stratified"]
 
 
 @dataclass(frozen=True)
 class BetweenWithin:
-    """Estimates from grouped observations: ``sigma_b2``, ``sigma_w2`` (i.i.d.-style, conservative under
-    stratification), ``sigma_w2_paired`` (paired strata), ``M2 = E ||mu(xi)||^2``, and the number of groups."""
+    """Estimates from grouped observations (NaN where not identified, ``inf`` standard errors until two steps).
+
+    ``sigma_w2`` is the per-draw within variance of the designs that ran (stratified where they were);
+    ``sigma_w2_iid`` the timestep-marginal (i.i.d.) one; ``phi`` the share of ``sigma_w2_iid`` stratification
+    cannot remove (NaN when no stratified step was seen); ``x_mean`` the window's mean design factor
+    (``1/K^2`` for a stratified step, 1 for an i.i.d. one); ``M2 = E ||mu(xi)||^2``.
+    """
 
     sigma_b2: float
+    sigma_b2_se: float
     sigma_w2: float
-    sigma_w2_paired: float
+    sigma_w2_se: float
+    sigma_w2_iid: float
+    phi: float
+    x_mean: float
     M2: float
     groups: float
 
 
 class GroupedVariance(SumStatistic):
-    """Accumulates grouped sums of squares across steps; ``K`` and the proposal may change between steps.
+    """Accumulates grouped sums of squares across steps; ``K``, the design and the proposal may change.
 
-    Each step's between and ``M2`` terms are corrected with *that step's* within estimate, so
-    ``sigma_b2 = sum_s [ssb_s - dof_b_s sw_s / K_s] / sum_s dof_b_s`` and
-    ``M2 = sum_n [||xbar_n||^2 - sw_n / K] / groups`` stay unbiased when the within variance changes from
-    step to step (a new proposal, a new K); neither quantity depends on the proposal. ``sigma_w2`` is the
-    pooled within estimate over the window, i.e. under the mix of proposals that produced it. Steps
-    with ``K = 1`` carry no within information and are not accumulated.
+    Each step gives one within estimate ``sw_s`` (effective per-draw variance of its design: the pooled
+    within-group estimate for i.i.d. draws, the paired-strata one for stratified draws) and one between estimate
+    ``b_s = (ssb_s - (n - 1) sw_s / K_s) / (n - 1)``: the variance of a group mean is ``sw_s / K_s`` for either
+    design, so the between term is not biased by an i.i.d.-style correction under stratification. Both are
+    pooled with reliability weights (degrees of freedom), and their standard errors come from the spread of the
+    per-step estimates (docs/theory.md §12, R5). Steps with ``K = 1`` carry no within information and are only
+    checked for non-finite values.
     """
 
     def __init__(self, nonfinite: NonFinitePolicy = "skip") -> None:
         super().__init__(nonfinite)
-        for name in ("ssw", "dof_w", "sb_num", "dof_b", "m2_num", "groups", "ss_pair", "pairs"):
+        for name in ("dof_w", "sw_num", "sw_sq", "x_num", "iid_num", "phi_num", "phi_den"):
             self.add_state(name, torch.zeros(()))
+        for name in ("dof_b", "sb_num", "sb_sq", "m2_num", "groups"):
+            self.add_state(name, torch.zeros(()))
+        self.add_state("dof_w2", torch.zeros(()), decay="square")
+        self.add_state("dof_b2", torch.zeros(()), decay="square")
 
     def _drop_nonfinite(self, what: str, *xs: Tensor) -> tuple[Tensor, ...] | None:
         if all(all_finite(x) for x in xs):
@@ -61,30 +76,38 @@ class GroupedVariance(SumStatistic):
         return kept if kept[0].shape[0] > 0 else None
 
     @staticmethod
-    def _step_totals(ssw: Tensor, means: Tensor, ss_pair: Tensor) -> list[float]:
-        """``[ssw, ss_pair, sum_n ||mean_n||^2, sum_n ||mean_n - mean||^2]`` as floats: every reduction stays
-        on the tensors' device and one transfer brings the four totals back."""
+    def _totals(ssw: Tensor, means: Tensor, ss_pair: Tensor) -> list[float]:
+        """``[ssw, ss_pair, sum_n ||mean_n||^2, sum_n ||mean_n - mean||^2]``: one host transfer per step."""
         msq = means.pow(2).sum()
         ssb = (means - means.mean(0)).pow_(2).sum() if means.shape[0] >= 2 else torch.zeros_like(msq)
         return torch.stack([ssw.reshape(()), ss_pair.reshape(()).to(msq.dtype), msq, ssb]).double().tolist()
 
-    def _accumulate(self, totals: list[float], n: int, dof_n: int, K: int, pairs: float = 0.0) -> None:
-        """Add one step's :meth:`_step_totals` over ``n`` groups of ``dof_n`` within degrees of freedom each to
-        the within, paired, between and ``M2`` numerators."""
-        ssw_f, pair_f, msq_f, ssb_f = totals
-        sw_sum = ssw_f / dof_n  # sum over groups of each group's unbiased within estimate
-        between = (ssb_f - (n - 1) * (sw_sum / n) / K, float(n - 1)) if n >= 2 else (0.0, 0.0)
-        self._add(
-            ("ssw", "dof_w", "ss_pair", "pairs", "m2_num", "groups", "sb_num", "dof_b"),
-            (ssw_f, float(n * dof_n), pair_f, pairs, msq_f - sw_sum / K, float(n), *between),
-        )
+    def _accumulate(
+        self, n: int, K: int, sw: float, dof_w: float, iid: float | None, x: float, msq: float, ssb: float
+    ) -> None:
+        """Add one step: ``n`` groups of ``K`` draws, its within estimate ``sw`` (``dof_w`` degrees of freedom),
+        its i.i.d. within estimate ``iid`` (None when the step cannot tell), design factor ``x``, and the group
+        means' sums of squares."""
+        names = ["dof_w", "dof_w2", "sw_num", "sw_sq", "x_num", "m2_num", "groups"]
+        values = [dof_w, dof_w * dof_w, dof_w * sw, dof_w * sw * sw, dof_w * x, msq - n * sw / K, n]
+        if iid is not None:
+            names.append("iid_num")
+            values.append(dof_w * iid)
+        if iid is not None and x < 1.0:
+            names += ["phi_num", "phi_den"]
+            values += [dof_w * (sw - x * iid), dof_w * (1.0 - x) * iid]
+        if n >= 2:
+            b = (ssb - (n - 1) * sw / K) / (n - 1)
+            d = float(n - 1)
+            names += ["dof_b", "dof_b2", "sb_num", "sb_sq"]
+            values += [d, d * d, d * b, d * b * b]
+        self._add(tuple(names), tuple(float(v) for v in values))
 
-    def update(self, x: Tensor, weights: Tensor | None = None) -> None:
+    def update(self, x: Tensor, weights: Tensor | None = None, design: Design = "iid") -> None:
         """Accumulate one step's ``N x K x ...`` weighted contributions ``rho f`` (or ``f`` with ``N x K``
-        ``weights`` ``rho``, which avoids materializing the product).
+        ``weights`` ``rho``, which avoids materializing the product), drawn under ``design``.
 
         An outer draw with any non-finite entry is dropped whole (its group would be biased otherwise).
-        Temporaries are bounded: outer draws are processed in chunks of about ``2^20`` elements.
         """
         if x.dim() < 2:
             raise ShapeError(f"grouped update needs N x K x ... contributions, got shape {tuple(x.shape)}")
@@ -94,44 +117,33 @@ class GroupedVariance(SumStatistic):
         w = None if weights is None else weights.detach().to(x.device, x.dtype)
         K = x.shape[1]
         if K < 2:
-            # No within information; still count (and drop) non-finite draws as the policy says.
             self._drop_nonfinite("contribution", *((x,) if w is None else (x, w)))
             return
-        ssw, means, ss_pair, pairs = self._group_sums(x, w)
-        totals = self._step_totals(ssw, means, ss_pair)
+        ssw, means, ss_pair, pairs = group_sums(x, w)
+        totals = self._totals(ssw, means, ss_pair)
         # A NaN or an infinity anywhere makes a total non-finite: only then pay the per-draw filter.
         if not all(math.isfinite(v) for v in totals):
             kept = self._drop_nonfinite("contribution", *((x,) if w is None else (x, w)))
             if kept is None:
                 return
             x, w = kept[0], (kept[1] if w is not None else None)
-            ssw, means, ss_pair, pairs = self._group_sums(x, w)
-            totals = self._step_totals(ssw, means, ss_pair)
-        self._accumulate(totals, means.shape[0], K - 1, K, pairs)
+            ssw, means, ss_pair, pairs = group_sums(x, w)
+            totals = self._totals(ssw, means, ss_pair)
+        ssw_f, pair_f, msq, ssb = totals
+        n = means.shape[0]
+        if design == "stratified":
+            sw = pair_f / pairs  # mean stratum variance: a group mean's variance is sw / K
+            iid = (ssw_f / n + sw) / K  # E SSW_group = K sigma_iid - mean stratum variance
+            self._accumulate(n, K, sw, pairs, iid, 1.0 / (K * K), msq, ssb)
+        else:
+            sw = ssw_f / (n * (K - 1))
+            self._accumulate(n, K, sw, float(n * (K - 1)), sw, 1.0, msq, ssb)
 
-    @staticmethod
-    def _group_sums(x: Tensor, w: Tensor | None) -> tuple[Tensor, Tensor, Tensor, float]:
-        """``(within sum of squares, means, paired sum, pairs)`` of ``N x K x ...`` contributions, in
-        chunks of outer draws that bound the temporaries (~``_CHUNK_ELEMENTS``); small steps take one pass."""
-        n, K = x.shape[0], x.shape[1]
-        flat = x.reshape(n, K, -1)
-        step = max(1, _CHUNK_ELEMENTS // max(1, K * flat.shape[-1]))
-        chunks = []
-        ssw = torch.zeros((), dtype=flat.dtype, device=flat.device)
-        ss_pair, pairs = torch.zeros_like(ssw), 0.0
-        for i in range(0, n, step):
-            xi = flat[i : i + step] if w is None else flat[i : i + step] * w[i : i + step, :, None]
-            mi = xi.mean(dim=1)
-            chunks.append(mi)
-            ssw = ssw + (xi - mi[:, None]).pow_(2).sum()
-            sp, pc = paired_within_from_groups(xi)
-            ss_pair, pairs = ss_pair + sp, pairs + pc
-        return ssw, (chunks[0] if len(chunks) == 1 else torch.cat(chunks)), ss_pair, pairs
-
-    def update_split_half(self, g_a: Tensor, g_b: Tensor, K: int) -> None:
-        """Accumulate a parameter-space split-half probe (SPEC §7): ``N x P`` gradients of the means of the
-        even- and odd-indexed inner draws of each outer draw. Each outer draw gives one within degree of
-        freedom, ``||g_A - g_B||^2 / (1/k_A + 1/k_B)``; the group means feed the between sums."""
+    def update_split_half(self, g_a: Tensor, g_b: Tensor, K: int, design: Design = "iid") -> None:
+        """Accumulate a parameter-space split-half probe (docs/theory.md §7): ``N x P`` gradients of the means of
+        the even- and odd-indexed inner draws of each outer draw. Each outer draw gives one within degree of
+        freedom, ``||g_A - g_B||^2 / (1/k_A + 1/k_B)`` (the per-draw variance of the design that ran); the
+        weighted group means feed the between sums."""
         if g_a.shape != g_b.shape or g_a.dim() != 2:
             raise ShapeError(f"split-half probe needs two N x P gradients, got {tuple(g_a.shape)}, {tuple(g_b.shape)}")
         if K < 2:
@@ -139,34 +151,58 @@ class GroupedVariance(SumStatistic):
         k_a, k_b = (K + 1) // 2, K // 2
 
         def totals(a: Tensor, b: Tensor) -> list[float]:
-            # Reductions in the gradients' own dtype; the totals come back as float64 in one transfer.
             ssw = (a - b).pow_(2).sum() / (1.0 / k_a + 1.0 / k_b)
-            return self._step_totals(ssw, (k_a * a + k_b * b) / K, torch.zeros_like(ssw))
+            return self._totals(ssw, (k_a * a + k_b * b) / K, torch.zeros_like(ssw))
 
         a, b = g_a.detach(), g_b.detach()
         tot = totals(a, b)
-        if not all(math.isfinite(v) for v in tot):  # only then pay the per-draw filter
+        if not all(math.isfinite(v) for v in tot):
             kept = self._drop_nonfinite("probe gradient", a, b)
             if kept is None:
                 return
             a, b = kept
             tot = totals(a, b)
-        self._accumulate(tot, a.shape[0], 1, K)
+        n = a.shape[0]
+        sw = tot[0] / n
+        x = 1.0 / (K * K) if design == "stratified" else 1.0
+        # The probe measures the design's variance only; its i.i.d. counterpart comes from the proxy's phi.
+        self._accumulate(n, K, sw, float(n), None, x, tot[2], tot[3])
 
-    def compute(self) -> BetweenWithin:
-        """Current estimates (NaN where not identified yet)."""
-        sw = float(self.ssw / self.dof_w) if self.dof_w > 0 else math.nan
-        sw_pair = float(self.ss_pair / self.pairs) if self.pairs > 0 else math.nan
-        sb = float(self.sb_num / self.dof_b) if self.dof_b > 0 else math.nan
+    def compute(self, phi: float | None = None) -> BetweenWithin:
+        """Current estimates; ``phi`` (default: this tracker's own) converts the design's within variance into
+        the i.i.d. one when this tracker only saw designs (probes) that cannot separate them."""
+        dof_w, dof_b = float(self.dof_w), float(self.dof_b)
+        sw, sw_se = reliability_mean_se(dof_w, float(self.dof_w2), float(self.sw_num), float(self.sw_sq))
+        sb, sb_se = reliability_mean_se(dof_b, float(self.dof_b2), float(self.sb_num), float(self.sb_sq))
+        own_phi = float(self.phi_num / self.phi_den) if float(self.phi_den) > 0 else math.nan
+        use_phi = own_phi if phi is None else phi
+        x_mean = float(self.x_num) / dof_w if dof_w > 0 else math.nan
+        if float(self.iid_num) > 0 and phi is None:
+            iid = float(self.iid_num) / dof_w
+        elif dof_w > 0:
+            f = 1.0 if math.isnan(use_phi) else min(max(use_phi, 0.0), 1.0)
+            iid = sw / (f + (1.0 - f) * x_mean) if f + (1.0 - f) * x_mean > 0 else sw
+        else:
+            iid = math.nan
         m2 = float(self.m2_num / self.groups) if self.groups > 0 else math.nan
-        return BetweenWithin(sigma_b2=sb, sigma_w2=sw, sigma_w2_paired=sw_pair, M2=m2, groups=float(self.groups))
+        return BetweenWithin(
+            sigma_b2=sb,
+            sigma_b2_se=sb_se,
+            sigma_w2=sw,
+            sigma_w2_se=sw_se,
+            sigma_w2_iid=iid,
+            phi=own_phi,
+            x_mean=x_mean,
+            M2=m2,
+            groups=float(self.groups),
+        )
 
 
 def split_half_within(g_a: Tensor, g_b: Tensor, K: int) -> float:
-    """Parameter-space within variance from the split-half probe (SPEC §7).
+    """Parameter-space within variance from one split-half probe (docs/theory.md §7).
 
-    ``g_a`` and ``g_b`` are ``N x P`` gradients of the means of two interleaved halves (even and odd
-    inner indices, sizes ``ceil(K/2)`` and ``floor(K/2)``) of each outer draw's ``K`` inner contributions;
+    ``g_a`` and ``g_b`` are ``N x P`` gradients of the means of two interleaved halves (even and odd inner
+    indices, sizes ``ceil(K/2)`` and ``floor(K/2)``) of each outer draw's ``K`` inner contributions;
     ``E ||g_A - g_B||^2 = sigma_w2 (1/k_A + 1/k_B)`` (``= 4 sigma_w2 / K`` for even K) for i.i.d. draws.
     """
     if g_a.shape != g_b.shape or g_a.dim() != 2:

@@ -30,6 +30,7 @@ class TimestepProfile(SumStatistic):
         self.add_state("count", torch.zeros(B))
         self.add_state("sum_sq", torch.zeros(B))
         self.add_state("sum_sq2", torch.zeros(B))
+        self.add_state("count_sq", torch.zeros(B), decay="square")  # sum of squared forgetting weights
 
     @property
     def num_bins(self) -> int:
@@ -49,25 +50,26 @@ class TimestepProfile(SumStatistic):
             self.num_nonfinite += bad - 1
             v, b = v[ok], b[ok]
         B = self.num_bins
-        self.count += torch.bincount(b, minlength=B).double()
+        n_b = torch.bincount(b, minlength=B).double()
+        self.count += n_b
+        self.count_sq += n_b
         self.sum_sq += torch.bincount(b, weights=v, minlength=B)
         self.sum_sq2 += torch.bincount(b, weights=v * v, minlength=B)
 
-    def compute(self, prior_count: float = 0.0) -> Tensor:
-        """``B``-dim estimate of ``m_b``.
-
-        Bins with few observations are shrunk toward the count-weighted global mean with strength
-        ``prior_count`` (pseudo-observations), so an empty bin gets the global mean, never zero: a zero
-        would starve it of proposal mass and bias nothing, but make its weight explode later.
-        """
+    def compute(self) -> Tensor:
+        """``B``-dim per-bin mean of ``||f||^2``; a bin with no observation gets the count-weighted global mean
+        (never zero: a zero would starve it of proposal mass and make its weight explode later)."""
         total = self.count.sum()
         glob = self.sum_sq.sum() / total if total > 0 else torch.tensor(0.0, dtype=torch.float64)
-        den = self.count + prior_count
-        return torch.where(den > 0, (self.sum_sq + prior_count * glob) / den.clamp_min(1e-300), glob)
+        return torch.where(self.count > 0, self.sum_sq / self.count.clamp_min(1e-300), glob)
 
     def standard_error(self) -> Tensor:
-        """``B``-dim standard error of each bin's mean (inf where fewer than 2 observations)."""
-        n = self.count
-        mean = self.sum_sq / n.clamp_min(1e-300)
-        var = (self.sum_sq2 / n.clamp_min(1e-300) - mean**2).clamp_min(0) * n / (n - 1).clamp_min(1e-300)
-        return torch.where(n >= 2, (var / n.clamp_min(1e-300)).sqrt(), torch.full_like(n, float("inf")))
+        """``B``-dim standard error of each bin's mean under forgetting (``inf`` until a bin has two
+        observations): reliability-weighted variance times ``sum w^2 / (sum w)^2`` (docs/theory.md §12, R2)."""
+        n, n2 = self.count, self.count_sq
+        safe = n.clamp_min(1e-300)
+        mean = self.sum_sq / safe
+        den = (n - n2 / safe).clamp_min(0)
+        var = (self.sum_sq2 - self.sum_sq * mean).clamp_min(0) / den.clamp_min(1e-300)
+        se = (var * n2).sqrt() / safe
+        return torch.where(den > 1e-9 * safe, se, torch.full_like(n, float("inf")))

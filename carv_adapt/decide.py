@@ -1,0 +1,299 @@
+"""Every decision in one pure function (STYLE §18; docs/theory.md §12): ``decide(stats, state, config)``.
+
+The controller reduces its trackers to :class:`~carv_adapt.stats.snapshot.Statistics`, calls :func:`decide`
+and applies the returned :class:`Decision`; ``carv-adapt fit`` calls the same function on logged statistics.
+Every clamp of ``K`` (bounds, memory), the confidence band that damps ``K``, the proposal's move and the
+guards live here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from carv_adapt.allocation import budget_outer_batch, memory_k_max, optimal_allocation
+from carv_adapt.config import ControllerConfig
+from carv_adapt.plan import resolve_stratification
+from carv_adapt.proposals.shaping import capped_move, is_gain, regularized_profile
+from carv_adapt.schedule import warmup_k
+from carv_adapt.stats.snapshot import Statistics
+from carv_adapt.variance import (
+    is_second_moment,
+    optimal_proposal_bins,
+    stratified_within,
+    within_variance_for_proposal,
+    work_normalized_variance,
+)
+
+__all__ = ["DecisionState", "Decision", "decide", "initial_state", "scheduled_k", "k_cap"]
+
+
+@dataclass(frozen=True)
+class DecisionState:
+    """What the next decision starts from: ``K``, ``N``, the ``B``-dim bin proposal ``probs`` and its kind
+    (``"uniform" | "prior" | "binned"``), refits since the last ``K`` change, and one-time warnings given."""
+
+    K: int
+    N: int
+    probs: Tensor
+    proposal_kind: str
+    refits_since_k_change: int
+    refits: int = 0
+    warned: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "K": self.K,
+            "N": self.N,
+            "probs": self.probs.tolist(),
+            "proposal_kind": self.proposal_kind,
+            "refits_since_k_change": self.refits_since_k_change,
+            "refits": self.refits,
+            "warned": list(self.warned),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DecisionState:
+        return cls(
+            K=int(d["K"]),
+            N=int(d["N"]),
+            probs=torch.as_tensor(d["probs"], dtype=torch.float64).clone(),
+            proposal_kind=str(d["proposal_kind"]),
+            refits_since_k_change=int(d["refits_since_k_change"]),
+            refits=int(d.get("refits", 0)),
+            warned=tuple(d.get("warned", ())),
+        )
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One decision: the new state, what the variance model predicts for it, and every reason.
+
+    ``k_interval`` is the confidence band ``[K_lo, K_hi]`` of ``K*`` (R5); ``sigma_w2`` is the within variance
+    measured under the proposal in force before, ``predicted_sigma_w2`` the chosen policy's. ``warnings`` are
+    new one-time warnings the caller should emit.
+    """
+
+    state: DecisionState
+    space: str
+    sigma_b2: float
+    sigma_b2_se: float
+    sigma_w2: float
+    predicted_sigma_w2: float
+    sigma_w2_uniform: float
+    k_interval: tuple[int, int]
+    W: float
+    W_baseline: float
+    ecm: float
+    is_gain: float
+    k_changed: bool
+    proposal_changed: bool
+    reasons: tuple[str, ...]
+    warnings: tuple[str, ...] = field(default=())
+
+    @property
+    def reason(self) -> str:
+        return "; ".join(self.reasons)
+
+
+def k_cap(config: ControllerConfig, N: int) -> int:
+    """The largest ``K`` allowed: ``k_max``, lowered by the memory cap for ``N`` outer draws (at least 1)."""
+    a = config.policy.allocation
+    return memory_k_max(config.memory_cap_bytes, config.inner_bytes, N, a.k_max)
+
+
+def _clamp(K: int, config: ControllerConfig, N: int) -> int:
+    cap = k_cap(config, N)
+    return max(min(K, cap), min(config.policy.allocation.k_min, cap))
+
+
+def initial_state(config: ControllerConfig, pi_b: Tensor, start_b: Tensor | None, start_kind: str) -> DecisionState:
+    """The state before the first step: the policy's ``K`` (or the first warm-up ``K``) within every bound,
+    and the starting bin proposal ``start_b`` of kind ``start_kind`` (``pi_b`` when None)."""
+    a = config.policy.allocation
+    K = a.K if a.K is not None else warmup_k(0, a.warmup_k)
+    probs = pi_b.double().clone() if start_b is None else start_b.double().clone()
+    return DecisionState(
+        K=_clamp(K, config, a.N),
+        N=a.N,
+        probs=probs,
+        proposal_kind=start_kind if start_b is not None else "uniform",
+        refits_since_k_change=config.policy.safeguards.k_cooldown,
+    )
+
+
+def scheduled_k(step: int, state: DecisionState, config: ControllerConfig) -> DecisionState:
+    """The state for ``step`` between refits: during the warm-up of a policy without a starting ``K``, the
+    warm-up cycle's ``K`` (clamped); otherwise unchanged."""
+    pol = config.policy
+    if step >= pol.schedule.warmup_steps or pol.allocation.K is not None:
+        return state
+    return replace(state, K=_clamp(warmup_k(step, pol.allocation.warmup_k), config, state.N))
+
+
+def decide(
+    stats: Statistics, state: DecisionState, config: ControllerConfig, prior_b: Tensor | None = None
+) -> Decision:
+    """Refit the proposal and ``K`` from ``stats`` (docs/theory.md §12, rules R1-R8).
+
+    Args:
+        stats: reduced statistics (profile, proxy and probe between/within, costs).
+        state: the state in force (``K``, ``N``, proposal, counters).
+        config: the policy and run-time settings.
+        prior_b: optional ``B``-dim analytic prior proposal (already mixed with ``pi``): a candidate at each refit.
+    """
+    pol, sg, a = config.policy, config.policy.safeguards, config.policy.allocation
+    z = sg.confidence
+    reasons: list[str] = []
+    warnings: list[str] = []
+
+    def warn_once(key: str, text: str) -> None:
+        if key not in state.warned and key not in [w.split(":", 1)[0] for w in warnings]:
+            warnings.append(f"{key}: {text}")
+
+    # R1: the space K* reads its variances from.
+    use_param = config.space == "parameter" and stats.param is not None and stats.param.groups > 0
+    if config.space == "parameter" and not use_param:
+        warn_once(
+            "no-probe",
+            "space='parameter' but no probe was observed, so K is decided from output-space (proxy) statistics, "
+            "which can set K several-fold off; pass probe=(g_A, g_B) to observe() (see split_half_probe)",
+        )
+    src = stats.param if use_param else stats.proxy
+    assert src is not None
+    pi_b, p_cur, m = stats.pi_b.double(), state.probs.double(), stats.m.double()
+    M2 = stats.proxy.M2 if math.isfinite(stats.proxy.M2) else 0.0
+    S_cur = float(is_second_moment(pi_b, p_cur, m))
+    sw_iid = src.sigma_w2_iid
+    if not use_param:
+        # Proxy: sigma_W^2(p) = S(p) - M2 for any p from the profile, when it resolves the difference.
+        from_profile = S_cur - M2 if math.isfinite(stats.proxy.M2) else math.nan
+        sw_iid = from_profile if from_profile > 0 else sw_iid
+    sb, sb_se = src.sigma_b2, src.sigma_b2_se
+    r_w = src.sigma_w2_se / src.sigma_w2 if src.sigma_w2 > 0 else math.inf
+    phi = stats.proxy.phi if math.isfinite(stats.proxy.phi) else 1.0
+
+    def sw_of(p: Tensor) -> float:
+        if math.isnan(sw_iid):
+            return math.nan
+        return within_variance_for_proposal(sw_iid, S_cur, float(is_second_moment(pi_b, p, m)), M2)
+
+    def sw_at(sw: float, K: int) -> float:
+        design = resolve_stratification(pol.stratification, K)
+        return stratified_within(sw, phi, K) if design == "stratified" else sw
+
+    # R2-R3: the proposal.
+    p_new, kind, proposal_changed = p_cur, state.proposal_kind, False
+    if pol.adapts_proposal:
+        m_hat = regularized_profile(m, stats.m_se, stats.counts, sg.smoothing)
+        target = (1.0 - sg.alpha) * optimal_proposal_bins(pi_b, m_hat) + sg.alpha * pi_b
+        candidates = [("learned", target, "binned"), ("learned, capped", capped_move(p_cur, target, sg.max_move), "binned")]
+        if prior_b is not None and state.proposal_kind != "prior":
+            candidates.append(("prior", prior_b.double(), "prior"))
+        chosen = "current"
+        for name, p, k in candidates:
+            gain, se = is_gain(pi_b, p_cur, p, m, stats.m_se)
+            if gain > 0 and gain > z * se:
+                p_new, kind, proposal_changed, chosen = p, k, True, f"{name} (gain {gain / S_cur:.1%} > {z:g} se)"
+                break
+        reasons.append(f"proposal: {chosen}")
+    sw_new = sw_of(p_new)
+
+    # R5-R6: K (and N under a budget) from the confidence band.
+    N = state.N if a.mode == "fixed_budget" else a.N
+    K_cur = _clamp(state.K, config, N)
+    c = stats.costs
+    c_out_eff = c.c_out + (c.c_0 / N if a.mode == "fixed_batch" else 0.0)
+    band = (K_cur, K_cur)
+    K_new, N_new = K_cur, N
+    keep_reason = None
+    if not pol.adapts_k:
+        keep_reason = "K fixed by the policy"
+    elif c.steps <= 0:
+        keep_reason = "no cost observations (use timer() or observe(costs=...)): K kept"
+    elif a.mode == "fixed_budget" and not (a.budget is not None and a.budget > c.c_0):
+        keep_reason = f"budget {a.budget!r} s does not exceed the fixed cost c_0={c.c_0:.4g} s: K and N kept"
+    elif math.isnan(sb) or math.isnan(sw_new):
+        keep_reason = "between/within not identified yet (needs N >= 2 and K >= 2): K kept"
+        if N == 1:
+            warn_once(
+                "n1",
+                "batch_size=1: sigma_B^2 is not identified from one outer draw per step, so K cannot adapt; use "
+                "batch_size >= 2 (or probes with N >= 2)",
+            )
+    elif state.refits_since_k_change < sg.k_cooldown:
+        keep_reason = "K in cooldown"
+    if keep_reason is None:
+        cap, k_min = k_cap(config, N), min(a.k_min, k_cap(config, N))
+        lo_w = max(1.0 - z * r_w, 1e-6) if math.isfinite(r_w) else 1e-6
+        hi_w = 1.0 + z * r_w if math.isfinite(r_w) else 1e6
+
+        def best(sb_: float, scale: float) -> tuple[int, int]:
+            curve = [sw_at(sw_new * scale, K) for K in range(1, cap + 1)]
+            alloc = optimal_allocation(
+                max(sb_, 0.0), curve, c.c_out, c.c_in, mode=a.mode, N=N, budget=a.budget, c_0=c.c_0,
+                k_min=k_min, k_max=cap,
+            )
+            return alloc.K, alloc.N
+
+        se_b = sb_se if math.isfinite(sb_se) else math.inf
+        K_lo = best(sb + z * se_b, lo_w)[0] if math.isfinite(se_b) else k_min
+        K_hi = best(sb - z * se_b, hi_w)[0] if math.isfinite(se_b) else cap
+        K_lo, K_hi = min(K_lo, K_hi), max(K_lo, K_hi)
+        band = (K_lo, K_hi)
+        if K_cur < K_lo or K_cur > K_hi:
+            K_new = K_lo if K_cur < K_lo else K_hi
+            reasons.append(f"K {K_cur} -> {K_new} (K* in [{K_lo}, {K_hi}] at z={z:g})")
+        else:
+            reasons.append(f"K kept at {K_cur} (K* in [{K_lo}, {K_hi}] at z={z:g})")
+        if a.mode == "fixed_budget":
+            N_new = budget_outer_batch(a.budget, K_new, c.c_out, c.c_in, c.c_0)  # type: ignore[arg-type]
+    else:
+        reasons.append(keep_reason)
+    if K_cur != state.K:
+        reasons.append(f"K {state.K} clamped to {K_cur} (k_max / memory cap)")
+    if k_cap(config, N) < a.k_max:
+        reasons.append(f"K capped at {k_cap(config, N)} by memory_cap_bytes")
+
+    # R8: predictions for the chosen policy.
+    sw_uniform = sw_of(pi_b)
+    W = _W(sb, sw_at(sw_new, K_new), K_new, c_out_eff, c.c_in)
+    W_base = _W(sb, sw_at(sw_uniform, 1), 1, c_out_eff, c.c_in)
+    k_changed = K_new != state.K
+    new_state = DecisionState(
+        K=K_new,
+        N=N_new,
+        probs=p_new.clone(),
+        proposal_kind=kind,
+        refits_since_k_change=0 if k_changed else state.refits_since_k_change + 1,
+        refits=state.refits + 1,
+        warned=state.warned + tuple(w.split(":", 1)[0] for w in warnings),
+    )
+    return Decision(
+        state=new_state,
+        space="parameter" if use_param else "proxy",
+        sigma_b2=sb,
+        sigma_b2_se=sb_se,
+        sigma_w2=sw_of(p_cur),
+        predicted_sigma_w2=sw_at(sw_new, K_new),
+        sigma_w2_uniform=sw_uniform,
+        k_interval=band,
+        W=W,
+        W_baseline=W_base,
+        ecm=W_base / W if W > 0 and math.isfinite(W) else math.nan,
+        is_gain=sw_uniform / sw_new if sw_new > 0 else 1.0,
+        k_changed=k_changed,
+        proposal_changed=proposal_changed,
+        reasons=tuple(reasons),
+        warnings=tuple(warnings),
+    )
+
+
+def _W(sigma_b2: float, sigma_w2: float, K: int, c_out: float, c_in: float) -> float:
+    if math.isnan(sigma_b2) or math.isnan(sigma_w2):
+        return math.nan
+    return work_normalized_variance(max(sigma_b2, 0.0), max(sigma_w2, 0.0), K, c_out, c_in)

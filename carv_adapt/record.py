@@ -1,0 +1,61 @@
+"""The :class:`~carv_adapt.plan.Refit` record of one decision: what it saw, chose and predicts (§12, R8)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor
+
+from carv_adapt.decide import Decision, DecisionState
+from carv_adapt.plan import Refit
+from carv_adapt.stats.snapshot import Statistics
+
+__all__ = ["refit_record"]
+
+
+def refit_record(
+    step: int,
+    stats: Statistics,
+    before: DecisionState,
+    decision: Decision,
+    edges: Tensor,
+    num_timesteps: int,
+    extra: dict[str, Any] | None = None,
+) -> Refit:
+    """The record of ``decision``, taken at ``step`` from ``stats`` and the state ``before`` it."""
+    s, c = decision.state, stats.costs
+    return Refit(
+        step=step,
+        K=s.K,
+        N=s.N,
+        proposal=s.probs.tolist(),
+        bin_edges=edges.tolist(),
+        profile=stats.m.tolist(),
+        profile_counts=stats.counts.tolist(),
+        sigma_b2=decision.sigma_b2,
+        sigma_w2=decision.sigma_w2,
+        c_0=c.c_0,
+        c_out=c.c_out,
+        c_in=c.c_in,
+        predicted_W=decision.W,
+        predicted_W_baseline=decision.W_baseline,
+        predicted_ecm=decision.ecm,
+        is_gain=decision.is_gain,
+        k_changed=decision.k_changed,
+        proposal_changed=decision.proposal_changed,
+        reason=decision.reason,
+        extra={
+            "space": decision.space,
+            "sigma_b2_se": decision.sigma_b2_se,
+            "M2": stats.proxy.M2,
+            "phi": stats.proxy.phi,
+            "probe_seconds_per_step": c.measurement,
+            **(extra or {}),
+        },
+        num_timesteps=num_timesteps,
+        space=decision.space,
+        predicted_sigma_w2=decision.predicted_sigma_w2,
+        k_interval=list(decision.k_interval),
+        statistics=stats.to_dict(),
+        state=before.to_dict(),
+    )
