@@ -7,7 +7,23 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from carv_adapt.errors import CarvError, ConfigError
+
 __all__ = ["main"]
+
+_WORKLOADS = ("sds3d", "distill", "attribution")
+
+
+def _version() -> str:
+    """The installed distribution's version, else ``carv_adapt.__version__``, else ``"unknown"``."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("carv_adapt")
+    except metadata.PackageNotFoundError:
+        import carv_adapt
+
+        return str(getattr(carv_adapt, "__version__", "unknown"))
 
 
 def _cmd_schedule(args: argparse.Namespace) -> int:
@@ -85,12 +101,17 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 
     console = Console(width=160)
     record = read_refit_log(args.log)[-1]
-    closed = policy_from_record(record, args.num_timesteps)
+    T = args.num_timesteps if args.num_timesteps is not None else getattr(record, "num_timesteps", None)
+    if T is None:
+        raise ConfigError(
+            f"{args.log}: the refit log does not record num_timesteps (T); pass --num-timesteps (e.g. 1000)"
+        )
+    closed = policy_from_record(record, T)
     console.print(
         f"closed form from step {record.step}: K*={closed.allocation.K}, predicted ECM "
         f"{closed.provenance['predicted_ecm']:.3g}"
     )
-    objective = replay_objective(record, args.num_timesteps, steps=args.replay_steps, seeds=args.replay_seeds)
+    objective = replay_objective(record, T, steps=args.replay_steps, seeds=args.replay_seeds)
     with Progress(console=console) as progress:
         task = progress.add_task("BoTorch trials (replays of the log)", total=args.trials)
         res = bayes_optimize(
@@ -111,7 +132,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     safe = Safeguards(alpha=best["alpha"], smoothing=int(best["smoothing"]), forgetting=best["forgetting"])
     policy = policy_from_record(
         record,
-        args.num_timesteps,
+        T,
         adaptive=not args.frozen,
         safeguards=safe,
         alpha=best["alpha"],
@@ -158,53 +179,74 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="carv-adapt", description=__doc__)
+    p.add_argument("--version", action="version", version=f"carv-adapt {_version()}", help="print the version and exit")
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("schedule", help="print the warm-up and refit steps a config implies")
-    s.add_argument("--warmup-steps", type=int, default=20)
-    s.add_argument("--refit-every", type=int, default=10)
-    s.add_argument("--total-steps", type=int, default=100)
+    s.add_argument("--warmup-steps", type=int, default=20, help="steps of warm-up before the first refit")
+    s.add_argument("--refit-every", type=int, default=10, help="steps between refits after the warm-up")
+    s.add_argument("--total-steps", type=int, default=100, help="training steps in all")
     s.set_defaults(func=_cmd_schedule)
     d = sub.add_parser("demo", help="baseline vs adaptive at equal compute on a workload; writes a report")
-    d.add_argument("--workload", default="sds3d", choices=["sds3d", "distill", "attribution"])
+    d.add_argument("--workload", default="sds3d", choices=_WORKLOADS, help="the workload to run")
     d.add_argument("--steps", type=int, default=300, help="baseline steps (the adaptive run gets equal compute)")
-    d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--out", default="carv_report")
+    d.add_argument("--seed", type=int, default=0, help="random seed of the workload and the controller")
+    d.add_argument("--out", default="carv_report", help="folder for the report (table, plots, summary.json)")
     d.add_argument("--replications", type=int, default=30, help="per policy, for the measured ECM")
     d.add_argument("--quick", action="store_true", help="a smaller scene and fewer ray samples (tests)")
     d.add_argument("--threads", type=int, default=1, help="torch intra-op threads (small models: 1 is fastest)")
     d.set_defaults(func=_cmd_demo)
-    i = sub.add_parser("inspect", help="report and plots for a policy (.json) or a refit log (.jsonl)")
-    i.add_argument("path")
+    i = sub.add_parser("inspect", help="report and plots for a policy or a refit log (told apart by content)")
+    i.add_argument(
+        "path",
+        help="a policy file (a JSON object with schema_version) or a refit log (one JSON refit record per line)",
+    )
     i.add_argument("--out", default="carv_inspect", help="folder for the PNG plots")
     i.add_argument("--preview", type=int, default=0, help="draw this many timesteps through the training path")
     i.set_defaults(func=_cmd_inspect)
     f = sub.add_parser("fit", help="fit a policy from a refit log: closed form, then BoTorch on replays")
-    f.add_argument("log")
-    f.add_argument("-o", "--output", required=True)
-    f.add_argument("--num-timesteps", type=int, default=1000)
-    f.add_argument("--trials", type=int, default=12)
-    f.add_argument("--seed", type=int, default=0)
-    f.add_argument("--replay-steps", type=int, default=150)
-    f.add_argument("--replay-seeds", type=int, default=2)
+    f.add_argument("log", help="refit log (JSONL) written by JsonlRefitLog; its last record is fitted")
+    f.add_argument("-o", "--output", required=True, help="path of the policy JSON file to write")
+    f.add_argument(
+        "--num-timesteps",
+        type=int,
+        default=None,
+        help="read from the log; needed only for logs that lack it",
+    )
+    f.add_argument("--trials", type=int, default=12, help="BoTorch trials (each one a replay of the log)")
+    f.add_argument("--seed", type=int, default=0, help="random seed of the BoTorch search")
+    f.add_argument("--replay-steps", type=int, default=150, help="training steps per replay of the log")
+    f.add_argument("--replay-seeds", type=int, default=2, help="seeds per trial (W is their mean)")
     f.add_argument("--frozen", action="store_true", help="write a frozen (non-adaptive) policy")
     f.set_defaults(func=_cmd_fit)
     b = sub.add_parser("bench", help="ECM ablation, equal-compute runs, cost sweep and scaling; writes a report")
-    b.add_argument("--workloads", nargs="+", default=["sds3d", "distill", "attribution"])
-    b.add_argument("--seed", type=int, default=0)
+    b.add_argument(
+        "--workloads",
+        nargs="+",
+        default=list(_WORKLOADS),
+        choices=_WORKLOADS,
+        help="workloads to benchmark (default: all)",
+    )
+    b.add_argument("--seed", type=int, default=0, help="random seed of the benchmark")
     b.add_argument("--replications", type=int, default=80, help="per policy and checkpoint")
     b.add_argument("--seeds", type=int, default=3, help="seeds of the equal-compute runs (0 skips them)")
     b.add_argument("--no-sweep", action="store_true", help="skip the SDS-3D cost sweep")
     b.add_argument("--no-scaling", action="store_true", help="skip the controller scaling table")
     b.add_argument("--quick", action="store_true", help="tiny sizes everywhere: a smoke test, not a measurement")
-    b.add_argument("--out", default="bench_report")
+    b.add_argument("--out", default="bench_report", help="folder for bench.json, bench.md and the figures")
     b.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     b.set_defaults(func=_cmd_bench)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; a library error (:class:`~carv_adapt.errors.CarvError`) prints one line to stderr
+    and returns 2, like a usage error."""
     args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except CarvError as e:
+        print(f"carv-adapt: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -3,12 +3,14 @@ and a preview of timesteps sampled through the same code path training uses."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from carv_adapt.errors import ConfigError
 from carv_adapt.fit.logs import read_refit_log
 from carv_adapt.plan import Refit, make_plan
 from carv_adapt.policy import Policy
@@ -17,12 +19,44 @@ from carv_adapt.proposals import PmfProposal, TargetMeasure, bin_sums
 __all__ = ["load_inspectable", "report_lines", "write_plots", "preview_timesteps"]
 
 
+_EXPECTED = (
+    "expected a refit log (one JSON object per line, each with 'step' and 'sigma_b2') "
+    "or a policy (one JSON object with 'schema_version')"
+)
+
+
 def load_inspectable(path: str | Path) -> tuple[Policy | None, list[Refit]]:
-    """A policy file (``.json``) or a refit log (``.jsonl``)."""
+    """A policy file or a refit log, told apart by content (the file name's suffix plays no part).
+
+    A file whose first non-empty line is a JSON object with ``step`` and ``sigma_b2`` is a refit log (every line
+    must then be a refit record); a file that is one JSON object with ``schema_version`` is a policy; anything
+    else is a :class:`~carv_adapt.errors.ConfigError` naming the path and what was expected."""
     p = Path(path)
-    if p.suffix == ".jsonl":
+    try:
+        text = p.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: no such file; {_EXPECTED}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{p}: is a folder; {_EXPECTED}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{p}: not a text file; {_EXPECTED}") from None
+    first = next((line for line in text.splitlines() if line.strip()), None)
+    if first is None:
+        raise ConfigError(f"{p}: the file is empty; {_EXPECTED}")
+    head = _json_or_none(first)
+    if isinstance(head, dict) and "step" in head and "sigma_b2" in head:
         return None, read_refit_log(p)
-    return Policy.load(p), []
+    whole = _json_or_none(text)
+    if isinstance(whole, dict) and "schema_version" in whole:
+        return Policy.from_dict(whole, source=str(p)), []
+    raise ConfigError(f"{p}: neither a refit log nor a policy; {_EXPECTED}")
+
+
+def _json_or_none(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return None
 
 
 def _f(x: float) -> str:

@@ -24,10 +24,23 @@ def _jsonable(x: Any) -> Any:
 
 
 class JsonlRefitLog:
-    """A controller logger appending each refit to ``path`` (``AdaptiveController(..., logger=JsonlRefitLog(p))``)."""
+    """A controller logger appending each refit to ``path`` (``AdaptiveController(..., logger=JsonlRefitLog(p))``).
 
-    def __init__(self, path: str | Path) -> None:
+    An existing non-empty ``path`` is refused unless ``append=True``, so a second run cannot silently mix its
+    refits into an earlier run's log."""
+
+    def __init__(self, path: str | Path, append: bool = False) -> None:
         self.path = Path(path)
+        self.append = append
+        if self.path.is_dir():
+            raise ConfigError(
+                f"refit log {self.path} is a folder; pass a file path such as {self.path / 'refits.jsonl'}"
+            )
+        if not append and self.path.exists() and self.path.stat().st_size > 0:
+            raise ConfigError(
+                f"refit log {self.path} already exists and is not empty; pass append=True to add to it, "
+                "or use a new path"
+            )
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
     def __call__(self, refit: Refit) -> None:
