@@ -118,9 +118,11 @@ def parse_config(data: dict | ControllerConfig | None = None, **overrides: Any) 
     elif data is not None:
         raw = _nest(dict(data))
     _merge(raw, _nest(overrides))
-    if isinstance(raw.get("policy"), dict) and "schema_version" not in raw["policy"]:
-        pass  # a partial policy block: the schema's defaults fill the rest
     try:
         return ControllerConfig.model_validate(raw)
     except ValidationError as e:
-        raise ConfigError("invalid ControllerConfig: " + validation_message(e)) from None
+        # Errors name a setting the way the caller spelled it: batch_size=0, not policy.allocation.N=0.
+        given = {**(data if isinstance(data, dict) else {}), **overrides}
+        fields = flat_fields()
+        names = {fields[k]: k for k in given if k in fields and not isinstance(given[k], dict)}
+        raise ConfigError("invalid ControllerConfig: " + validation_message(e, names)) from None

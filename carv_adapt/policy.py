@@ -235,11 +235,13 @@ class Policy(_Strict):
         return WeightedProposal(target, torch.tensor(p.g, dtype=torch.float64)).pmf()
 
 
-def validation_message(e: ValidationError) -> str:
-    """pydantic's errors as ``field=value: message`` items, naming unknown fields as such."""
+def validation_message(e: ValidationError, names: dict[tuple[str, ...], str] | None = None) -> str:
+    """pydantic's errors as ``field=value: message`` items, naming unknown fields as such; ``names`` maps a
+    field's path to the name the caller used for it (a flat keyword)."""
     lines = []
     for err in e.errors():
-        field = ".".join(str(p) for p in err["loc"]) or "value"
+        loc = tuple(str(p) for p in err["loc"])
+        field = (names or {}).get(loc) or ".".join(loc) or "value"
         hint = " (unknown field: check the spelling)" if err["type"] == "extra_forbidden" else ""
         lines.append(f"{field}={err.get('input')!r}: {err['msg']}{hint}")
     return "; ".join(lines)

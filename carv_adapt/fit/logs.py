@@ -59,7 +59,7 @@ def read_refit_log(path: str | Path) -> list[Refit]:
             continue
         try:
             raw = json.loads(line)
-            for k in _FLOATS:
+            for k in _FLOATS & set(raw):
                 raw[k] = float(raw[k])
             out.append(Refit(**raw))
         except (json.JSONDecodeError, TypeError, KeyError, ValueError) as e:

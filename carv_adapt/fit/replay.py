@@ -46,16 +46,20 @@ def synthetic_from_record(record: Refit, num_timesteps: int | None = None, D: in
         )
     target = TargetMeasure(T, record.bin_edges[0], record.bin_edges[-1] - 1)
     edges = torch.tensor(record.bin_edges)
+    # The synthetic's m and M2 are the proxy's scaled by kappa, so sigma_W^2(p) = kappa (S(p) - M2) for every p:
+    # the record's value under its own proposal, and the proxy's shape elsewhere (as the decision assumes).
     shape = (stats.m - M2).clamp_min(1e-12 * float(stats.m.max()))
     p_rec = torch.tensor(record.proposal, dtype=torch.float64)
-    scale = sw2 / float(is_second_moment(stats.pi_b, p_rec, shape))
+    kappa = sw2 / (float(is_second_moment(stats.pi_b, p_rec, stats.m)) - M2)
+    if not (math.isfinite(kappa) and kappa > 0):
+        raise ConfigError(f"record at step {record.step}: its profile does not resolve a within variance to replay")
     return SyntheticNested(
         target,
         edges,
-        (scale * shape / D).sqrt(),
+        (kappa * shape / D).sqrt(),
         D=D,
         sb=math.sqrt(sb2 / D),
-        mu0=0.0,
+        mu0=math.sqrt(max(kappa * M2 - sb2, 0.0) / D),
         c_out=record.c_out,
         c_in=max(record.c_in, 1e-12),
         c_call=max(record.c_0, 0.0),

@@ -31,20 +31,35 @@ def smooth_bins(m: Tensor, radius: int, weights: Tensor | None = None) -> Tensor
     return torch.where(den > 0, num / den.clamp_min(1e-300), glob)
 
 
+def _neighbour_mean(m: Tensor, w: Tensor, radius: int) -> Tensor:
+    """Leave-one-out local mean: triangular kernel over the ``radius`` bins on each side, weighted by ``w`` and
+    excluding the bin itself; ``radius = 0`` (or no weighted neighbour) gives the leave-one-out global mean."""
+    x, w = m.double(), w.double().clamp_min(0)
+    total_w, total = w.sum(), (x * w).sum()
+    loo_w = total_w - w
+    glob = torch.where(loo_w > 0, (total - x * w) / loo_w.clamp_min(1e-300), x)
+    if radius <= 0 or x.numel() <= 1:
+        return glob
+    k = torch.cat([torch.arange(1, radius + 1), torch.zeros(1), torch.arange(radius, 0, -1)]).double()[None, None]
+    pad = torch.nn.functional.pad
+    num = torch.nn.functional.conv1d(pad((x * w)[None, None], (radius, radius)), k).reshape(-1)
+    den = torch.nn.functional.conv1d(pad(w[None, None], (radius, radius)), k).reshape(-1)
+    return torch.where(den > 0, num / den.clamp_min(1e-300), glob)
+
+
 def regularized_profile(m: Tensor, se: Tensor, counts: Tensor, radius: int) -> Tensor:
-    """Per-bin profile shrunk toward its local smooth by as much as each bin's own noise warrants (§12, R2).
+    """Per-bin profile shrunk toward its neighbours by as much as each bin's own noise warrants (§12, R2).
 
     ``m_hat_b = s_b + (1 - lambda_b) (m_b - s_b)`` with ``lambda_b = v_b / max((m_b - s_b)^2, v_b)``, ``v_b =
-    se_b^2`` and ``s_b`` the count-weighted triangular smooth of radius ``radius``. A bin whose deviation from
-    its neighbours is within its noise is smoothed; a well-measured bin keeps its value; ``lambda_b -> 0`` as
-    ``se_b -> 0``, so the regularizer vanishes with evidence. Bins with infinite ``se`` take the smooth.
+    se_b^2`` and ``s_b`` the count-weighted mean of the ``radius`` neighbouring bins on each side, bin ``b``
+    excluded (the global mean for ``radius = 0``). A bin whose deviation from its neighbours is within its noise
+    is smoothed; a well-measured bin keeps its value; ``lambda_b -> 0`` as ``se_b -> 0``, so the regularizer
+    vanishes with evidence. Bins with infinite ``se`` take ``s_b``.
 
     Args:
         m: ``B``-dim raw per-bin means. se: ``B``-dim standard errors. counts: ``B``-dim (forgetting) counts.
     """
-    s = smooth_bins(m, max(radius, 1) if m.numel() > 1 else 0, counts)
-    if radius <= 0:
-        s = torch.where(torch.isfinite(se), m.double(), s)
+    s = _neighbour_mean(m, counts, radius)
     dev2 = (m.double() - s) ** 2
     v = se.double() ** 2
     lam = torch.where(torch.isfinite(v), v / torch.maximum(dev2, v).clamp_min(1e-300), torch.ones_like(v))

@@ -32,7 +32,10 @@ def test_replay_has_the_records_statistics_and_ranks_configs():
 
     wl, rec = synthetic_record()
     rep = synthetic_from_record(rec, 200)
-    assert torch.allclose(rep.m_bins(), wl.m_bins()) and rep.sigma_b2 == pytest.approx(wl.sigma_b2)
+    # Same variances (the mean, which no decision reads, is not replayed) under any proposal.
+    assert rep.sigma_b2 == pytest.approx(wl.sigma_b2)
+    for p in (wl.pi_b, wl.oracle().p, torch.linspace(1, 3, 10, dtype=torch.float64) / 20):
+        assert rep.sigma_w2(p) == pytest.approx(wl.sigma_w2(p), rel=1e-9)
     obj = replay_objective(rec, 200, steps=80, seeds=2)
     w_adaptive, se = obj({"num_bins": 10, "k_max": 64})
     w_k1, _ = obj({"num_bins": 10, "k_max": 1, "k_min": 1})

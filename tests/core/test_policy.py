@@ -23,7 +23,7 @@ def test_schema_round_trip_and_frozen_controller(tmp_path):
         p = ctrl.plan()
         ctrl.observe(p, torch.randn(p.N, p.K, 2), costs={"upstream": 0.1, "teacher": 0.01})
         ctrl.step()
-    assert ctrl.K == 1 and torch.allclose(ctrl._probs, torch.tensor([0.3, 0.7], dtype=torch.float64))
+    assert ctrl.K == 1 and torch.allclose(ctrl.state.probs, torch.tensor([0.3, 0.7], dtype=torch.float64))
     out = ctrl.to_policy(adaptive=False).proposal
     assert out.bin_edges == pol.proposal.bin_edges and out.probs == pytest.approx(pol.proposal.probs, abs=1e-12)
 

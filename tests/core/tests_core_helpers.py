@@ -33,5 +33,7 @@ def synthetic_record():
         proposal_changed=False,
         reason="",
         extra={"M2": wl.M2},
+        num_timesteps=200,
+        predicted_sigma_w2=wl.sigma_w2(pi_b),
     )
     return wl, rec
