@@ -131,7 +131,7 @@ class Safeguards(_Strict):
     alpha: float = Field(0.1, ge=0.0, le=1.0, description="defensive mixture weight of pi (rho <= 1/alpha)")
     smoothing: int = Field(1, ge=0, description="radius (bins) of the local smooth noisy bins shrink toward")
     max_move: float = Field(0.25, gt=0.0, le=1.0, description="TV cap on a proposal move the evidence cannot back")
-    confidence: float = Field(1.0, ge=0.0, description="z: a change must beat z standard errors of its gain")
+    confidence: float = Field(2.0, ge=0.0, description="z: a change must beat z standard errors of its gain")
     k_cooldown: int = Field(1, ge=0, description="refits to wait after a K change")
     forgetting: float = Field(0.99, gt=0.0, le=1.0, description="per-step decay of the statistics")
 

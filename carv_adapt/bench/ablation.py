@@ -258,7 +258,7 @@ def _controller_view(ctrl: Any) -> dict[str, Any]:
         "K": ctrl.K,
         "proposal": ctrl.proposal,
         "kind": f"controller ({ctrl.proposal_kind})",
-        "stratification": ctrl.config.stratification,
+        "stratification": ctrl.config.policy.stratification,
         "in_warmup": ctrl.in_warmup,
         "refits": len(ctrl.history),
         "predicted_ecm": None if last is None else last.predicted_ecm,
@@ -318,7 +318,7 @@ def ablate(workload: str, s: AblationSettings, progress: Any = None) -> dict[str
         if progress is not None:
             progress(f"{workload}: checkpoint {i + 1}/{len(steps_at)} (step {step + 1} of {n})")
         # Every policy gets the K range the controller may use (its memory cap), the oracle included.
-        k_max = min(s.k_max, ctrl.config.k_max)
+        k_max = min(s.k_max, ctrl.config.policy.allocation.k_max)
         row = _checkpoint(a, s, state, views[step], s.seed + 1000 * (i + 1), k_max, fixed)
         row["step"] = step + 1
         out["checkpoints"].append(row)

@@ -167,7 +167,7 @@ def test_timed_controller_times_the_three_calls_and_delegates_the_rest():
         timed.observe(plan, wl.contributions(plan, g), costs=wl.costs(plan))
         timed.step()
     assert all(v > 0 for v in timed.seconds.values())
-    assert timed.step_count == 5 and timed.config.num_bins == BINS and len(timed.history) == 2
+    assert timed.step_count == 5 and timed.config.policy.num_bins == BINS and len(timed.history) == 2
 
 
 # ---------------------------------------------------------------------- the whole command, quick sizes
