@@ -1,4 +1,4 @@
-"""The parameter-space split-half probe (SPEC §7): between/within in the space of the final gradient."""
+"""The parameter-space split-half probe (docs/theory.md §7.5): between/within in the space of the final gradient."""
 
 from __future__ import annotations
 
@@ -9,10 +9,34 @@ from torch import Tensor
 
 from carv_adapt.errors import ShapeError
 
-__all__ = ["split_half_probe"]
+__all__ = ["split_half_probe", "split_half_halves"]
 
 
-def split_half_probe(outputs: Tensor, params: Sequence[Tensor], weighted: Tensor) -> tuple[Tensor, Tensor]:
+def split_half_halves(weighted: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """The two half-means of each outer draw's ``K`` contributions: even and odd inner indices, or, with a
+    ``generator``, one member of each adjacent pair ``(2j, 2j+1)`` chosen at random for half A.
+
+    Under per-draw stratification adjacent strata differ systematically (the even stratum always lies below its
+    odd partner); a random choice per pair removes that offset from ``E ||g_A - g_B||^2`` to first order
+    (docs/theory.md §7.5). ``weighted`` is ``N x K x ...``; returns two ``N x ...`` Tensors.
+    """
+    N, K = weighted.shape[0], weighted.shape[1]
+    idx = torch.arange(K).repeat(N, 1)
+    pairs = K // 2
+    if generator is not None and pairs > 0:
+        swap = torch.rand(N, pairs, generator=generator) < 0.5
+        even, odd = idx[:, 0 : 2 * pairs : 2].clone(), idx[:, 1 : 2 * pairs : 2].clone()
+        idx[:, 0 : 2 * pairs : 2] = torch.where(swap, odd, even)
+        idx[:, 1 : 2 * pairs : 2] = torch.where(swap, even, odd)
+    idx = idx.to(weighted.device)
+    gather = idx.reshape(N, K, *([1] * (weighted.dim() - 2))).expand_as(weighted)
+    ordered = torch.gather(weighted, 1, gather)
+    return ordered[:, 0::2].mean(dim=1), ordered[:, 1::2].mean(dim=1)
+
+
+def split_half_probe(
+    outputs: Tensor, params: Sequence[Tensor], weighted: Tensor, generator: torch.Generator | None = None
+) -> tuple[Tensor, Tensor]:
     """Per-outer-draw parameter gradients of the two interleaved halves of the inner contributions.
 
     Args:
@@ -22,15 +46,16 @@ def split_half_probe(outputs: Tensor, params: Sequence[Tensor], weighted: Tensor
 
     Returns:
         ``(g_A, g_B)``, each ``N x P`` (``P`` = total parameter count): the vector-Jacobian products of output
-        ``n`` with the mean of its even- and odd-indexed contributions. Costs ``2 N`` extra VJPs; pass the
-        pair to ``controller.observe(plan, ..., probe=(g_A, g_B))`` every few steps.
+        ``n`` with the mean of its even- and odd-indexed contributions (with ``generator``: a random member of
+        each adjacent pair in each half, see :func:`split_half_halves`; use it under stratification). Costs
+        ``2 N`` extra VJPs; pass the pair to ``controller.observe(plan, ..., probe=(g_A, g_B))`` every few steps.
     """
     N, K = weighted.shape[0], weighted.shape[1]
     if K < 2:
         raise ShapeError(f"split-half probe needs K >= 2 inner draws, got K={K}")
     if outputs.shape[0] != N or tuple(outputs.shape[1:]) != tuple(weighted.shape[2:]):
         raise ShapeError(f"outputs {tuple(outputs.shape)} do not match weighted contributions {tuple(weighted.shape)}")
-    halves = (weighted[:, 0::2].mean(dim=1), weighted[:, 1::2].mean(dim=1))
+    halves = split_half_halves(weighted, generator)
     params = list(params)
     rows: tuple[list[Tensor], list[Tensor]] = ([], [])
     for n in range(N):

@@ -24,7 +24,7 @@ __all__ = [
     "within_variance_for_proposal",
     "group_sums",
     "stratified_within",
-    "paired_within_from_groups",
+    "stratum_within_from_groups",
     "fit_linear_cost",
     "total_variation",
 ]
@@ -128,8 +128,8 @@ def group_sums(x: Tensor, weights: Tensor | None = None, chunk_elements: int = 1
 
     Returns:
         ``(ssw, means, ss_pair, pairs)``: the within sum of squares ``sum_nk ||x_nk - xbar_n||^2`` (0-dim), the
-        ``N x D`` group means, the paired-strata sum ``sum ||x_{n,2j} - x_{n,2j+1}||^2 / 2`` (0-dim) and the
-        number of pairs. Reductions stay on ``x``'s device and dtype.
+        ``N x D`` group means, the within-stratum sum of :func:`stratum_within_from_groups` (0-dim) and its
+        count. Reductions stay on ``x``'s device and dtype.
     """
     n, K = x.shape[0], x.shape[1]
     flat = x.reshape(n, K, -1)
@@ -142,7 +142,7 @@ def group_sums(x: Tensor, weights: Tensor | None = None, chunk_elements: int = 1
         mi = xi.mean(dim=1)
         chunks.append(mi)
         ssw = ssw + (xi - mi[:, None]).pow_(2).sum()
-        sp, pc = paired_within_from_groups(xi)
+        sp, pc = stratum_within_from_groups(xi)
         ss_pair, pairs = ss_pair + sp, pairs + pc
     return ssw, (chunks[0] if len(chunks) == 1 else torch.cat(chunks)), ss_pair, pairs
 
@@ -158,20 +158,24 @@ def stratified_within(sigma_w2_iid: float, phi: float, K: int) -> float:
     return sigma_w2_iid * (phi + (1.0 - phi) / (K * K))
 
 
-def paired_within_from_groups(x: Tensor) -> tuple[Tensor, float]:
-    """Paired-strata within estimate: ``(sum_j ||x_{n,2j} - x_{n,2j+1}||^2 / 2, number of pairs)``.
+def stratum_within_from_groups(x: Tensor) -> tuple[Tensor, float]:
+    """Within-stratum variance from adjacent strata: ``(sum of squared differences / their variance factor, count)``.
 
-    Unbiased for ``sigma_w2`` under i.i.d. inner draws; under stratification (adjacent strata paired)
-    it estimates the stratified variance, conservatively (SPEC §7). ``x`` is ``N x K x ...``; the sum is a
+    For ``K >= 3`` the second differences ``d_k = x_{k-1} - 2 x_k + x_{k+1}`` (``E ||d_k||^2 = 6 sigma^2`` when the
+    strata share a variance and the stratum means are linear in ``k``); for ``K = 2`` the first difference
+    (``E ||x_0 - x_1||^2 = 2 sigma^2`` plus the squared difference of the two stratum means). Second differences
+    cancel the trend of the conditional mean across strata, which first differences would count as variance
+    (docs/theory.md §7.4). Unbiased for ``sigma_w2`` under i.i.d. draws. ``x`` is ``N x K x ...``; the sum is a
     0-dim Tensor on ``x``'s device (no host transfer, so callers can batch theirs).
     """
     n, k = x.shape[0], x.shape[1]
-    pairs = k // 2
-    if pairs == 0:
+    if k < 2:
         return torch.zeros((), dtype=x.dtype, device=x.device), 0.0
-    flat = x.reshape(n, k, -1)[:, : 2 * pairs]
-    d = flat[:, 0::2] - flat[:, 1::2]
-    return d.pow_(2).sum() / 2.0, float(n * pairs)
+    flat = x.reshape(n, k, -1)
+    if k == 2:
+        return (flat[:, 0] - flat[:, 1]).pow_(2).sum() / 2.0, float(n)
+    d = flat[:, :-2] - 2.0 * flat[:, 1:-1] + flat[:, 2:]
+    return d.pow_(2).sum() / 6.0, float(n * (k - 2))
 
 
 def fit_linear_cost(

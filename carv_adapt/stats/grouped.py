@@ -44,7 +44,7 @@ class GroupedVariance(SumStatistic):
     """Accumulates grouped sums of squares across steps; ``K``, the design and the proposal may change.
 
     Each step gives one within estimate ``sw_s`` (effective per-draw variance of its design: the pooled
-    within-group estimate for i.i.d. draws, the paired-strata one for stratified draws) and one between estimate
+    within-group estimate for i.i.d. draws, the adjacent-strata one for stratified draws) and one between estimate
     ``b_s = (ssb_s - (n - 1) sw_s / K_s) / (n - 1)``: the variance of a group mean is ``sw_s / K_s`` for either
     design, so the between term is not biased by an i.i.d.-style correction under stratification. Both are
     pooled with reliability weights (degrees of freedom), and their standard errors come from the spread of the
@@ -132,7 +132,7 @@ class GroupedVariance(SumStatistic):
         ssw_f, pair_f, msq, ssb = totals
         n = means.shape[0]
         if design == "stratified":
-            sw = pair_f / pairs  # mean stratum variance: a group mean's variance is sw / K
+            sw = pair_f / pairs  # within-stratum variance: a group mean's variance is sw / K
             iid = (ssw_f / n + sw) / K  # E SSW_group = K sigma_iid - mean stratum variance
             self._accumulate(n, K, sw, pairs, iid, 1.0 / (K * K), msq, ssb)
         else:

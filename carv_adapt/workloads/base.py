@@ -72,7 +72,9 @@ def descend(
 
     t0 = time.perf_counter()
     weighted = plan.weights_like(f) * f
-    probe = split_half_probe(outputs, params, weighted) if probe_now and plan.K >= 2 else None
+    # A per-step generator from the plan's noise seed: the random pair split is reproducible on resume.
+    g = torch.Generator().manual_seed(plan.noise_seed ^ 0x5EED)
+    probe = split_half_probe(outputs, params, weighted, g) if probe_now and plan.K >= 2 else None
     t1 = time.perf_counter()
     opt.zero_grad(set_to_none=True)
     outputs.backward(weighted.mean(dim=1) / plan.N)
