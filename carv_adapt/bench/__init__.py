@@ -68,7 +68,9 @@ class BenchSettings:
 
 
 def run_bench(s: BenchSettings, command: str = "carv-adapt bench", progress: Any = None) -> dict[str, Any]:
-    """Run everything ``s`` asks for; writes ``bench.json``, ``bench.md`` and the figures to ``s.out``."""
+    """Run everything ``s`` asks for; writes ``bench.json``, ``bench.md`` and the figures to ``s.out``. It never
+    touches the README: regenerating the README's benchmark blocks from a committed result is an explicit step,
+    ``python -m carv_adapt.bench.report --readme README.md --bench docs/bench/bench.json``."""
     import matplotlib.pyplot as plt
     import torch
 
