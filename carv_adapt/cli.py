@@ -97,7 +97,6 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     from carv_adapt.fit.closed_form import policy_from_record
     from carv_adapt.fit.logs import read_refit_log
     from carv_adapt.fit.replay import replay_objective
-    from carv_adapt.policy import Safeguards
 
     console = Console(width=160)
     record = read_refit_log(args.log)[-1]
@@ -129,17 +128,16 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         table.add_row(str(i), *[f"{t.params[p.name]:.4g}" for p in DEFAULT_SPACE], f"{t.value:.4g}", f"{t.se:.2g}")
     console.print(table)
     best = res.best.params
-    safe = Safeguards(alpha=best["alpha"], smoothing=int(best["smoothing"]), forgetting=best["forgetting"])
+    ints = {p.name for p in DEFAULT_SPACE if p.integer}
+    # Every tuned setting goes into the policy by its own name (bins, alpha, smoothing, forgetting, ...).
+    tuned = {k: int(v) if k in ints else float(v) for k, v in best.items()}
     policy = policy_from_record(
         record,
         T,
         adaptive=not args.frozen,
-        safeguards=safe,
-        alpha=best["alpha"],
-        smoothing=int(best["smoothing"]),
-        k_max=int(best["k_max"]),
-        provenance={"log": str(args.log), "trials": args.trials, "seed": args.seed, "best_W": res.best.value},
-    ).model_copy(update={"num_bins": len(record.proposal), "refit_every": int(best["refit_every"])})
+        provenance={"log": Path(args.log).name, "trials": args.trials, "seed": args.seed, "best_W": res.best.value},
+        **tuned,
+    )
     policy.save(args.output)
     console.print(
         f"wrote {args.output}: K={policy.allocation.K}, best replay W={res.best.value:.4g} "

@@ -15,12 +15,12 @@ import torch
 from torch import Tensor
 
 from carv_adapt.config import ControllerConfig, parse_config
-from carv_adapt.decide import DecisionState, decide, initial_state, scheduled_k
+from carv_adapt.decide import DecisionState, decide, initial_state, proposal_of, scheduled_k
 from carv_adapt.distributed import reduced_copies
-from carv_adapt.errors import ShapeError, StateError
+from carv_adapt.errors import StateError
 from carv_adapt.plan import Plan, Refit, make_plan
-from carv_adapt.proposals import BinnedProposal, PmfProposal, Proposal, UniformProposal, bin_sums, resolve_prior
-from carv_adapt.record import refit_record
+from carv_adapt.proposals import Proposal, bin_sums, resolve_prior
+from carv_adapt.record import policy_snapshot, refit_record, summary_line
 from carv_adapt.schedule import is_refit_step
 from carv_adapt.stats.costs import CostTracker, StageRole, StageTimer
 from carv_adapt.stats.grouped import GroupedVariance
@@ -88,16 +88,9 @@ class AdaptiveController:
         self.costs = CostTracker({**CostTracker(None).roles, **self._extra_roles}, c.nonfinite)
         self.generator = torch.Generator().manual_seed(derive_seed(c.seed, self.rank))
         self._step = 0
-        spec = pol.proposal
-        if spec.kind == "weighted" and self._prior_pmf is None:
-            self._prior_pmf = resolve_prior(torch.tensor(spec.g, dtype=torch.float64), self.target, 0.0)
-        if spec.kind == "binned":
-            start, kind = bin_sums(pol.proposal_pmf(), self.edges), "binned"
-        elif self._prior_pmf is not None and (spec.kind == "weighted" or pol.schedule.warmup_proposal == "prior"):
-            start, kind = bin_sums(self._prior_pmf, self.edges), "prior"
-        else:
-            start, kind = None, "uniform"
-        self.state: DecisionState = initial_state(c, self.pi_b, start, kind)
+        if pol.proposal.kind == "weighted" and self._prior_pmf is None:
+            self._prior_pmf = resolve_prior(torch.tensor(pol.proposal.g, dtype=torch.float64), self.target, 0.0)
+        self.state: DecisionState = initial_state(c, self.edges, self._prior_pmf)
         self.history: list[Refit] = []
         self._pending: Plan | None = None
         self._observed = False
@@ -105,50 +98,25 @@ class AdaptiveController:
         self._explicit_costs: dict[str, float] = {}
         self._proposal_obj: Proposal | None = None
 
-    # ------------------------------------------------------------------ policies
     @classmethod
     def from_policy(cls, policy: Any, **overrides: Any) -> AdaptiveController:
-        """Start from a :class:`~carv_adapt.policy.Policy`: its K and proposal from step 0 (no warm-up K cycle).
-
-        A frozen policy (``adaptive=False``) keeps them for the whole run; refits still record statistics.
-        """
-        if policy.allocation.K is None:
-            policy = policy.model_copy(update={"allocation": policy.allocation.model_copy(update={"K": 1})})
+        """Start from a :class:`~carv_adapt.policy.Policy`: its K (if it has one, else the warm-up cycle) and
+        proposal from step 0. A frozen policy (``adaptive=False``) keeps them for the whole run; refits still
+        record statistics. ``overrides`` are settings by flat name (``warmup_steps=2``, ``memory_cap_bytes=...``)."""
         return cls(ControllerConfig(policy=policy), **overrides)
 
     def to_policy(self, adaptive: bool = True, provenance: dict[str, Any] | None = None) -> Any:
         """The current allocation and proposal, with this controller's settings, as a
         :class:`~carv_adapt.policy.Policy`."""
-        from carv_adapt.policy import BinnedSpec, UniformSpec
-
-        pol, s = self.config.policy, self.state
-        proposal = (
-            UniformSpec()
-            if s.proposal_kind == "uniform"
-            else BinnedSpec(bin_edges=self.edges.tolist(), probs=s.probs.tolist())
-        )
-        allocation = pol.allocation.model_copy(update={"K": s.K, "N": s.N})
-        return pol.model_copy(
-            update={
-                "allocation": allocation,
-                "proposal": proposal,
-                "adaptive": adaptive,
-                "provenance": dict(provenance or {}, step=self._step),
-            }
+        return policy_snapshot(
+            self.config.policy, self.state, self.edges, adaptive, dict(provenance or {}, step=self._step)
         )
 
-    # ------------------------------------------------------------------ properties
     @property
     def proposal(self) -> Proposal:
         """The proposal the next plan draws from."""
         if self._proposal_obj is None:
-            kind = self.state.proposal_kind
-            if kind == "uniform":
-                self._proposal_obj = UniformProposal(self.target)
-            elif kind == "prior" and self._prior_pmf is not None:
-                self._proposal_obj = PmfProposal(self.target, self._prior_pmf)
-            else:
-                self._proposal_obj = BinnedProposal(self.target, self.edges, self.state.probs)
+            self._proposal_obj = proposal_of(self.state, self.target, self.edges, self._prior_pmf)
         return self._proposal_obj
 
     @property
@@ -182,22 +150,15 @@ class AdaptiveController:
         """Observations dropped for NaN/Inf so far, over all statistics."""
         return int(sum(float(getattr(self, n).num_nonfinite) for n in _TRACKERS))
 
-    # ------------------------------------------------------------------ the loop
     def plan(self) -> Plan:
         """The allocation, timesteps, weights and noise seed for this step."""
         if self._pending is not None:
             raise StateError(f"plan() called twice in step {self._step}; call step() after observe() first")
-        pol = self.config.policy
+        pol, st = self.config.policy, self.state
         self._pending = make_plan(
-            self.proposal,
-            self.state.N,
-            self.state.K,
-            self.generator,
-            step=self._step,
-            stratification=pol.stratification,
-            antithetic=pol.antithetic,
-            edges=self.edges,
-        )
+            self.proposal, st.N, st.K, self.generator, step=self._step, stratification=pol.stratification,
+            antithetic=pol.antithetic, edges=self.edges,
+        )  # fmt: skip
         self._observed = False
         return self._pending
 
@@ -236,30 +197,18 @@ class AdaptiveController:
             raise StateError("observe() needs the plan returned by this step's plan(); call plan() first")
         if self._observed:
             raise StateError(f"observe() called twice in step {self._step}; call step() to advance")
-        lead = (plan.N, plan.K)
+        plan.check_observation(contributions, sq_norms, probe)
         design = "stratified" if plan.stratification == "stratified" else "iid"
         if contributions is not None:
-            if contributions.dim() < 2 or tuple(contributions.shape[:2]) != lead:
-                raise ShapeError(
-                    f"contributions: shape {tuple(contributions.shape)}, expected N x K x ... with N x K = {lead}"
-                )
             # Reductions run in the contributions' own dtype; per-draw and per-group sums accumulate in float64.
             flat = contributions.detach().reshape(plan.N, plan.K, -1)
             if sq_norms is None:
                 sq_norms = torch.linalg.vector_norm(flat, dim=-1).double().pow(2)
             self.grouped.update(flat, plan.rho, design=design)
         if sq_norms is not None:
-            if tuple(sq_norms.shape) != lead:
-                raise ShapeError(f"sq_norms: shape {tuple(sq_norms.shape)}, expected N x K = {lead}")
             self.profile.update(plan.t, sq_norms, bins=plan.bins)
         if probe is not None:
-            g_a, g_b = probe
-            if g_a.shape != g_b.shape or g_a.dim() != 2 or g_a.shape[0] != plan.N:
-                raise ShapeError(
-                    f"probe: two N x P gradients with N={plan.N} expected, got "
-                    f"{tuple(g_a.shape)} and {tuple(g_b.shape)}"
-                )
-            self.param_grouped.update_split_half(g_a, g_b, plan.K, design=design)
+            self.param_grouped.update_split_half(probe[0], probe[1], plan.K, design=design)
         for stage, sec in (costs or {}).items():
             self.costs.role(stage)
             self._explicit_costs[stage] = self._explicit_costs.get(stage, 0.0) + float(sec)
@@ -270,8 +219,7 @@ class AdaptiveController:
         if self._pending is None:
             raise StateError(f"step() in step {self._step} without a plan: call plan() (and observe()) first")
         stage_seconds = {name: t.seconds() for name, t in self._timers.items()}
-        for stage, sec in self._explicit_costs.items():
-            stage_seconds[stage] = stage_seconds.get(stage, 0.0) + sec
+        stage_seconds.update({k: stage_seconds.get(k, 0.0) + v for k, v in self._explicit_costs.items()})
         if stage_seconds:
             self.costs.update(self._pending.N, self._pending.K, stage_seconds)
         self._timers, self._explicit_costs, self._pending = {}, {}, None
@@ -297,19 +245,14 @@ class AdaptiveController:
         decision = decide(stats, before, self.config, prior_b)
         for text in decision.warnings:
             warnings.warn(f"carv_adapt controller: {text}", RuntimeWarning, stacklevel=3)
-        if decision.state.proposal_kind != before.proposal_kind or decision.proposal_changed:
-            self._proposal_obj = None
-        self.state = decision.state
-        record = refit_record(
-            self._step, stats, before, decision, self.edges, self.target.num_timesteps,
-            {"num_nonfinite": self.num_nonfinite},
-        )
+        self.state, self._proposal_obj = decision.state, None
+        extra = {"num_nonfinite": self.num_nonfinite}
+        record = refit_record(self._step, stats, before, decision, self.edges, self.target.num_timesteps, extra)
         self.history.append(record)
         for log in self.loggers:
             log(record)
         return record
 
-    # ------------------------------------------------------------------ persistence
     def state_dict(self) -> dict[str, Any]:
         """Everything that decides the future, as plain data (config, generator, statistics, history)."""
         if self._pending is not None:
@@ -348,12 +291,4 @@ class AdaptiveController:
 
     def summary(self) -> str:
         """One line: step, K, N, where the proposal puts most mass, and the estimated ECM."""
-        top = int(torch.argmax(self.state.probs))
-        lo, hi = int(self.edges[top]), int(self.edges[top + 1]) - 1
-        return (
-            f"step {self._step}: N={self.N} K={self.K} proposal={self.proposal_kind} "
-            f"(max {float(self.state.probs[top]):.3f} on t in [{lo},{hi}] vs pi {float(self.pi_b[top]):.3f}) "
-            f"ECM~{self.estimated_ecm:.2f}"
-        )
-
-
+        return summary_line(self._step, self.state, self.edges, self.pi_b, self.estimated_ecm)

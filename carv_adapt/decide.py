@@ -18,6 +18,8 @@ from torch import Tensor
 from carv_adapt.allocation import budget_outer_batch, memory_k_max, optimal_allocation
 from carv_adapt.config import ControllerConfig
 from carv_adapt.plan import resolve_stratification
+from carv_adapt.proposals.base import PmfProposal, Proposal, TargetMeasure, bin_sums
+from carv_adapt.proposals.families import BinnedProposal, UniformProposal
 from carv_adapt.proposals.shaping import capped_move, is_gain, regularized_profile
 from carv_adapt.schedule import warmup_k
 from carv_adapt.stats.snapshot import Statistics
@@ -29,7 +31,7 @@ from carv_adapt.variance import (
     work_normalized_variance,
 )
 
-__all__ = ["DecisionState", "Decision", "decide", "initial_state", "scheduled_k", "k_cap"]
+__all__ = ["DecisionState", "Decision", "decide", "initial_state", "scheduled_k", "k_cap", "proposal_of"]
 
 
 @dataclass(frozen=True)
@@ -111,19 +113,36 @@ def _clamp(K: int, config: ControllerConfig, N: int) -> int:
     return max(min(K, cap), min(config.policy.allocation.k_min, cap))
 
 
-def initial_state(config: ControllerConfig, pi_b: Tensor, start_b: Tensor | None, start_kind: str) -> DecisionState:
-    """The state before the first step: the policy's ``K`` (or the first warm-up ``K``) within every bound,
-    and the starting bin proposal ``start_b`` of kind ``start_kind`` (``pi_b`` when None)."""
-    a = config.policy.allocation
+def initial_state(config: ControllerConfig, edges: Tensor, prior_pmf: Tensor | None = None) -> DecisionState:
+    """The state before the first step: the policy's ``K`` (or the first warm-up ``K``) within every bound, and
+    the starting bin proposal over ``edges``: the policy's binned one, else the prior ``prior_pmf`` (``T``-dim)
+    when the policy is weighted or warms up on the prior, else the target."""
+    pol = config.policy
+    a, spec = pol.allocation, pol.proposal
+    pi_b = pol.target_measure().bin_mass(edges)
+    if spec.kind == "binned":
+        probs, kind = bin_sums(pol.proposal_pmf(), edges), "binned"
+    elif prior_pmf is not None and (spec.kind == "weighted" or pol.schedule.warmup_proposal == "prior"):
+        probs, kind = bin_sums(prior_pmf, edges), "prior"
+    else:
+        probs, kind = pi_b.double().clone(), "uniform"
     K = a.K if a.K is not None else warmup_k(0, a.warmup_k)
-    probs = pi_b.double().clone() if start_b is None else start_b.double().clone()
     return DecisionState(
         K=_clamp(K, config, a.N),
         N=a.N,
-        probs=probs,
-        proposal_kind=start_kind if start_b is not None else "uniform",
-        refits_since_k_change=config.policy.safeguards.k_cooldown,
+        probs=probs.double(),
+        proposal_kind=kind,
+        refits_since_k_change=pol.safeguards.k_cooldown,
     )
+
+
+def proposal_of(state: DecisionState, target: TargetMeasure, edges: Tensor, prior_pmf: Tensor | None) -> Proposal:
+    """The sampler of ``state``'s proposal: the target, the exact prior pmf, or the binned proposal."""
+    if state.proposal_kind == "uniform":
+        return UniformProposal(target)
+    if state.proposal_kind == "prior" and prior_pmf is not None:
+        return PmfProposal(target, prior_pmf)
+    return BinnedProposal(target, edges, state.probs)
 
 
 def scheduled_k(step: int, state: DecisionState, config: ControllerConfig) -> DecisionState:
@@ -191,7 +210,10 @@ def decide(
     if pol.adapts_proposal:
         m_hat = regularized_profile(m, stats.m_se, stats.counts, sg.smoothing)
         target = (1.0 - sg.alpha) * optimal_proposal_bins(pi_b, m_hat) + sg.alpha * pi_b
-        candidates = [("learned", target, "binned"), ("learned, capped", capped_move(p_cur, target, sg.max_move), "binned")]
+        candidates = [
+            ("learned", target, "binned"),
+            ("learned, capped", capped_move(p_cur, target, sg.max_move), "binned"),
+        ]
         if prior_b is not None and state.proposal_kind != "prior":
             candidates.append(("prior", prior_b.double(), "prior"))
         chosen = "current"
@@ -235,8 +257,16 @@ def decide(
         def best(sb_: float, scale: float) -> tuple[int, int]:
             curve = [sw_at(sw_new * scale, K) for K in range(1, cap + 1)]
             alloc = optimal_allocation(
-                max(sb_, 0.0), curve, c.c_out, c.c_in, mode=a.mode, N=N, budget=a.budget, c_0=c.c_0,
-                k_min=k_min, k_max=cap,
+                max(sb_, 0.0),
+                curve,
+                c.c_out,
+                c.c_in,
+                mode=a.mode,
+                N=N,
+                budget=a.budget,
+                c_0=c.c_0,
+                k_min=k_min,
+                k_max=cap,
             )
             return alloc.K, alloc.N
 

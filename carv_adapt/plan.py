@@ -67,8 +67,26 @@ class Plan:
             )
         return self.rho.to(device=f.device, dtype=f.dtype).reshape(self.N, self.K, *([1] * (f.dim() - 2)))
 
+    def check_observation(
+        self, contributions: Tensor | None, sq_norms: Tensor | None, probe: tuple[Tensor, Tensor] | None
+    ) -> None:
+        """Raise :class:`ShapeError` unless what a step observed fits this plan: ``N x K x ...`` contributions,
+        ``N x K`` squared norms, two ``N x P`` probe gradients."""
+        lead = (self.N, self.K)
+        if contributions is not None and (contributions.dim() < 2 or tuple(contributions.shape[:2]) != lead):
+            raise ShapeError(
+                f"contributions: shape {tuple(contributions.shape)}, expected N x K x ... with N x K = {lead}"
+            )
+        if sq_norms is not None and tuple(sq_norms.shape) != lead:
+            raise ShapeError(f"sq_norms: shape {tuple(sq_norms.shape)}, expected N x K = {lead}")
+        if probe is not None:
+            g_a, g_b = probe
+            if g_a.shape != g_b.shape or g_a.dim() != 2 or g_a.shape[0] != self.N:
+                got = f"{tuple(g_a.shape)} and {tuple(g_b.shape)}"
+                raise ShapeError(f"probe: two N x P gradients with N={self.N} expected, got {got}")
+
     def weighted_mean(self, f: Tensor) -> Tensor:
-        """The hierarchical estimate ``1/(N K) sum_nk rho_nk f_nk`` of ``N x K x ...`` contributions (docs/theory.md §2)."""
+        """The hierarchical estimate ``1/(N K) sum_nk rho_nk f_nk`` of ``N x K x ...`` contributions (theory §2)."""
         return (self.weights_like(f) * f).mean(dim=(0, 1))
 
 

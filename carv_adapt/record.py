@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from carv_adapt.decide import Decision, DecisionState
 from carv_adapt.plan import Refit
 from carv_adapt.stats.snapshot import Statistics
 
-__all__ = ["refit_record"]
+__all__ = ["refit_record", "policy_snapshot", "summary_line"]
 
 
 def refit_record(
@@ -58,4 +59,31 @@ def refit_record(
         k_interval=list(decision.k_interval),
         statistics=stats.to_dict(),
         state=before.to_dict(),
+    )
+
+
+def policy_snapshot(
+    policy: Any, state: DecisionState, edges: Tensor, adaptive: bool, provenance: dict[str, Any]
+) -> Any:
+    """``policy`` with the state's ``K``, ``N`` and proposal (binned over ``edges``) in force."""
+    from carv_adapt.policy import BinnedSpec, UniformSpec
+
+    proposal = (
+        UniformSpec()
+        if state.proposal_kind == "uniform"
+        else BinnedSpec(bin_edges=edges.tolist(), probs=state.probs.tolist())
+    )
+    allocation = policy.allocation.model_copy(update={"K": state.K, "N": state.N})
+    return policy.model_copy(
+        update={"allocation": allocation, "proposal": proposal, "adaptive": adaptive, "provenance": provenance}
+    )
+
+
+def summary_line(step: int, state: DecisionState, edges: Tensor, pi_b: Tensor, ecm: float) -> str:
+    """``step s: N=.. K=.. proposal=kind (max p on t in [a,b] vs pi) ECM~e``."""
+    top = int(torch.argmax(state.probs))
+    lo, hi = int(edges[top]), int(edges[top + 1]) - 1
+    return (
+        f"step {step}: N={state.N} K={state.K} proposal={state.proposal_kind} "
+        f"(max {float(state.probs[top]):.3f} on t in [{lo},{hi}] vs pi {float(pi_b[top]):.3f}) ECM~{ecm:.2f}"
     )

@@ -118,7 +118,9 @@ def within_variance_for_proposal(
     return max(sigma_w2_obs, 0.0) * max(S_new - M2, 0.0) / (S_obs - M2)
 
 
-def group_sums(x: Tensor, weights: Tensor | None = None, chunk_elements: int = 1 << 20) -> tuple[Tensor, Tensor, Tensor, float]:
+def group_sums(
+    x: Tensor, weights: Tensor | None = None, chunk_elements: int = 1 << 20
+) -> tuple[Tensor, Tensor, Tensor, float]:
     """One step's grouped sums of squares (docs/theory.md §7) of ``N x K x ...`` contributions.
 
     Args:

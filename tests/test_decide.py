@@ -32,8 +32,16 @@ def nested(ratio: float, s_bins: torch.Tensor | None = None) -> SyntheticNested:
 
 def run(wl: SyntheticNested, seed: int, steps: int, space: str = "proxy", N: int = 4, **kw) -> tuple:
     ctrl = AdaptiveController(
-        num_timesteps=T, num_bins=B, batch_size=N, k_max=64, stratification="iid", space=space, seed=seed,
-        warmup_steps=20, refit_every=10, **kw,
+        num_timesteps=T,
+        num_bins=B,
+        batch_size=N,
+        k_max=64,
+        stratification="iid",
+        space=space,
+        seed=seed,
+        warmup_steps=20,
+        refit_every=10,
+        **kw,
     )
     g = torch.Generator().manual_seed(1000 + seed)
     ks = []
@@ -55,12 +63,15 @@ def stats_of(sb, sb_se, sw, sw_se, *, phi=math.nan, c_out=0.01, c_in=0.001, c_0=
     pi_b = torch.full((B,), 1.0 / B, dtype=torch.float64)
     m = torch.full((B,), sw + 1.0, dtype=torch.float64) if m is None else m
     bw = BetweenWithin(sb, sb_se, sw, sw_se, sw, phi, 1.0, 1.0, 100.0)
-    return Statistics(pi_b, m, torch.full((B,), 0.01), torch.full((B,), 100.0), bw, None, CostEstimate(c_0, c_out, c_in, steps))
+    return Statistics(
+        pi_b, m, torch.full((B,), 0.01), torch.full((B,), 100.0), bw, None, CostEstimate(c_0, c_out, c_in, steps)
+    )
 
 
 def state_of(K: int, N: int = 4) -> DecisionState:
-    return DecisionState(K=K, N=N, probs=torch.full((B,), 1.0 / B, dtype=torch.float64), proposal_kind="uniform",
-                         refits_since_k_change=5)
+    return DecisionState(
+        K=K, N=N, probs=torch.full((B,), 1.0 / B, dtype=torch.float64), proposal_kind="uniform", refits_since_k_change=5
+    )
 
 
 # ---------------------------------------------------------------------- the converged answer (done-when)
@@ -128,8 +139,9 @@ def test_between_is_unbiased_under_stratification():
 def test_k_accounts_for_stratification():
     """Defect 8: with stratified draws the per-K within variance falls with K, so K* is smaller."""
     pol_iid = parse_config(None, num_timesteps=T, num_bins=B, batch_size=4, stratification="iid", confidence=0.0)
-    pol_strat = parse_config(None, num_timesteps=T, num_bins=B, batch_size=4, stratification="stratified",
-                             confidence=0.0)
+    pol_strat = parse_config(
+        None, num_timesteps=T, num_bins=B, batch_size=4, stratification="stratified", confidence=0.0
+    )
     st = stats_of(1.0, 0.01, 50.0, 0.1, phi=0.2)
     k_iid = decide(st, state_of(4), pol_iid).state.K
     k_strat = decide(st, state_of(4), pol_strat).state.K
@@ -221,8 +233,9 @@ def test_parameter_space_without_probes_warns_once():
 
 
 def run_no_probe(wl):
-    ctrl = AdaptiveController(num_timesteps=T, num_bins=B, batch_size=2, space="parameter", warmup_steps=4,
-                              refit_every=5)
+    ctrl = AdaptiveController(
+        num_timesteps=T, num_bins=B, batch_size=2, space="parameter", warmup_steps=4, refit_every=5
+    )
     g = torch.Generator().manual_seed(0)
     for _ in range(5):
         plan = ctrl.plan()

@@ -18,10 +18,10 @@ import torch
 from torch import Tensor
 
 from carv_adapt.allocation import optimal_k
-from carv_adapt.proposals.shaping import smooth_bins
 from carv_adapt.estimator import HierarchicalEstimator
 from carv_adapt.plan import Plan
 from carv_adapt.proposals import TargetMeasure, UniformProposal
+from carv_adapt.proposals.shaping import smooth_bins
 from carv_adapt.stats.profile import TimestepProfile
 from carv_adapt.variance import (
     fit_linear_cost,

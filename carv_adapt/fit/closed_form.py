@@ -77,7 +77,9 @@ def fit_from_record(record: Refit, policy: Policy | None = None, **settings: Any
         state = DecisionState(K=record.K, N=record.N, probs=probs, proposal_kind="binned", refits_since_k_change=0)
     stats = record_statistics(record)
     if stats.pi_b.numel() != state.probs.numel():
-        raise ConfigError(f"record at step {record.step}: {stats.pi_b.numel()} bins but a {state.probs.numel()}-bin state")
+        raise ConfigError(
+            f"record at step {record.step}: {stats.pi_b.numel()} bins but a {state.probs.numel()}-bin state"
+        )
     return decide(stats, state, config)
 
 

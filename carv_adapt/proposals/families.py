@@ -128,4 +128,6 @@ def resolve_prior(prior: Proposal | Tensor, target: TargetMeasure, alpha: float)
     else:
         pmf = PmfProposal(target, target.pmf() * torch.as_tensor(prior, dtype=torch.float64)).pmf()
     return (1.0 - alpha) * pmf + alpha * target.pmf()
+
+
 __all__ += ["resolve_prior"]

@@ -128,8 +128,7 @@ class CostTracker(SumStatistic):
             ("out_sx", "out_sxx", "out_sy", "out_sxy", "in_sx", "in_sxx", "in_sy", "in_sxy", "steps", "fixed"),
             (xo, xo * xo, yo, xo * yo, xi, xi * xi, yi, xi * yi, 1.0, totals["fixed"]),
         )
-        self._add(("measurement",), (totals["measurement"],)
-        )
+        self._add(("measurement",), (totals["measurement"],))
 
     def compute(self) -> CostEstimate:
         w = float(self.steps)
