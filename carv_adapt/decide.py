@@ -126,7 +126,8 @@ def initial_state(config: ControllerConfig, edges: Tensor, prior_pmf: Tensor | N
         probs, kind = bin_sums(prior_pmf, edges), "prior"
     else:
         probs, kind = pi_b.double().clone(), "uniform"
-    K = a.K if a.K is not None else warmup_k(0, a.warmup_k)
+    # No starting K: an adaptive policy cycles the warm-up K; a frozen one runs k_min.
+    K = a.K if a.K is not None else warmup_k(0, a.warmup_k) if pol.adapts_k else a.k_min
     return DecisionState(
         K=_clamp(K, config, a.N),
         N=a.N,
@@ -149,7 +150,7 @@ def scheduled_k(step: int, state: DecisionState, config: ControllerConfig) -> De
     """The state for ``step`` between refits: during the warm-up of a policy without a starting ``K``, the
     warm-up cycle's ``K`` (clamped); otherwise unchanged."""
     pol = config.policy
-    if step >= pol.schedule.warmup_steps or pol.allocation.K is not None:
+    if step >= pol.schedule.warmup_steps or pol.allocation.K is not None or not pol.adapts_k:
         return state
     return replace(state, K=_clamp(warmup_k(step, pol.allocation.warmup_k), config, state.N))
 

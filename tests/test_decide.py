@@ -152,12 +152,13 @@ def test_k_accounts_for_stratification():
 # ---------------------------------------------------------------------- K from a confidence band
 def test_noisy_between_does_not_send_k_to_k_max():
     """Defect 4: a negative between estimate within its noise no longer means K = k_max."""
-    cfg = parse_config(None, num_timesteps=T, num_bins=B, batch_size=4)
-    d = decide(stats_of(-1.0, 1.5, 50.0, 2.0), state_of(4), cfg)
+    cfg = parse_config(None, num_timesteps=T, num_bins=B, batch_size=4)  # confidence z = 2
+    st = stats_of(-1.0, 1.5, 50.0, 2.0)
+    d = decide(st, state_of(4), cfg)
     lo, hi = d.k_interval
-    assert hi == 64 and lo < 64 and d.state.K == 4  # 4 is inside the band: kept
-    d1 = decide(stats_of(-1.0, 1.5, 50.0, 2.0), state_of(1), cfg)
-    assert d1.state.K == lo  # from below, K moves only to the band's pessimistic end
+    assert hi == 64 and lo < 64  # sigma_B^2 - 2 se < 0: the optimistic end is k_max, the pessimistic one is not
+    assert d.state.K == lo  # from below, K moves only to the band's pessimistic end
+    assert decide(st, state_of(lo + 5), cfg).state.K == lo + 5  # inside the band: kept
 
 
 def test_band_narrows_with_evidence_and_reaches_k_star():
