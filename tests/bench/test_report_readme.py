@@ -8,16 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from carv_adapt.bench import report
-from carv_adapt.bench.report import (
-    README_SECTIONS,
-    check_markdown_tables,
-    markdown_report,
-    md_cell,
-    md_table,
-    readme_sections,
-    update_readme,
-)
+from carv_adapt.bench import markdown, readme, report
+from carv_adapt.bench.markdown import check_markdown_tables, md_cell, md_table
+from carv_adapt.bench.readme import README_SECTIONS, readme_sections, update_readme
+from carv_adapt.bench.report import markdown_report
 from carv_adapt.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,7 +44,7 @@ def test_generated_sections_from_the_committed_bench_are_well_formed(sections, b
     n_checkpoints = sum(len(w["checkpoints"]) for w in bench["ablation"])
     rows = _table_rows(sections["ablation"])
     assert len(rows) == n_checkpoints
-    assert all(len(report._cells(r)) == 11 for r in rows)
+    assert all(len(markdown._cells(r)) == 11 for r in rows)
     assert rows[0].startswith("| sds3d | 75/300 | 1.24 [1.03, 1.47] | 3.64 [2.98, 4.37] (K=13) |")
     assert rows[0].endswith("| 0.87 | 6.2 | 28 |")
     assert len(_table_rows(sections["e2e"])) == len(bench["e2e"])
@@ -214,6 +208,6 @@ def test_cells_with_a_pipe_are_escaped_and_the_table_stays_well_formed(bench):
 
 
 def test_a_malformed_generated_table_raises(bench, monkeypatch):
-    monkeypatch.setattr(report, "_targets", lambda result: ["| a | b |", "|---|---|", "| 1 | 2 | 3 |"])
+    monkeypatch.setattr(readme, "_targets", lambda result: ["| a | b |", "|---|---|", "| 1 | 2 | 3 |"])
     with pytest.raises(ConfigError, match=r"generated block 'targets' has malformed markdown tables: line 3: row"):
         readme_sections(bench)
