@@ -14,16 +14,17 @@ __all__ = ["split_half_probe", "split_half_halves"]
 
 def split_half_halves(weighted: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
     """The two half-means of each outer draw's ``K`` contributions: even and odd inner indices, or, with a
-    ``generator``, one member of each adjacent pair ``(2j, 2j+1)`` chosen at random for half A.
+    ``generator`` and an even ``K``, one member of each adjacent pair ``(2j, 2j+1)`` chosen at random for half A.
 
-    Under per-draw stratification adjacent strata differ systematically (the even stratum always lies below its
-    odd partner); a random choice per pair removes that offset from ``E ||g_A - g_B||^2`` to first order
+    Under per-draw stratification with even ``K`` the even stratum always lies just below its odd partner, so the
+    fixed split's half means differ by ``h'/K``; a random choice per pair cuts that excess in the within estimate
+    from ``O(1/K)`` to ``O(1/K^2)``. For odd ``K`` the fixed interleave is already centred and is kept
     (docs/theory.md §7.5). ``weighted`` is ``N x K x ...``; returns two ``N x ...`` Tensors.
     """
     N, K = weighted.shape[0], weighted.shape[1]
     idx = torch.arange(K).repeat(N, 1)
     pairs = K // 2
-    if generator is not None and pairs > 0:
+    if generator is not None and pairs > 0 and K % 2 == 0:
         swap = torch.rand(N, pairs, generator=generator) < 0.5
         even, odd = idx[:, 0 : 2 * pairs : 2].clone(), idx[:, 1 : 2 * pairs : 2].clone()
         idx[:, 0 : 2 * pairs : 2] = torch.where(swap, odd, even)

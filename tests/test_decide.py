@@ -119,7 +119,7 @@ def test_a_sharply_peaked_profile_is_not_flattened():
 # ---------------------------------------------------------------------- between under stratification
 def test_between_is_unbiased_under_stratification():
     """Defect 2: the i.i.d. within correction overstates a stratified group mean's variance, biasing sigma_B^2
-    low; the paired-strata correction does not."""
+    low; the within-stratum (second-difference) correction does not."""
     g = torch.Generator().manual_seed(0)
     D, N, K, sb = 8, 6, 4, 0.5
     strat, iid = GroupedVariance(), GroupedVariance()
