@@ -29,6 +29,9 @@ class ControllerConfig(BaseModel):
 
     policy: Policy = Policy()
     space: Literal["proxy", "parameter"] = "proxy"
+    metric: Literal["euclidean", "preconditioned"] = Field(
+        "euclidean", description="the metric of probe gradients; preconditioned needs the optimizer (§13)"
+    )
     nonfinite: Literal["skip", "error"] = "skip"
     seed: int = 0
     memory_cap_bytes: int | None = Field(None, gt=0, description="memory for the N K inner draws of a step")

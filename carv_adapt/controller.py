@@ -15,9 +15,10 @@ import torch
 from torch import Tensor
 
 from carv_adapt.config import ControllerConfig, parse_config
-from carv_adapt.decide import DecisionState, decide, initial_state, proposal_of, scheduled_k
+from carv_adapt.decide import DecisionState, decide, initial_state, probe_due, proposal_of, scheduled_k
 from carv_adapt.distributed import reduced_copies
 from carv_adapt.errors import StateError
+from carv_adapt.metric import Preconditioner, in_metric
 from carv_adapt.plan import Plan, Refit, make_plan
 from carv_adapt.proposals import Proposal, bin_sums, resolve_prior
 from carv_adapt.record import policy_snapshot, refit_record, summary_line
@@ -48,11 +49,12 @@ class AdaptiveController:
             e.g. :func:`~carv_adapt.proposals.teacher_weight_proposal`; the warm-up proposal when
             ``warmup_proposal="prior"``, and a candidate at every refit.
         stage_roles: extra cost stages and their role (``"outer" | "inner" | "fixed" | "measurement"``).
-        rank: this process's rank (default: ``torch.distributed``'s when initialized, else 0); it seeds this
-            rank's own timestep/noise stream.
-        process_group: the group whose statistics are summed at each refit (default: the world).
+        rank, process_group: this process's rank (default: ``torch.distributed``'s, else 0; it seeds the rank's
+            own stream) and the group whose statistics are summed at each refit (default: the world).
         logger: called with each :class:`Refit` (e.g. :class:`~carv_adapt.integrations.RefitLogger`,
             :class:`~carv_adapt.fit.JsonlRefitLog`), or a list of such callables.
+        optimizer, params: with ``metric="preconditioned"``, the optimizer whose per-coordinate scaling defines
+            the metric and the parameters the probe's gradients are flattened over, in order (§13).
     """
 
     def __init__(
@@ -64,9 +66,14 @@ class AdaptiveController:
         rank: int | None = None,
         process_group: Any = None,
         logger: Callable[[Refit], None] | Sequence[Callable[[Refit], None]] | None = None,
+        optimizer: torch.optim.Optimizer | None = None,
+        params: Sequence[Tensor] | None = None,
         **overrides: Any,
     ) -> None:
         self.config = parse_config(config, **overrides)
+        precond = self.config.metric == "preconditioned"
+        self._precond = Preconditioner(optimizer, params if params is not None else []) if precond else None
+        self.skipped_probes = 0
         if rank is None:
             dist = torch.distributed
             rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
@@ -97,6 +104,12 @@ class AdaptiveController:
         self._timers: dict[str, StageTimer] = {}
         self._explicit_costs: dict[str, float] = {}
         self._proposal_obj: Proposal | None = None
+        self._last_probe: int | None = None
+
+    def probe_due(self) -> bool:
+        """Whether this step should take a split-half probe: while the probe statistics are loose, then at least
+        every ``probe_every_max`` steps (only with ``space="parameter"`` and ``K >= 2``)."""
+        return probe_due(self._step, self._last_probe, self.K, self.param_grouped.compute(), self.config)
 
     @classmethod
     def from_policy(cls, policy: Any, **overrides: Any) -> AdaptiveController:
@@ -124,26 +137,19 @@ class AdaptiveController:
         """Which proposal the next plan draws from: ``"uniform"``, ``"prior"`` or ``"binned"`` (learned)."""
         return self.state.proposal_kind
 
-    @property
-    def step_count(self) -> int:
-        return self._step
-
-    @property
-    def K(self) -> int:
-        return self.state.K
-
-    @property
-    def N(self) -> int:
-        return self.state.N
+    step_count = property(lambda self: self._step, doc="Steps taken.")
+    K = property(lambda self: self.state.K, doc="Inner draws per outer draw of the next plan.")
+    N = property(lambda self: self.state.N, doc="Outer draws of the next plan.")
 
     @property
     def in_warmup(self) -> bool:
+        """Whether the warm-up (before the first refit) is still running."""
         return self._step < self.config.policy.schedule.warmup_steps
 
-    @property
-    def estimated_ecm(self) -> float:
-        """The variance model's ECM for the current policy at the last refit (NaN before the first)."""
-        return self.history[-1].predicted_ecm if self.history else math.nan
+    estimated_ecm = property(
+        lambda self: self.history[-1].predicted_ecm if self.history else math.nan,
+        doc="The variance model's ECM for the current policy at the last refit (NaN before the first).",
+    )
 
     @property
     def num_nonfinite(self) -> int:
@@ -168,10 +174,7 @@ class AdaptiveController:
         self.costs.role(stage)
         if self._pending is None:
             raise StateError(f"timer({stage!r}) outside a step: call plan() first")
-        t = self._timers.get(stage)
-        if t is None:
-            t = self._timers[stage] = StageTimer(device)
-        with t:
+        with self._timers.setdefault(stage, StageTimer(device)) as t:
             yield t
 
     def observe(
@@ -193,10 +196,9 @@ class AdaptiveController:
             probe: ``(g_A, g_B)``, ``N x P`` parameter-space gradients of two interleaved halves of each outer
                 draw's inner contributions (docs/theory.md §7 split-half probe).
         """
-        if self._pending is None or plan is not self._pending:
-            raise StateError("observe() needs the plan returned by this step's plan(); call plan() first")
-        if self._observed:
-            raise StateError(f"observe() called twice in step {self._step}; call step() to advance")
+        if self._pending is None or plan is not self._pending or self._observed:
+            fix = "call step() to advance" if self._observed else "call plan() first"
+            raise StateError(f"observe() needs this step's plan, once (step {self._step}); {fix}")
         plan.check_observation(contributions, sq_norms, probe)
         design = "stratified" if plan.stratification == "stratified" else "iid"
         if contributions is not None:
@@ -207,8 +209,11 @@ class AdaptiveController:
             self.grouped.update(flat, plan.rho, design=design)
         if sq_norms is not None:
             self.profile.update(plan.t, sq_norms, bins=plan.bins)
-        if probe is not None:
-            self.param_grouped.update_split_half(probe[0], probe[1], plan.K, design=design)
+        scaled = None if probe is None else in_metric(probe, self._precond)
+        if scaled is not None:
+            self.param_grouped.update_split_half(scaled[0], scaled[1], plan.K, design=design)
+        self.skipped_probes += probe is not None and scaled is None  # no second moments yet: last estimates stay
+        self._last_probe = self._step if scaled is not None else self._last_probe
         for stage, sec in (costs or {}).items():
             self.costs.role(stage)
             self._explicit_costs[stage] = self._explicit_costs.get(stage, 0.0) + float(sec)
@@ -263,6 +268,7 @@ class AdaptiveController:
             "stage_roles": dict(self.costs.roles),
             "prior_pmf": None if self._prior_pmf is None else self._prior_pmf.clone(),
             "step": self._step,
+            "last_probe": self._last_probe,
             "decision_state": self.state.to_dict(),
             "generator": self.generator.get_state(),
             **{name: getattr(self, name).state_dict() for name in _TRACKERS},
@@ -282,7 +288,7 @@ class AdaptiveController:
         self._prior_pmf = None if state["prior_pmf"] is None else torch.as_tensor(state["prior_pmf"]).double()
         self.rank = int(state["rank"])
         self._build()
-        self._step = int(state["step"])
+        self._step, self._last_probe = int(state["step"]), state["last_probe"]
         self.state = DecisionState.from_dict(state["decision_state"])
         self.generator.set_state(state["generator"])
         for name in _TRACKERS:

@@ -31,7 +31,7 @@ from carv_adapt.variance import (
     work_normalized_variance,
 )
 
-__all__ = ["DecisionState", "Decision", "decide", "initial_state", "scheduled_k", "k_cap", "proposal_of"]
+__all__ = ["DecisionState", "Decision", "decide", "initial_state", "scheduled_k", "k_cap", "proposal_of", "probe_due"]
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,10 @@ class Decision:
 
     ``k_interval`` is the confidence band ``[K_lo, K_hi]`` of ``K*`` (R5); ``sigma_w2`` is the within variance
     measured under the proposal in force before, ``predicted_sigma_w2`` the chosen policy's. ``warnings`` are
-    new one-time warnings the caller should emit.
+    new one-time warnings the caller should emit. ``G2`` is ``|G|^2`` in the decision's space and metric,
+    ``noise_scale`` the gradient noise scale ``tr(Sigma_1)/|G|^2`` of one outer draw's estimate at the chosen K,
+    ``v_over_g2`` the chosen estimator's ``V/|G|^2``, ``progress_gain`` its predicted progress per second over
+    the baseline (``K = 1``, ``p = pi``) (docs/theory.md §13).
     """
 
     state: DecisionState
@@ -96,6 +99,11 @@ class Decision:
     proposal_changed: bool
     reasons: tuple[str, ...]
     warnings: tuple[str, ...] = field(default=())
+    G2: float = math.nan
+    G2_se: float = math.inf
+    noise_scale: float = math.nan
+    v_over_g2: float = math.nan
+    progress_gain: float = math.nan
 
     @property
     def reason(self) -> str:
@@ -250,6 +258,16 @@ def decide(
             )
     elif state.refits_since_k_change < sg.k_cooldown:
         keep_reason = "K in cooldown"
+    # Progress (§13): for a fixed batch the signal N |G|^2 acts as extra between variance; under a per-step budget
+    # progress per second falls with V alone, so the variance decision is already the progress one.
+    G2, G2_se = src.G2, src.G2_se
+    signal, signal_se = 0.0, 0.0
+    if a.objective == "progress" and a.mode == "fixed_batch":
+        if math.isfinite(G2):
+            signal, signal_se = N * max(G2, 0.0), N * G2_se
+            reasons.append(f"objective: progress (N |G|^2 = {signal:.4g} added to sigma_B^2)")
+        else:
+            reasons.append("objective: progress, but |G|^2 is not estimated yet: deciding by variance")
     if keep_reason is None:
         cap, k_min = k_cap(config, N), min(a.k_min, k_cap(config, N))
         lo_w = max(1.0 - z * r_w, 1e-6) if math.isfinite(r_w) else 1e-6
@@ -271,9 +289,10 @@ def decide(
             )
             return alloc.K, alloc.N
 
-        se_b = sb_se if math.isfinite(sb_se) else math.inf
-        K_lo = best(sb + z * se_b, lo_w)[0] if math.isfinite(se_b) else k_min
-        K_hi = best(sb - z * se_b, hi_w)[0] if math.isfinite(se_b) else cap
+        se_b = math.sqrt(sb_se**2 + signal_se**2) if math.isfinite(sb_se) else math.inf
+        sb_eff = sb + signal
+        K_lo = best(sb_eff + z * se_b, lo_w)[0] if math.isfinite(se_b) else k_min
+        K_hi = best(sb_eff - z * se_b, hi_w)[0] if math.isfinite(se_b) else cap
         K_lo, K_hi = min(K_lo, K_hi), max(K_lo, K_hi)
         band = (K_lo, K_hi)
         if K_cur < K_lo or K_cur > K_hi:
@@ -294,6 +313,11 @@ def decide(
     sw_uniform = sw_of(pi_b)
     W = _W(sb, sw_at(sw_new, K_new), K_new, c_out_eff, c.c_in)
     W_base = _W(sb, sw_at(sw_uniform, 1), 1, c_out_eff, c.c_in)
+    V = (max(sb, 0.0) + sw_at(sw_new, K_new) / K_new) / N_new if math.isfinite(sb) else math.nan
+    V0 = (max(sb, 0.0) + sw_at(sw_uniform, 1)) / N if math.isfinite(sb) else math.nan
+    C, C0 = c.c_0 + N_new * (c.c_out + K_new * c.c_in), c.c_0 + N * (c.c_out + c.c_in)
+    g2 = G2 if math.isfinite(G2) and G2 > 0 else math.nan
+    progress_gain = (g2 + V0) * C0 / ((g2 + V) * C) if C > 0 and math.isfinite(g2 + V + V0) else math.nan
     k_changed = K_new != state.K
     new_state = DecisionState(
         K=K_new,
@@ -321,6 +345,11 @@ def decide(
         proposal_changed=proposal_changed,
         reasons=tuple(reasons),
         warnings=tuple(warnings),
+        G2=G2,
+        G2_se=G2_se,
+        noise_scale=(max(sb, 0.0) + sw_at(sw_new, K_new) / K_new) / g2 if math.isfinite(sb) else math.nan,
+        v_over_g2=V / g2,
+        progress_gain=progress_gain,
     )
 
 
@@ -328,3 +357,19 @@ def _W(sigma_b2: float, sigma_w2: float, K: int, c_out: float, c_in: float) -> f
     if math.isnan(sigma_b2) or math.isnan(sigma_w2):
         return math.nan
     return work_normalized_variance(max(sigma_b2, 0.0), max(sigma_w2, 0.0), K, c_out, c_in)
+
+
+def probe_due(step: int, last_probe: int | None, K: int, probe_stats: Any, config: ControllerConfig) -> bool:
+    """Whether to take a split-half probe this step (docs/theory.md §13): in parameter space with ``K >= 2``, at
+    every step while the probe's between/within/signal estimates are looser than ``probe_tolerance`` (relative
+    standard error), then at least every ``probe_every_max`` steps."""
+    sched = config.policy.schedule
+    if config.space != "parameter" or K < 2:
+        return False
+    if last_probe is None or step - last_probe >= sched.probe_every_max:
+        return True
+    rel = [
+        se / abs(v) if v != 0 and math.isfinite(v) else math.inf
+        for v, se in ((probe_stats.sigma_b2, probe_stats.sigma_b2_se), (probe_stats.sigma_w2, probe_stats.sigma_w2_se))
+    ]
+    return max(rel) > sched.probe_tolerance

@@ -102,6 +102,9 @@ class AllocationSpec(_Strict):
     """
 
     mode: Literal["fixed_batch", "fixed_budget"] = "fixed_batch"
+    objective: Literal["variance", "progress"] = Field(
+        "variance", description="minimize variance x compute, or seconds per unit of expected progress (§13)"
+    )
     N: int = Field(1, ge=1, description="outer draws per step under fixed_batch (and during warm-up)")
     K: int | None = Field(None, ge=1, description="starting K; None cycles warmup_k during the warm-up")
     budget: float | None = Field(None, gt=0, description="seconds per step under fixed_budget")
@@ -144,6 +147,10 @@ class ScheduleSpec(_Strict):
     warmup_proposal: Literal["uniform", "prior"] = "uniform"
     adapt_k: bool = True
     adapt_proposal: bool = True
+    probe_tolerance: float = Field(
+        0.2, gt=0.0, description="probe every step while the probe statistics' relative standard error exceeds this"
+    )
+    probe_every_max: int = Field(16, ge=1, description="probe at least this often once the statistics are tight")
 
 
 class Policy(_Strict):

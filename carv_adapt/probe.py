@@ -36,7 +36,11 @@ def split_half_halves(weighted: Tensor, generator: torch.Generator | None = None
 
 
 def split_half_probe(
-    outputs: Tensor, params: Sequence[Tensor], weighted: Tensor, generator: torch.Generator | None = None
+    outputs: Tensor,
+    params: Sequence[Tensor],
+    weighted: Tensor,
+    generator: torch.Generator | None = None,
+    batched: bool = True,
 ) -> tuple[Tensor, Tensor]:
     """Per-outer-draw parameter gradients of the two interleaved halves of the inner contributions.
 
@@ -49,7 +53,9 @@ def split_half_probe(
         ``(g_A, g_B)``, each ``N x P`` (``P`` = total parameter count): the vector-Jacobian products of output
         ``n`` with the mean of its even- and odd-indexed contributions (with ``generator``: a random member of
         each adjacent pair in each half, see :func:`split_half_halves`; use it under stratification). Costs
-        ``2 N`` extra VJPs; pass the pair to ``controller.observe(plan, ..., probe=(g_A, g_B))`` every few steps.
+        ``2 N`` extra VJPs, batched into one vectorized backward (``batched=True``; falls back to a loop for ops
+        without a batching rule); pass the pair to ``controller.observe(plan, ..., probe=(g_A, g_B))`` when
+        :meth:`~carv_adapt.controller.AdaptiveController.probe_due` says so.
     """
     N, K = weighted.shape[0], weighted.shape[1]
     if K < 2:
@@ -58,12 +64,40 @@ def split_half_probe(
         raise ShapeError(f"outputs {tuple(outputs.shape)} do not match weighted contributions {tuple(weighted.shape)}")
     halves = split_half_halves(weighted, generator)
     params = list(params)
+    if batched:
+        try:
+            return _batched_vjps(outputs, params, halves)
+        except RuntimeError:  # an op without a batching rule: one VJP at a time
+            pass
     rows: tuple[list[Tensor], list[Tensor]] = ([], [])
     for n in range(N):
         for h, out in zip(halves, rows):
             grads = torch.autograd.grad(
                 outputs[n], params, grad_outputs=h[n].to(outputs.dtype), retain_graph=True, allow_unused=True
             )
-            flat = [(torch.zeros_like(p) if g is None else g).reshape(-1) for g, p in zip(grads, params)]
-            out.append(torch.cat(flat))
+            out.append(_flat(grads, params))
     return torch.stack(rows[0]), torch.stack(rows[1])
+
+
+def _flat(grads: Sequence[Tensor | None], params: Sequence[Tensor]) -> Tensor:
+    return torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1) for g, p in zip(grads, params)])
+
+
+def _batched_vjps(outputs: Tensor, params: list[Tensor], halves: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+    """All ``2N`` VJPs in one vectorized backward (``is_grads_batched``): row ``(h, n)`` of the batched
+    cotangent is half ``h``'s mean for output ``n`` and zero elsewhere."""
+    N = outputs.shape[0]
+    cot = torch.zeros((2, N, *outputs.shape), dtype=outputs.dtype, device=outputs.device)
+    idx = torch.arange(N, device=outputs.device)
+    for h, half in enumerate(halves):
+        cot[h, idx, idx] = half.to(outputs.dtype)
+    grads = torch.autograd.grad(
+        outputs, params, grad_outputs=cot.reshape(2 * N, *outputs.shape), retain_graph=True, allow_unused=True,
+        is_grads_batched=True,
+    )  # fmt: skip
+    flat = torch.cat(
+        [(torch.zeros((2 * N, p.numel()), dtype=p.dtype, device=p.device) if g is None else g.reshape(2 * N, -1))
+         for g, p in zip(grads, params)],
+        dim=1,
+    )  # fmt: skip
+    return flat[:N], flat[N:]

@@ -26,7 +26,8 @@ class BetweenWithin:
     ``sigma_w2`` is the per-draw within variance of the designs that ran (stratified where they were);
     ``sigma_w2_iid`` the timestep-marginal (i.i.d.) one; ``phi`` the share of ``sigma_w2_iid`` stratification
     cannot remove (NaN when no stratified step was seen); ``x_mean`` the window's mean design factor
-    (``1/K^2`` for a stratified step, 1 for an i.i.d. one); ``M2 = E ||mu(xi)||^2``.
+    (``1/K^2`` for a stratified step, 1 for an i.i.d. one); ``M2 = E ||mu(xi)||^2``; ``G2 = |G|^2``, the squared
+    norm of the expected gradient, from products of independent draws (docs/theory.md §13).
     """
 
     sigma_b2: float
@@ -38,6 +39,8 @@ class BetweenWithin:
     x_mean: float
     M2: float
     groups: float
+    G2: float = math.nan
+    G2_se: float = math.inf
 
 
 class GroupedVariance(SumStatistic):
@@ -58,8 +61,12 @@ class GroupedVariance(SumStatistic):
             self.add_state(name, torch.zeros(()))
         for name in ("dof_b", "sb_num", "sb_sq", "m2_num", "groups"):
             self.add_state(name, torch.zeros(()))
-        self.add_state("dof_w2", torch.zeros(()), decay="square")
-        self.add_state("dof_b2", torch.zeros(()), decay="square")
+        for name in ("g2_w", "g2_num", "g2_sq"):
+            self.add_state(name, torch.zeros(()))
+        for name in ("dof_w2", "dof_b2", "g2_w2"):
+            self.add_state(name, torch.zeros(()), decay="square")
+        # The last step's group mean when it had one outer draw: successive steps then pair up (N = 1, §13).
+        self._prev: tuple[Tensor, float] | None = None
 
     def _drop_nonfinite(self, what: str, *xs: Tensor) -> tuple[Tensor, ...] | None:
         if all(all_finite(x) for x in xs):
@@ -83,11 +90,22 @@ class GroupedVariance(SumStatistic):
         return torch.stack([ssw.reshape(()), ss_pair.reshape(()).to(msq.dtype), msq, ssb]).double().tolist()
 
     def _accumulate(
-        self, n: int, K: int, sw: float, dof_w: float, iid: float | None, x: float, msq: float, ssb: float
+        self,
+        n: int,
+        K: int,
+        sw: float,
+        dof_w: float,
+        iid: float | None,
+        x: float,
+        msq: float,
+        ssb: float,
+        mean: Tensor | None = None,
     ) -> None:
         """Add one step: ``n`` groups of ``K`` draws, its within estimate ``sw`` (``dof_w`` degrees of freedom),
         its i.i.d. within estimate ``iid`` (None when the step cannot tell), design factor ``x``, and the group
-        means' sums of squares."""
+        means' sums of squares. With ``n = 1`` the step's group ``mean`` pairs with the previous single-draw step's:
+        ``||g_t - g_{t-1}||^2 / 2`` less the two group-mean variances estimates ``sigma_B^2``, ``<g_t, g_{t-1}>``
+        estimates ``|G|^2`` (both up to the drift between the two steps)."""
         names = ["dof_w", "dof_w2", "sw_num", "sw_sq", "x_num", "m2_num", "groups"]
         values = [dof_w, dof_w * dof_w, dof_w * sw, dof_w * sw * sw, dof_w * x, msq - n * sw / K, n]
         if iid is not None:
@@ -96,11 +114,27 @@ class GroupedVariance(SumStatistic):
         if iid is not None and x < 1.0:
             names += ["phi_num", "phi_den"]
             values += [dof_w * (sw - x * iid), dof_w * (1.0 - x) * iid]
+        b = g2 = None
+        d = w = 0.0
         if n >= 2:
-            b = (ssb - (n - 1) * sw / K) / (n - 1)
-            d = float(n - 1)
+            b, d = (ssb - (n - 1) * sw / K) / (n - 1), float(n - 1)
+            # sum_{n != m} <g_n, g_m> = ||sum g||^2 - sum ||g||^2 = n (msq - ssb) - msq, over n (n - 1) ordered pairs.
+            g2, w = (n * (msq - ssb) - msq) / (n * (n - 1)), n * (n - 1) / 2.0
+            self._prev = None
+        elif mean is not None:
+            cur = mean.detach().reshape(-1)
+            if self._prev is not None and self._prev[0].shape == cur.shape:
+                prev, prev_var = self._prev[0].to(cur.device, cur.dtype), self._prev[1]
+                pair = torch.stack([(cur - prev).pow(2).sum(), (cur * prev).sum()]).double().tolist()
+                b, d = pair[0] / 2.0 - (sw / K + prev_var) / 2.0, 1.0
+                g2, w = pair[1], 1.0
+            self._prev = (cur.clone(), sw / K)
+        if b is not None:
             names += ["dof_b", "dof_b2", "sb_num", "sb_sq"]
             values += [d, d * d, d * b, d * b * b]
+        if g2 is not None:
+            names += ["g2_w", "g2_w2", "g2_num", "g2_sq"]
+            values += [w, w * w, w * g2, w * g2 * g2]
         self._add(tuple(names), tuple(float(v) for v in values))
 
     def update(self, x: Tensor, weights: Tensor | None = None, design: Design = "iid") -> None:
@@ -134,10 +168,10 @@ class GroupedVariance(SumStatistic):
         if design == "stratified":
             sw = pair_f / pairs  # within-stratum variance: a group mean's variance is sw / K
             iid = (ssw_f / n + sw) / K  # E SSW_group = K sigma_iid - mean stratum variance
-            self._accumulate(n, K, sw, pairs, iid, 1.0 / (K * K), msq, ssb)
+            self._accumulate(n, K, sw, pairs, iid, 1.0 / (K * K), msq, ssb, means)
         else:
             sw = ssw_f / (n * (K - 1))
-            self._accumulate(n, K, sw, float(n * (K - 1)), sw, 1.0, msq, ssb)
+            self._accumulate(n, K, sw, float(n * (K - 1)), sw, 1.0, msq, ssb, means)
 
     def update_split_half(self, g_a: Tensor, g_b: Tensor, K: int, design: Design = "iid") -> None:
         """Accumulate a parameter-space split-half probe (docs/theory.md §7): ``N x P`` gradients of the means of
@@ -166,7 +200,7 @@ class GroupedVariance(SumStatistic):
         sw = tot[0] / n
         x = 1.0 / (K * K) if design == "stratified" else 1.0
         # The probe measures the design's variance only; its i.i.d. counterpart comes from the proxy's phi.
-        self._accumulate(n, K, sw, float(n), None, x, tot[2], tot[3])
+        self._accumulate(n, K, sw, float(n), None, x, tot[2], tot[3], (k_a * a + k_b * b) / K)
 
     def compute(self, phi: float | None = None) -> BetweenWithin:
         """Current estimates; ``phi`` (default: this tracker's own) converts the design's within variance into
@@ -185,6 +219,7 @@ class GroupedVariance(SumStatistic):
         else:
             iid = math.nan
         m2 = float(self.m2_num / self.groups) if self.groups > 0 else math.nan
+        g2, g2_se = reliability_mean_se(float(self.g2_w), float(self.g2_w2), float(self.g2_num), float(self.g2_sq))
         return BetweenWithin(
             sigma_b2=sb,
             sigma_b2_se=sb_se,
@@ -195,7 +230,24 @@ class GroupedVariance(SumStatistic):
             x_mean=x_mean,
             M2=m2,
             groups=float(self.groups),
+            G2=g2,
+            G2_se=g2_se,
         )
+
+    def reset(self) -> None:
+        super().reset()
+        self._prev = None
+
+    def state_dict(self) -> dict:
+        out = super().state_dict()
+        out["prev"] = None if self._prev is None else {"mean": self._prev[0].cpu().clone(), "var": self._prev[1]}
+        return out
+
+    def load_state_dict(self, state: dict) -> None:
+        state = dict(state)
+        prev = state.pop("prev", None)
+        super().load_state_dict(state)
+        self._prev = None if prev is None else (torch.as_tensor(prev["mean"]).clone(), float(prev["var"]))
 
 
 def split_half_within(g_a: Tensor, g_b: Tensor, K: int) -> float:

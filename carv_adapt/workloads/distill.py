@@ -171,7 +171,7 @@ class DistillWorkload:
         compute_budget: float | None = None,
         score_every: int = 0,
         on_step: Callable[[StepRecord], None] | None = None,
-        probe_every: int = 4,
+        probe_every: int | None = None,
         snapshot_steps: Sequence[int] = (),
     ) -> RunResult:
         """Train the generator (and the fake score) under a controller or a fixed policy (default: baseline);
@@ -191,7 +191,14 @@ class DistillWorkload:
             t1 = time.perf_counter()
             f = self.integrand(fake, x, y, plan.t, plan.noise(x.shape[1:]))
             t2 = time.perf_counter()
-            probe, t_probe, t_back, norm = descend(plan, x, f, params, opt, probing and step % probe_every == 0)
+            probe, t_probe, t_back, norm = descend(
+                plan,
+                x,
+                f,
+                params,
+                opt,
+                probing and (controller.probe_due() if probe_every is None else step % probe_every == 0),
+            )
             t3 = time.perf_counter()
             for _ in range(c.fake_updates):
                 self.fake_update(fake, fake_opt, x, y, g)

@@ -134,14 +134,15 @@ class SDS3DWorkload:
         compute_budget: float | None = None,
         score_every: int = 0,
         on_step: Callable[[StepRecord], None] | None = None,
-        probe_every: int = 4,
+        probe_every: int | None = None,
         snapshot_steps: Sequence[int] = (),
     ) -> RunResult:
         """Train for ``steps`` steps (or until ``compute_budget`` measured seconds) under a controller or a
         fixed policy (default: the baseline ``K = 1``, uniform, i.i.d.).
 
         A controller with ``space="parameter"`` gets a split-half probe (2N extra vector-Jacobian products
-        through the encoder and the renderer, timed as the ``probe`` stage) every ``probe_every`` steps. The scene's
+        through the encoder and the renderer, timed as the ``probe`` stage) when ``controller.probe_due()`` (or every
+        ``probe_every`` steps when given). The scene's
         parameters after each step in ``snapshot_steps`` are kept in ``RunResult.snapshots``."""
         c = self.config
         scene = self.new_scene()
@@ -157,7 +158,14 @@ class SDS3DWorkload:
             t1 = time.perf_counter()
             f = self.integrand(lat, plan.t, plan.noise(lat.shape[1:]))
             t2 = time.perf_counter()
-            probe, t_probe, t_back, norm = descend(plan, lat, f, params, opt, probing and step % probe_every == 0)
+            probe, t_probe, t_back, norm = descend(
+                plan,
+                lat,
+                f,
+                params,
+                opt,
+                probing and (controller.probe_due() if probe_every is None else step % probe_every == 0),
+            )
             return f, {"upstream": t1 - t0, "teacher": t2 - t1, "probe": t_probe, "backward": t_back}, probe, norm
 
         return drive(
