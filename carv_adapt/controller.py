@@ -143,7 +143,6 @@ class AdaptiveController:
 
     @property
     def in_warmup(self) -> bool:
-        """Whether the warm-up (before the first refit) is still running."""
         return self._step < self.config.policy.schedule.warmup_steps
 
     estimated_ecm = property(
@@ -196,9 +195,10 @@ class AdaptiveController:
             probe: ``(g_A, g_B)``, ``N x P`` parameter-space gradients of two interleaved halves of each outer
                 draw's inner contributions (docs/theory.md §7 split-half probe).
         """
-        if self._pending is None or plan is not self._pending or self._observed:
-            fix = "call step() to advance" if self._observed else "call plan() first"
-            raise StateError(f"observe() needs this step's plan, once (step {self._step}); {fix}")
+        if self._pending is None or plan is not self._pending:
+            raise StateError("observe() needs the plan returned by this step's plan(); call plan() first")
+        if self._observed:
+            raise StateError(f"observe() called twice in step {self._step}; call step() to advance")
         plan.check_observation(contributions, sq_norms, probe)
         design = "stratified" if plan.stratification == "stratified" else "iid"
         if contributions is not None:
