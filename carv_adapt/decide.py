@@ -253,8 +253,8 @@ def decide(
         if N == 1:
             warn_once(
                 "n1",
-                "batch_size=1: sigma_B^2 is not identified from one outer draw per step, so K cannot adapt; use "
-                "batch_size >= 2 (or probes with N >= 2)",
+                "batch_size=1: sigma_B^2 comes from successive steps' means, which needs K >= 2 on two steps in "
+                "a row; until then K cannot adapt (batch_size >= 2 identifies it within one step)",
             )
     elif state.refits_since_k_change < sg.k_cooldown:
         keep_reason = "K in cooldown"

@@ -1,4 +1,4 @@
-"""Shared test fixtures for the core tests."""
+"""Helpers shared by several test modules (fixtures live in conftest.py)."""
 
 import torch
 
@@ -37,3 +37,16 @@ def synthetic_record():
         predicted_sigma_w2=wl.sigma_w2(pi_b),
     )
     return wl, rec
+
+
+# A small controller configuration and a loop that feeds it contributions made from each plan.
+SMALL_CONTROLLER = dict(num_timesteps=100, num_bins=10, warmup_steps=4, refit_every=2)
+
+
+def run_with(ctrl, make_f, steps=10, costs=True):
+    """``steps`` plan/observe/step rounds with contributions ``make_f(plan)`` and (unless ``costs`` is false)
+    linear stage costs."""
+    for _ in range(steps):
+        p = ctrl.plan()
+        ctrl.observe(p, make_f(p), costs={"upstream": 0.01 * p.N, "teacher": 0.001 * p.N * p.K} if costs else None)
+        ctrl.step()

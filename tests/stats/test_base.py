@@ -1,0 +1,111 @@
+"""SumStatistic, shared by every tracker: merge = joint update, exact state round trip, non-finite observations
+dropped and counted."""
+
+import warnings
+
+import pytest
+import torch
+
+from carv_adapt.errors import NonFiniteError
+from carv_adapt.proposals import TargetMeasure
+from carv_adapt.stats import CostTracker, GroupedVariance, TimestepProfile
+
+
+def _trackers():
+    edges = TargetMeasure(100).bin_edges(10)
+    return [TimestepProfile(edges), GroupedVariance(), CostTracker()]
+
+
+def _feed(tracker, g, steps):
+    for s in range(steps):
+        N, K = 3, 2 + s % 3
+        if isinstance(tracker, TimestepProfile):
+            tracker.update(torch.randint(0, 100, (N, K), generator=g), torch.rand(N, K, generator=g))
+        elif isinstance(tracker, GroupedVariance):
+            tracker.update(torch.randn(N, K, 4, generator=g))
+        else:
+            tracker.update(N, K, {"upstream": 0.01 * N, "teacher": 0.002 + 0.001 * N * K})
+
+
+@pytest.mark.parametrize("idx", [0, 1, 2])
+def test_merge_equals_joint_update_and_state_round_trips(idx):
+    a, b, joint = _trackers()[idx], _trackers()[idx], _trackers()[idx]
+    _feed(a, torch.Generator().manual_seed(1), 5)
+    _feed(b, torch.Generator().manual_seed(2), 7)
+    _feed(joint, torch.Generator().manual_seed(1), 5)
+    _feed(joint, torch.Generator().manual_seed(2), 7)
+    a.merge(b)
+    for name in joint.state_names:
+        assert torch.allclose(getattr(a, name), getattr(joint, name), rtol=1e-12, atol=1e-12), name
+    c = _trackers()[idx]
+    c.load_state_dict(a.state_dict())
+    assert all(torch.equal(getattr(a, n), getattr(c, n)) for n in a.state_names)
+    d = _trackers()[idx]
+    d.load_flat(a.flat())
+    assert torch.equal(d.flat(), a.flat())
+
+
+def test_nonfinite_observations_are_dropped_and_counted():
+    edges = TargetMeasure(100).bin_edges(5)
+    clean, dirty = TimestepProfile(edges), TimestepProfile(edges)
+    t = torch.tensor([[3, 40], [70, 99]])
+    v = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+    clean.update(t, v)
+    dirty.update(t, v)
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        dirty.update(torch.tensor([[5, 50]]), torch.tensor([[float("nan"), float("inf")]]))
+        dirty.update(torch.tensor([[5]]), torch.tensor([[float("nan")]]))
+    assert len([x for x in w if issubclass(x.category, RuntimeWarning)]) == 1
+    assert int(dirty.num_nonfinite) == 3
+    assert torch.equal(clean.count, dirty.count) and torch.equal(clean.sum_sq, dirty.sum_sq)
+
+    gv_clean, gv_dirty = GroupedVariance(), GroupedVariance()
+    x = torch.randn(3, 4, 2, generator=torch.Generator().manual_seed(0))
+    gv_clean.update(x)
+    bad = torch.cat([x, torch.full((1, 4, 2), float("nan"))])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        gv_dirty.update(bad)
+    assert int(gv_dirty.num_nonfinite) == 1
+    assert gv_clean.compute() == gv_dirty.compute()
+
+    strict = GroupedVariance(nonfinite="error")
+    with pytest.raises(NonFiniteError, match="nonfinite='skip'"):
+        strict.update(bad)
+
+
+def test_one_percent_nonfinite_rate_leaves_statistics_identical_and_warns_once():
+    import warnings
+
+    from carv_adapt.proposals import TargetMeasure
+    from carv_adapt.stats import GroupedVariance, TimestepProfile
+
+    edges = TargetMeasure(100).bin_edges(10)
+    clean_g, dirty_g = GroupedVariance(), GroupedVariance()
+    clean_p, dirty_p = TimestepProfile(edges), TimestepProfile(edges)
+    g = torch.Generator().manual_seed(0)
+    dropped = 0
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(100):
+            x = torch.randn(10, 4, 3, generator=g)
+            t = torch.randint(0, 100, (10, 4), generator=g)
+            bad = torch.rand(10, generator=g) < 0.01  # ~1 % of outer draws poisoned
+            dirty = x.clone()
+            dirty[bad, 0, 0] = float("nan")
+            dropped += int(bad.sum())
+            dirty_g.update(dirty)
+            dirty_p.update(t, dirty.pow(2).sum(-1))
+            keep = ~bad
+            clean_g.update(x[keep])  # a poisoned outer draw leaves the grouped statistics whole
+            entry_ok = torch.ones(10, 4, dtype=torch.bool)
+            entry_ok[bad, 0] = False  # the profile drops just the poisoned squared norm
+            clean_p.update(t[entry_ok], x.pow(2).sum(-1)[entry_ok])
+    assert dropped > 0
+    assert int(dirty_g.num_nonfinite) == dropped and int(dirty_p.num_nonfinite) == dropped
+    assert sum(issubclass(w.category, RuntimeWarning) for w in caught) == 2
+    for a, b in ((clean_g, dirty_g), (clean_p, dirty_p)):
+        for name in a.state_names:
+            if name != "num_nonfinite":
+                assert torch.allclose(getattr(a, name), getattr(b, name), rtol=1e-12, atol=0), name

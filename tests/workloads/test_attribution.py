@@ -1,0 +1,47 @@
+"""The attribution workload: features unbiased under every policy; the reference is reproducible."""
+
+import pytest
+import torch
+
+pytest.importorskip("diffusers")
+
+from carv_adapt import HierarchicalEstimator, UniformProposal  # noqa: E402
+from carv_adapt.stats import Welford  # noqa: E402
+from carv_adapt.workloads.attribution import AttributionConfig, AttributionWorkload, mean_spearman  # noqa: E402
+from tests.workloads.helpers import TARGET  # noqa: E402
+from tests.workloads.helpers import policies as _policies  # noqa: E402
+from tests.workloads.helpers import z_scores as _z  # noqa: E402
+
+pytestmark = pytest.mark.slow  # every test here takes several seconds
+
+
+@pytest.fixture(scope="module")
+def attribution():
+    return AttributionWorkload(AttributionConfig(num_train=12, num_queries=3, reference_outer=8, reference_inner=16))
+
+
+def test_attribution_features_unbiased_under_every_policy(attribution):
+    wl = attribution
+    index = int(wl.train_idx[0])
+
+    def run(policy, R, seed):
+        g, acc = torch.Generator().manual_seed(seed), Welford()
+        for _ in range(R):
+            acc.update(wl.feature(index, policy.plan(), g)[0].double())
+        return acc
+
+    ref = run(HierarchicalEstimator(UniformProposal(TARGET), N=2, K=6, stratification="iid", seed=5), 300, 6)
+    ones = torch.ones(1000, dtype=torch.float64)
+    for i, (name, pol) in enumerate(_policies(ones, wl.teacher.alphas_cumprod, 2).items()):
+        z = _z(run(pol, 150, 20 + i), 150, ref, 300)
+        assert float(z[:8].abs().max()) < 4.0, (name, z)
+
+
+def test_attribution_reference_is_reproducible_and_scores_correlate(attribution):
+    wl = attribution
+    a, b = wl.reference(), wl.reference()
+    assert torch.equal(a.scores, b.scores)
+    c = wl.reference(seed=99)
+    assert not torch.equal(a.scores, c.scores)
+    # Two independent high-compute estimates agree (measured 0.42 at this size; unrelated scores give ~0).
+    assert mean_spearman(c.scores, a.scores) > 0.2
