@@ -59,8 +59,10 @@ def _json_or_none(text: str) -> Any:
         return None
 
 
-def _f(x: float) -> str:
-    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.4g}"
+def _f(x: float | str | None) -> str:
+    # Log extras come back from JSON with non-finite values as strings ("nan", "inf").
+    x = None if x is None else float(x)
+    return "-" if x is None or math.isnan(x) else f"{x:.4g}"
 
 
 def report_lines(policy: Policy | None, log: list[Refit]) -> list[str]:
@@ -111,6 +113,13 @@ def report_lines(policy: Policy | None, log: list[Refit]) -> list[str]:
             f"({_f(100 * within_share)} % within at this K); cost "
             f"{'upstream' if cost_out_share > 0.5 else 'teacher'} "
             f"({_f(100 * cost_out_share)} % upstream per outer draw)",
+            f"progress (space {r.extra.get('space', '?')}): |G|^2 = {_f(r.extra.get('G2', math.nan))}   "
+            f"noise scale = {_f(r.extra.get('noise_scale', math.nan))}   V/|G|^2 = "
+            f"{_f(r.extra.get('v_over_g2', math.nan))}   predicted progress per second vs baseline = "
+            f"{_f(r.extra.get('progress_gain', math.nan))}x   probe time = "
+            f"{_f(1e3 * float(r.extra.get('probe_seconds_per_step', math.nan)))} ms/step",
+            f"K band at the last refit: {r.k_interval or '-'}; within variance before -> after: "
+            f"{_f(r.sigma_w2)} -> {_f(r.predicted_sigma_w2)}",
             f"last decision: {r.reason}",
         ]
     return lines

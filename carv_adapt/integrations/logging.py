@@ -15,6 +15,8 @@ __all__ = ["RefitLogger", "Sink"]
 Sink = Callable[[str, float, int], None]
 
 SCALARS = ("K", "N", "sigma_b2", "sigma_w2", "c_0", "c_out", "c_in", "predicted_W", "predicted_ecm", "is_gain")
+# Progress quantities (docs/theory.md §13) and the probe's measurement time, from the record's extras.
+EXTRAS = ("G2", "noise_scale", "v_over_g2", "progress_gain", "probe_seconds_per_step")
 
 
 class RefitLogger:
@@ -36,6 +38,10 @@ class RefitLogger:
     def __call__(self, refit: Refit) -> None:
         for name in SCALARS:
             value = float(getattr(refit, name))
+            if math.isfinite(value):
+                self._scalar(f"{self.prefix}/{name}", value, refit.step)
+        for name in EXTRAS:
+            value = float(refit.extra.get(name, math.nan))
             if math.isfinite(value):
                 self._scalar(f"{self.prefix}/{name}", value, refit.step)
         self._scalar(f"{self.prefix}/num_nonfinite", float(refit.extra.get("num_nonfinite", 0)), refit.step)
