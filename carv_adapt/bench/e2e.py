@@ -1,5 +1,5 @@
 """End to end at equal compute: a baseline run and an adaptive run given the baseline's measured compute,
-over several seeds, compared by the workload's quality metric (SPEC §10).
+over several seeds, compared by the workload's quality metric (docs/theory.md §10, §13).
 
 SDS and distribution-matching distillation optimise objectives that are defined only through their
 gradients (a KL between diffused distributions), so there is no scalar objective to read off; the quality
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from carv_adapt.adapters import build_adapter
-from carv_adapt.demo import equal_compute_runs
+from carv_adapt.demo import demo_controller, equal_compute_runs
 
 __all__ = ["E2ESettings", "equal_compute"]
 
@@ -24,6 +24,7 @@ class E2ESettings:
     steps: int
     seeds: tuple[int, ...] = (0, 1, 2)
     quick: bool = False
+    progress_arm: bool = True  # also run the controller with objective="progress" at the same compute
 
 
 def equal_compute(workload: str, s: E2ESettings, progress: Any = None) -> dict[str, Any]:
@@ -37,8 +38,20 @@ def equal_compute(workload: str, s: E2ESettings, progress: Any = None) -> dict[s
         t0 = time.perf_counter()
         base, adapt, ctrl = equal_compute_runs(a, s.steps, seed)
         wall = time.perf_counter() - t0
+        row: dict[str, Any] = {}
+        if s.progress_arm:
+            # Same budget, same seed: the progress objective's run (docs/theory.md §13).
+            prog_ctrl = demo_controller(a, s.steps, seed, objective="progress")
+            prog = a.run(s.steps * 8, controller=prog_ctrl, compute_budget=base.compute_seconds)
+            row = {
+                "progress_steps": len(prog.records),
+                "progress_compute_s": prog.compute_seconds,
+                "progress_quality": a.quality(prog),
+                "progress_final_K": prog.records[-1].K,
+            }
         rows.append(
             {
+                **row,
                 "seed": seed,
                 "baseline_steps": len(base.records),
                 "baseline_compute_s": base.compute_seconds,

@@ -192,9 +192,15 @@ def _e2e(result: dict[str, Any]) -> list[str]:
                 " / ".join(_sig(r["adaptive_quality"]) for r in s)
                 + f" ({_span([r['adaptive_steps'] for r in s])} steps, "
                 f"K = {_span([r['adaptive_final_K'] for r in s])})",
+                " / ".join(_sig(r["progress_quality"]) for r in s)
+                + f" ({_span([r['progress_steps'] for r in s])} steps, "
+                f"K = {_span([r['progress_final_K'] for r in s])})"
+                if all("progress_quality" in r for r in s)
+                else "-",
             ]
         )
-    return md_table(["workload", "seed", "baseline", "adaptive (steps, final K)"], rows)
+    header = ["workload", "seed", "baseline", "adaptive, variance (steps, final K)", "adaptive, progress"]
+    return md_table(header, rows)
 
 
 def _sweep(result: dict[str, Any]) -> list[str]:

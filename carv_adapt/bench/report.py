@@ -106,9 +106,14 @@ def e2e_table(result: dict[str, Any]) -> list[str]:
             rows.append(
                 [w["workload"], r["seed"], w["quality_metric"], f"{r['baseline_quality']:.3f} ({r['baseline_steps']})"]
                 + [f"{r['adaptive_quality']:.3f} ({r['adaptive_steps']}, K={r['adaptive_final_K']})"]
+                + [
+                    f"{r['progress_quality']:.3f} ({r['progress_steps']}, K={r['progress_final_K']})"
+                    if "progress_quality" in r
+                    else "-"
+                ]
                 + [f"{r['baseline_compute_s']:.1f} / {r['adaptive_compute_s']:.1f}"]
             )
-    header = ["workload", "seed", "metric", "baseline (steps)", "adaptive (steps, final K)"]
+    header = ["workload", "seed", "metric", "baseline (steps)", "adaptive (steps, final K)", "progress objective"]
     return md_table([*header, "compute s (base / adaptive)"], rows)
 
 
