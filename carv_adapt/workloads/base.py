@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from torch import Tensor
 
-__all__ = ["StepRecord", "RunResult"]
+__all__ = ["StepRecord", "RunResult", "Checkpoint", "ComputeRun", "drive_to_compute"]
 
 
 @dataclass(frozen=True)
@@ -59,13 +61,11 @@ def default_policy(teacher: Any, config: Any) -> Any:
 def descend(
     plan: Any, outputs: Tensor, f: Tensor, params: list[Tensor], opt: Any, probe_now: bool
 ) -> tuple[Any, float, float, float]:
-    """The shared update of the gradient workloads: an optional split-half probe (SPEC §7), then one backward
-    of the rho-weighted inner mean through the upstream and an optimizer step.
+    """The shared update of the gradient workloads: an optional split-half probe (docs/theory.md §7.5), then one
+    backward of the rho-weighted inner mean through the upstream and an optimizer step.
 
     Returns ``(probe or None, probe seconds, backward seconds, gradient norm)``.
     """
-    import time
-
     import torch
 
     from carv_adapt.probe import split_half_probe
@@ -133,4 +133,129 @@ def drive(
         scores=scores,
         controller_state=controller.state_dict() if controller is not None else None,
         snapshots=snapshots,
+    )
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """The parameters of a run when a given fraction of the compute budget was spent, and their scores.
+
+    ``compute`` (on the run's cost clock) never exceeds ``fraction x budget``: it is the state after the last step
+    that fit. ``seconds`` are the measured stage seconds and ``wall`` the wall-clock seconds (scoring excluded) up
+    to that step."""
+
+    fraction: float
+    step: int
+    compute: float
+    seconds: float
+    wall: float
+    scores: dict[str, float]
+    state: dict[str, Tensor] | None = None
+
+
+@dataclass
+class ComputeRun:
+    """A run driven by compute (:func:`drive_to_compute`): per-step records and cost-clock charges, the
+    checkpoints, the controller's refits."""
+
+    records: list[StepRecord]
+    costs: list[float]
+    probed: list[bool]
+    checkpoints: list[Checkpoint]
+    budget: float
+    history: list[Any]
+    final_state: dict[str, Tensor]
+    controller_state: dict[str, Any] | None = None
+    exhausted: bool = False  # max_steps ran out before the last checkpoint
+
+    @property
+    def compute(self) -> float:
+        return float(sum(self.costs))
+
+
+def drive_to_compute(
+    controller: Any,
+    policy: Any,
+    one_step: Any,
+    step_cost: Callable[[int, int, bool], float],
+    budget: float,
+    fractions: Sequence[float],
+    state: Callable[[], dict[str, Tensor]],
+    scores: Mapping[str, Callable[[dict[str, Tensor]], float]] | None = None,
+    max_steps: int = 1_000_000,
+    on_step: Any = None,
+    keep_states: bool = False,
+) -> ComputeRun:
+    """The training loop of :func:`drive`, charged by a cost clock and checkpointed by compute fraction.
+
+    Every step is charged ``step_cost(N, K, probed)`` (e.g. :meth:`carv_adapt.bench.cost_clock.CostClock.step_cost`,
+    ``c_0 + N (c_out + K c_in)`` plus the probe's cost when the step probed; docs/theory.md §3), counted, never
+    timed, so two runs compare at equal compute whatever else loads the machine. At each fraction ``f`` of
+    ``budget`` the parameters after the last step whose cumulative charge is ``<= f budget`` are scored by each of
+    ``scores`` (``state -> value``; scoring is neither charged nor timed). The run stops once every fraction is
+    checkpointed (the step that would have crossed the last one is run and recorded in ``records`` and ``costs``,
+    but is not part of any checkpoint) or after ``max_steps``. ``final_state`` is the last checkpoint's.
+    """
+    targets = sorted(float(f) for f in fractions)
+    if not targets or targets[0] < 0:
+        raise ValueError(f"fractions must be non-empty and >= 0, got {list(fractions)}")
+    tol = 1e-9 * max(budget, 1e-300)
+    scores = dict(scores or {})
+    records: list[StepRecord] = []
+    costs: list[float] = []
+    probed: list[bool] = []
+    checkpoints: list[Checkpoint] = []
+    scoring = 0.0
+    last: dict[str, Tensor] = {}
+    t_start = time.perf_counter()
+
+    def take(f: float, step: int, compute: float, seconds: float, wall: float, st: dict[str, Tensor]) -> None:
+        nonlocal scoring, last
+        t0 = time.perf_counter()
+        values = {name: float(fn(st)) for name, fn in scores.items()}
+        scoring += time.perf_counter() - t0
+        last = st
+        checkpoints.append(Checkpoint(f, step, compute, seconds, wall, values, st if keep_states else None))
+
+    prev = (0, 0.0, 0.0, 0.0, state())  # steps, compute, measured seconds, wall, parameters
+    while targets and targets[0] * budget <= tol:
+        take(targets.pop(0), *prev)
+    compute, seconds = 0.0, 0.0
+    step = 0
+    while targets and step < max_steps:
+        plan = controller.plan() if controller is not None else policy.plan()
+        f, sec, probe, grad_norm = one_step(plan, step)
+        if controller is not None:
+            controller.observe(plan, f, costs=sec, probe=probe)
+            controller.step()
+        cost = float(step_cost(plan.N, plan.K, probe is not None))
+        compute += cost
+        seconds += sum(sec.values())
+        costs.append(cost)
+        probed.append(probe is not None)
+        rec = StepRecord(step=step, N=plan.N, K=plan.K, seconds=sec, grad_norm=grad_norm)
+        records.append(rec)
+        step += 1
+        wall = time.perf_counter() - t_start - scoring
+        while targets and compute > targets[0] * budget + tol:  # this step overshoots: the state before it
+            take(targets.pop(0), *prev)
+        cur = (step, compute, seconds, wall, state())
+        while targets and compute >= targets[0] * budget - tol:  # reached exactly
+            take(targets.pop(0), *cur)
+        prev = cur
+        if on_step is not None:
+            on_step(rec)
+    exhausted = bool(targets)
+    for f in targets:
+        take(f, *prev)
+    return ComputeRun(
+        records=records,
+        costs=costs,
+        probed=probed,
+        checkpoints=checkpoints,
+        budget=budget,
+        history=list(controller.history) if controller is not None else [],
+        final_state=last,
+        controller_state=controller.state_dict() if controller is not None else None,
+        exhausted=exhausted,
     )

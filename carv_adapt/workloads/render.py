@@ -1,15 +1,16 @@
 """A small differentiable volume renderer: the expensive upstream stage of the SDS-3D workload.
 
 A density and colour voxel grid in ``[-1, 1]^3``, pinhole cameras in a cone around the front view (on the
-``+z`` axis, looking at the origin), uniform samples along each ray, trilinear lookups with ``grid_sample``
-and emission-absorption compositing over a background. Each call makes exactly
-``n * resolution^2 * samples_per_ray`` grid lookups (:func:`num_sample_points`), so the two knobs vary the
-upstream cost honestly (SPEC §11 measures it).
+``+z`` axis, looking at the origin; up to the whole sphere) or at given ``(polar, azimuth)`` angles, uniform
+samples along each ray, trilinear lookups with ``grid_sample`` and emission-absorption compositing over a
+background. Each call makes exactly ``n * resolution^2 * samples_per_ray`` grid lookups
+(:func:`num_sample_points`), so the two knobs vary the upstream cost honestly (docs/theory.md §11 measures it).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -24,6 +25,8 @@ __all__ = [
     "RaySamples",
     "sample_cameras",
     "front_cameras",
+    "camera_at",
+    "cameras_at",
     "ray_samples",
     "num_sample_points",
     "render",
@@ -171,6 +174,31 @@ def front_cameras(n: int = 1, radius: float = 3.0, fov_deg: float = 40.0) -> Cam
     _check_pose(radius, fov_deg)
     origins = torch.tensor([[0.0, 0.0, radius]]).expand(n, 3).clone()
     return Cameras(origins, _look_at(origins), fov_deg)
+
+
+def cameras_at(poses: Sequence[tuple[float, float]], radius: float = 3.0, fov_deg: float = 40.0) -> Cameras:
+    """Cameras at given ``(polar_deg, azimuth_deg)`` angles, looking at the origin, for fixed evaluation views.
+
+    ``polar_deg`` is the angle from the front view (``+z``), in ``[0, 180]`` (180: the back view);
+    ``azimuth_deg`` turns about ``z`` from ``+x`` (0) towards ``+y`` (90). The parametrization is
+    :func:`sample_cameras`' own: ``origin = radius (sin p cos a, sin p sin a, cos p)``.
+    """
+    if len(poses) < 1:
+        raise ConfigError("cameras_at needs at least one (polar_deg, azimuth_deg) pose")
+    _check_pose(radius, fov_deg)
+    for polar, _ in poses:
+        if not 0.0 <= polar <= 180.0:
+            raise ConfigError(f"polar_deg must lie in [0, 180], got {polar!r}")
+    ang = torch.tensor([[math.radians(p), math.radians(a)] for p, a in poses], dtype=torch.float64)
+    pol, az = ang[:, 0], ang[:, 1]
+    origins = radius * torch.stack([pol.sin() * az.cos(), pol.sin() * az.sin(), pol.cos()], dim=1)
+    origins = origins.float()
+    return Cameras(origins, _look_at(origins), fov_deg)
+
+
+def camera_at(polar_deg: float, azimuth_deg: float = 0.0, radius: float = 3.0, fov_deg: float = 40.0) -> Cameras:
+    """One camera at ``(polar_deg, azimuth_deg)``; see :func:`cameras_at`."""
+    return cameras_at([(polar_deg, azimuth_deg)], radius, fov_deg)
 
 
 @dataclass(frozen=True)

@@ -1,15 +1,21 @@
-"""Workload: score distillation (SDS) of a 3D voxel scene from the tiny latent digits teacher (SPEC §1).
+"""Workload: score distillation (SDS) of a 3D voxel scene from the tiny latent digits teacher (docs/theory.md §1).
 
 Outer draw = one random camera, its render and its VAE encode (forward, and backward through both); inner
 draw = one teacher call at ``(t, eps)`` on the encoded latent. The ``K`` SDS contributions of a render are
 combined before a single backward through the encoder and the renderer. Render resolution and samples per
 ray vary the upstream cost honestly. Costs are measured with stage timers, never assumed.
+
+Quality: the classifier probability of the target digit on the front and random views (:meth:`SDS3DWorkload.score`),
+or, on the 16 fixed views of :data:`EVAL_POSES` (the front view and rings at polar 30, 60 and 85 degrees, where the
+side views leave headroom), the mean log-probability of the target digit (:meth:`SDS3DWorkload.log_prob`) and the
+mean squared pixel distance to a reference scene's renders (:meth:`SDS3DWorkload.pixel_distance`).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from functools import lru_cache
 from typing import Any, Literal
 
 import torch
@@ -21,12 +27,45 @@ from carv_adapt.controller import AdaptiveController
 from carv_adapt.estimator import HierarchicalEstimator
 from carv_adapt.plan import Plan
 from carv_adapt.teachers.gaussian import sds_integrand, sds_weight
-from carv_adapt.workloads.base import RunResult, StepRecord, default_policy, descend, drive
-from carv_adapt.workloads.render import VoxelScene, front_cameras, render, sample_cameras
+from carv_adapt.workloads.base import (
+    ComputeRun,
+    RunResult,
+    StepRecord,
+    default_policy,
+    descend,
+    drive,
+    drive_to_compute,
+)
+from carv_adapt.workloads.render import Cameras, VoxelScene, cameras_at, front_cameras, render, sample_cameras
 
-__all__ = ["SDS3DConfig", "SDS3DWorkload", "RunResult", "StepRecord"]
+__all__ = ["SDS3DConfig", "SDS3DWorkload", "RunResult", "StepRecord", "EVAL_POSES", "eval_cameras"]
 
 TEACHER_SIZE = 32
+
+#: ``(polar_deg, azimuth_deg)`` of the fixed evaluation views: the front view, then rings at polar 30, 60 and 85
+#: degrees with 5 evenly spaced azimuths each (16 views).
+EVAL_POSES: tuple[tuple[float, float], ...] = ((0.0, 0.0),) + tuple(
+    (polar, 72.0 * i) for polar in (30.0, 60.0, 85.0) for i in range(5)
+)
+
+
+def eval_cameras(poses: tuple[tuple[float, float], ...] = EVAL_POSES) -> Cameras:
+    """The fixed evaluation cameras (default: the 16 :data:`EVAL_POSES`)."""
+    return cameras_at(poses)
+
+
+@lru_cache(maxsize=1)
+def digit_classifier() -> Any:
+    """The real-digits classifier of the quality metrics (trained once per process, read-only afterwards), trained
+    with one BLAS thread: on shared cores the default thread pool can make its fit 30x slower."""
+    from carv_adapt.teachers.tiny import train_digit_classifier
+
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - scikit-learn depends on threadpoolctl
+        return train_digit_classifier()
+    with threadpool_limits(1):
+        return train_digit_classifier()
 
 
 class SDS3DConfig(BaseModel):
@@ -39,7 +78,9 @@ class SDS3DConfig(BaseModel):
     resolution: int = Field(32, ge=8, description="render resolution (resized to 32 for the VAE)")
     samples_per_ray: int = Field(32, ge=2)
     grid_size: int = Field(20, ge=4)
-    max_angle_deg: float = Field(25.0, ge=0.0, le=90.0)
+    max_angle_deg: float = Field(
+        25.0, ge=0.0, le=180.0, description="half-angle of the camera cone around the front view (180: whole sphere)"
+    )
     guidance_scale: float = Field(3.0, ge=0.0)
     weight: Literal["sigma2", "ones"] = "sigma2"
     lr: float = Field(0.05, gt=0.0)
@@ -47,6 +88,9 @@ class SDS3DConfig(BaseModel):
     t_min: int = Field(20, ge=0)
     t_max: int = Field(980, le=999)
     max_inner_batch: int | None = Field(64, ge=1, description="teacher batch cap (memory)")
+    init_noise: float = Field(
+        0.0, ge=0.0, description="std of seeded Gaussian noise added to the scene's raw grids at initialization"
+    )
     seed: int = 0
 
 
@@ -79,8 +123,15 @@ class SDS3DWorkload:
 
     # ------------------------------------------------------------------ the pipeline
     def new_scene(self) -> VoxelScene:
+        """The initial scene: a grey blob, plus ``init_noise`` Gaussian noise on its raw grids drawn from the seed."""
         torch.manual_seed(self.config.seed)
-        return VoxelScene(self.config.grid_size)
+        scene = VoxelScene(self.config.grid_size)
+        if self.config.init_noise > 0:
+            g = torch.Generator().manual_seed(self.config.seed)
+            with torch.no_grad():
+                for p in scene.parameters():
+                    p.add_(torch.randn(p.shape, generator=g) * self.config.init_noise)
+        return scene
 
     def upstream(self, scene: VoxelScene, N: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         """``N`` random-camera renders and their latents (both attached to the scene's graph)."""
@@ -108,10 +159,6 @@ class SDS3DWorkload:
     # ------------------------------------------------------------------ quality
     def score(self, scene: VoxelScene, views: int = 8, generator: torch.Generator | None = None) -> float:
         """Mean probability a real-digits classifier gives the target digit on the front view and random views."""
-        if self._classifier is None:
-            from carv_adapt.teachers.tiny import train_digit_classifier
-
-            self._classifier = train_digit_classifier()
         g = generator or torch.Generator().manual_seed(1234)
         c = self.config
         with torch.no_grad():
@@ -122,8 +169,35 @@ class SDS3DWorkload:
                     render(scene, cams, TEACHER_SIZE, c.samples_per_ray),
                 ]
             )
-        proba = self._classifier.predict_proba(imgs.reshape(len(imgs), -1).numpy())
+        proba = self.classifier.predict_proba(imgs.reshape(len(imgs), -1).numpy())
         return float(proba[:, c.digit].mean())
+
+    @property
+    def classifier(self) -> Any:
+        """The real-digits classifier the quality metrics use (trained on first use)."""
+        if self._classifier is None:
+            self._classifier = digit_classifier()
+        return self._classifier
+
+    def view_images(self, scene: VoxelScene, cameras: Cameras | None = None) -> Tensor:
+        """``n x 1 x 32 x 32`` renders of ``scene`` from ``cameras`` (default: :func:`eval_cameras`), no graph."""
+        with torch.no_grad():
+            return render(scene, cameras or eval_cameras(), TEACHER_SIZE, self.config.samples_per_ray)
+
+    def log_prob(self, scene: VoxelScene, cameras: Cameras | None = None) -> float:
+        """Mean log-probability the real-digits classifier gives the target digit over the fixed views (higher is
+        better; unlike the probability it keeps resolving once a view is already recognised)."""
+        imgs = self.view_images(scene, cameras)
+        logp = self.classifier.predict_log_proba(imgs.reshape(len(imgs), -1).numpy())
+        return float(logp[:, self.config.digit].mean())
+
+    def pixel_distance(self, scene: VoxelScene, reference: Tensor, cameras: Cameras | None = None) -> float:
+        """Mean squared pixel difference between the renders of ``scene`` and ``reference`` (renders of a reference
+        scene from the same cameras, e.g. ``view_images(reference_scene)``); lower is better."""
+        imgs = self.view_images(scene, cameras)
+        if imgs.shape != reference.shape:
+            raise ValueError(f"reference renders have shape {tuple(reference.shape)}, expected {tuple(imgs.shape)}")
+        return float(((imgs - reference) ** 2).mean())
 
     # ------------------------------------------------------------------ training
     def run(
@@ -144,12 +218,28 @@ class SDS3DWorkload:
         through the encoder and the renderer, timed as the ``probe`` stage) when ``controller.probe_due()`` (or every
         ``probe_every`` steps when given). The scene's
         parameters after each step in ``snapshot_steps`` are kept in ``RunResult.snapshots``."""
-        c = self.config
         scene = self.new_scene()
+        policy = default_policy(self.teacher, self.config) if controller is None and policy is None else policy
+        one_step = self._stepper(scene, controller, probe_every)
+        return drive(
+            steps,
+            controller,
+            policy,
+            one_step,
+            compute_budget,
+            on_step,
+            lambda: self.score(scene),
+            score_every,
+            state=lambda: {k: v.detach().clone() for k, v in scene.state_dict().items()},
+            snapshot_steps=snapshot_steps,
+        )
+
+    def _stepper(self, scene: VoxelScene, controller: AdaptiveController | None, probe_every: int | None) -> Any:
+        """The training step of :meth:`run` on ``scene`` (its own Adam and camera generator)."""
+        c = self.config
         params = list(scene.parameters())
         opt = torch.optim.Adam(params, lr=c.lr)
         g = torch.Generator().manual_seed(c.seed + 1)
-        policy = default_policy(self.teacher, c) if controller is None and policy is None else policy
         probing = controller is not None and controller.config.space == "parameter"
 
         def one_step(plan: Plan, step: int) -> tuple[Tensor, dict[str, float], Any, float]:
@@ -168,17 +258,37 @@ class SDS3DWorkload:
             )
             return f, {"upstream": t1 - t0, "teacher": t2 - t1, "probe": t_probe, "backward": t_back}, probe, norm
 
-        return drive(
-            steps,
+        return one_step
+
+    def run_to_compute(
+        self,
+        step_cost: Callable[[int, int, bool], float],
+        budget: float,
+        fractions: Sequence[float],
+        scores: dict[str, Callable[[VoxelScene], float]] | None = None,
+        controller: AdaptiveController | None = None,
+        policy: HierarchicalEstimator | None = None,
+        probe_every: int | None = None,
+        max_steps: int = 1_000_000,
+        on_step: Callable[[StepRecord], None] | None = None,
+    ) -> ComputeRun:
+        """Train (as :meth:`run`) until ``budget`` cost-clock compute, scoring the scene at each fraction of it
+        (:func:`~carv_adapt.workloads.base.drive_to_compute`). ``step_cost(N, K, probed)`` charges each step;
+        ``scores`` are functions of the scene (e.g. :meth:`log_prob`)."""
+        scene = self.new_scene()
+        policy = default_policy(self.teacher, self.config) if controller is None and policy is None else policy
+        scorers = {name: (lambda st, fn=fn: fn(self.scene_from_state(st))) for name, fn in (scores or {}).items()}
+        return drive_to_compute(
             controller,
             policy,
-            one_step,
-            compute_budget,
-            on_step,
-            lambda: self.score(scene),
-            score_every,
+            self._stepper(scene, controller, probe_every),
+            step_cost,
+            budget,
+            fractions,
             state=lambda: {k: v.detach().clone() for k, v in scene.state_dict().items()},
-            snapshot_steps=snapshot_steps,
+            scores=scorers,
+            max_steps=max_steps,
+            on_step=on_step,
         )
 
     def scene_from_state(self, state: dict[str, Tensor]) -> VoxelScene:

@@ -1,0 +1,162 @@
+"""A cost clock: each stage's cost calibrated once, in isolation, then runs charged by counting.
+
+Wall-clock compute on a shared machine depends on what else runs; comparing two training runs by it compares
+their neighbours' load too. The clock times each stage of a workload once per machine (medians of repeated
+calls at a few batch sizes), fits the compute model of docs/theory.md §3 the way the controller's cost fit does
+(§7.1: ``T_out = a_out + c_out N``, ``T_in = a_in + c_in N K``, ``c_0 = a_out + a_in``), and then charges a step
+with ``N`` outer and ``N K`` inner draws exactly
+
+    c_0 + N (c_out + K c_in)        (+ probe_0 + N probe_out + N^2 probe_quad when it took a split-half probe)
+
+so runs compare at equal compute whatever loads the machine while they run. The probe's ``2 N`` vector-Jacobian
+products (§7.5) each run back through the whole batched upstream graph of ``N`` draws, so its cost grows as
+``N^2``; it is fitted as such (non-negative least squares) rather than per outer draw.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+__all__ = ["CostClock", "fit_line", "fit_quadratic", "median_seconds", "calibrate_sds3d"]
+
+
+@dataclass(frozen=True)
+class CostClock:
+    """Calibrated costs in seconds: ``c_0`` per step, ``c_out`` per outer draw, ``c_in`` per inner draw, and the
+    split-half probe's ``probe_0 + N probe_out + N^2 probe_quad`` on the steps that probe."""
+
+    c_0: float
+    c_out: float
+    c_in: float
+    probe_0: float = 0.0
+    probe_out: float = 0.0
+    probe_quad: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name, v in asdict(self).items():
+            if not v >= 0:
+                raise ValueError(f"CostClock.{name} must be >= 0 seconds, got {v!r}")
+
+    def step_cost(self, N: int, K: int, probed: bool = False) -> float:
+        """The charge for one step: ``c_0 + N (c_out + K c_in)``, plus the probe's cost when it probed."""
+        cost = self.c_0 + N * (self.c_out + K * self.c_in)
+        return cost + (self.probe_0 + N * self.probe_out + N * N * self.probe_quad if probed else 0.0)
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> CostClock:
+        return cls(**{k: float(d[k]) for k in ("c_0", "c_out", "c_in", "probe_0", "probe_out", "probe_quad") if k in d})
+
+
+def fit_line(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float]:
+    """Least-squares ``y = a + b x`` with ``a, b >= 0``: a negative intercept (timing noise) is refitted through
+    the origin, a negative slope as a constant."""
+    n = len(xs)
+    if n != len(ys) or n == 0:
+        raise ValueError(f"fit_line needs equally many xs and ys, at least one, got {len(xs)} and {len(ys)}")
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxx = sum((x - mx) ** 2 for x in xs)
+    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx if sxx > 0 else 0.0
+    a = my - b * mx
+    if sxx == 0:  # one batch size: the average cost per unit (an upper bound on the marginal one)
+        return 0.0, my / mx if mx > 0 else 0.0
+    if b < 0:
+        return max(my, 0.0), 0.0
+    if a < 0:
+        return 0.0, sum(x * y for x, y in zip(xs, ys)) / sum(x * x for x in xs)
+    return a, b
+
+
+def fit_quadratic(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float, float]:
+    """Non-negative least-squares ``y = a + b x + c x^2``."""
+    import numpy as np
+    from scipy.optimize import nnls
+
+    x = np.asarray(xs, dtype=float)
+    coef, _ = nnls(np.stack([np.ones_like(x), x, x * x], axis=1), np.asarray(ys, dtype=float))
+    return float(coef[0]), float(coef[1]), float(coef[2])
+
+
+def median_seconds(fn: Callable[[], Any], reps: int, warmup: int = 1) -> float:
+    """Median wall seconds of ``fn()`` over ``reps`` calls after ``warmup`` untimed ones: the median ignores the
+    calls a neighbour's burst slowed down."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def calibrate_sds3d(
+    wl: Any,
+    outer_Ns: Sequence[int] = (1, 2, 4),
+    inner_NKs: Sequence[int] = (2, 16, 32),
+    reps: int = 7,
+    seed: int = 0,
+) -> tuple[CostClock, dict[str, Any]]:
+    """Calibrate an :class:`~carv_adapt.workloads.sds3d.SDS3DWorkload`'s stages in isolation, on a fresh scene.
+
+    Outer (per ``N`` in ``outer_Ns``): render and encode ``N`` cameras, backward through both, an Adam step.
+    Inner (per ``N K`` in ``inner_NKs``): the teacher on ``N K`` noised latents. Probe (per ``N``): the split-half
+    probe's ``2 N`` vector-Jacobian products at ``K = 2``, fitted as a quadratic in ``N``. Returns the clock and the
+    raw medians."""
+    from carv_adapt.probe import split_half_probe
+
+    g = torch.Generator().manual_seed(seed)
+    scene = wl.new_scene()
+    params = list(scene.parameters())
+    opt = torch.optim.Adam(params, lr=wl.config.lr)
+    T = wl.teacher.num_timesteps
+    c = wl.config
+
+    def outer(N: int) -> None:
+        opt.zero_grad(set_to_none=True)
+        _, lat = wl.upstream(scene, N, g)
+        lat.backward(torch.randn(lat.shape, generator=g) * 1e-3)
+        opt.step()
+
+    def inner(NK: int) -> Callable[[], Any]:
+        with torch.no_grad():
+            _, lat = wl.upstream(scene, 1, g)
+        lat = lat.expand(NK, *lat.shape[1:]).contiguous()
+        t = torch.randint(c.t_min, min(c.t_max, T - 1) + 1, (NK, 1), generator=g)
+        eps = torch.randn((NK, 1, *lat.shape[1:]), generator=g)
+        return lambda: wl.integrand(lat, t, eps)
+
+    def probe(N: int) -> Callable[[], Any]:
+        def fn() -> None:
+            _, lat = wl.upstream(scene, N, g)
+            f = torch.randn((N, 2, *lat.shape[1:]), generator=g)
+            split_half_probe(lat, params, f, g)
+
+        return fn
+
+    out_t = {N: median_seconds(lambda N=N: outer(N), reps) for N in outer_Ns}
+    in_t = {NK: median_seconds(inner(NK), reps) for NK in inner_NKs}
+    # The probe repeats the upstream forward to have a graph; its own cost is the difference.
+    fwd_t = {N: median_seconds(lambda N=N: wl.upstream(scene, N, g), reps) for N in outer_Ns}
+    pr_t = {N: max(median_seconds(probe(N), reps) - fwd_t[N], 0.0) for N in outer_Ns}
+    a_out, c_out = fit_line(list(out_t), list(out_t.values()))
+    a_in, c_in = fit_line(list(in_t), list(in_t.values()))
+    p_0, p_out, p_quad = fit_quadratic(list(pr_t), list(pr_t.values()))
+    clock = CostClock(c_0=a_out + a_in, c_out=c_out, c_in=c_in, probe_0=p_0, probe_out=p_out, probe_quad=p_quad)
+    raw = {
+        "outer_seconds": {str(k): v for k, v in out_t.items()},
+        "inner_seconds": {str(k): v for k, v in in_t.items()},
+        "probe_seconds": {str(k): v for k, v in pr_t.items()},
+        "a_out": a_out,
+        "a_in": a_in,
+        "reps": reps,
+    }
+    return clock, raw
