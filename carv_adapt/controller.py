@@ -107,9 +107,9 @@ class AdaptiveController:
         self._last_probe: int | None = None
 
     def probe_due(self) -> bool:
-        """Whether this step should take a split-half probe: while the probe statistics are loose, then at least
-        every ``probe_every_max`` steps (only with ``space="parameter"`` and ``K >= 2``)."""
-        return probe_due(self._step, self._last_probe, self.K, self.param_grouped.compute(), self.config)
+        """Whether to probe this step: while the probe statistics are loose and within ``probe_budget``."""
+        args = (self.K, self.param_grouped.compute(), self.costs.compute(), self.config)
+        return probe_due(self._step, self._last_probe, *args)
 
     @classmethod
     def from_policy(cls, policy: Any, **overrides: Any) -> AdaptiveController:

@@ -359,15 +359,23 @@ def _W(sigma_b2: float, sigma_w2: float, K: int, c_out: float, c_in: float) -> f
     return work_normalized_variance(max(sigma_b2, 0.0), max(sigma_w2, 0.0), K, c_out, c_in)
 
 
-def probe_due(step: int, last_probe: int | None, K: int, probe_stats: Any, config: ControllerConfig) -> bool:
-    """Whether to take a split-half probe this step (docs/theory.md §13): in parameter space with ``K >= 2``, at
-    every step while the probe's between/within/signal estimates are looser than ``probe_tolerance`` (relative
-    standard error), then at least every ``probe_every_max`` steps."""
+def probe_due(
+    step: int, last_probe: int | None, K: int, probe_stats: Any, costs: Any, config: ControllerConfig
+) -> bool:
+    """Whether to take a split-half probe this step (docs/theory.md §13.6): only in parameter space with
+    ``K >= 2``; always for the first one and at least every ``probe_every_max`` steps; otherwise while the probe's
+    between/within estimates are looser than ``probe_tolerance`` (relative standard error) and the probes' share
+    of the measured compute is below ``probe_budget``."""
     sched = config.policy.schedule
     if config.space != "parameter" or K < 2:
         return False
     if last_probe is None or step - last_probe >= sched.probe_every_max:
         return True
+    if costs.steps > 0:
+        N = config.policy.allocation.N
+        policy_cost = costs.c_0 + N * (costs.c_out + K * costs.c_in)
+        if costs.measurement > sched.probe_budget * (policy_cost + costs.measurement):
+            return False
     rel = [
         se / abs(v) if v != 0 and math.isfinite(v) else math.inf
         for v, se in ((probe_stats.sigma_b2, probe_stats.sigma_b2_se), (probe_stats.sigma_w2, probe_stats.sigma_w2_se))
