@@ -1,6 +1,6 @@
-"""Forward + backward cost of the voxel renderer alone, one random camera per call (SPEC §11).
+"""Forward + backward cost of the voxel renderer alone, one random camera per call (docs/theory.md §11).
 
-SPEC §11 measured render + VAE encode at 17 / 59 / 213 ms for (32, 32) / (64, 64) / (128, 64)
+docs/theory.md §11 measured render + VAE encode at 17 / 59 / 213 ms for (32, 32) / (64, 64) / (128, 64)
 (resolution, samples per ray) on 2 CPU cores; this times the render part only.
 
     python benchmarks/render_cost.py [--grid-size 20] [--repeats 10] [--threads 2]

@@ -58,7 +58,7 @@ class WorkloadAdapter:
 
 def _per_draw_vjp(output: Tensor, params: list[Tensor], f: Tensor) -> Tensor:
     """``K x P`` vector-Jacobian products of one outer draw's ``1 x ...`` output with each of ``f``'s ``K``
-    rows (``1 x K x ...``): the per-draw contributions in parameter space (SPEC §7)."""
+    rows (``1 x K x ...``): the per-draw contributions in parameter space (docs/theory.md §7)."""
     rows = []
     for k in range(f.shape[1]):
         grads = torch.autograd.grad(output, params, grad_outputs=f[:, k], retain_graph=True, allow_unused=True)

@@ -1,4 +1,4 @@
-"""Optimal inner/outer allocation (SPEC §4): pure functions over integers K and N."""
+"""Optimal inner/outer allocation (docs/theory.md §4): pure functions over integers K and N."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def _sigma_w2_at(sigma_w2: float | Sequence[float], K: int) -> float:
 
 
 def budget_outer_batch(budget: float, K: int, c_out: float, c_in: float, c_0: float = 0.0) -> int:
-    """``N = floor((B - c_0) / (c_out + K c_in))``, at least 1 (SPEC §4, fixed budget)."""
+    """``N = floor((B - c_0) / (c_out + K c_in))``, at least 1 (docs/theory.md §4, fixed budget)."""
     per_draw = c_out + K * c_in
     if per_draw <= 0:
         raise ConfigError(f"c_out + K c_in must be > 0 for a budget allocation, got {per_draw!r}")
@@ -61,7 +61,7 @@ def optimal_k(
     k_min: int = 1,
     k_max: int = 64,
 ) -> int:
-    """Integer ``K`` in ``[k_min, k_max]`` minimizing ``W`` (SPEC §4, fixed outer batch).
+    """Integer ``K`` in ``[k_min, k_max]`` minimizing ``W`` (docs/theory.md §4, fixed outer batch).
 
     With a constant ``sigma_w2`` ``W`` is convex in ``K``, so comparing ``floor`` and ``ceil`` of the
     clamped continuous ``K*`` gives the integer argmin. ``sigma_w2`` may instead be a sequence indexed by
@@ -113,7 +113,7 @@ def optimal_allocation(
     k_min: int = 1,
     k_max: int = 64,
 ) -> Allocation:
-    """Choose ``(N, K)`` under either allocation mode (SPEC §4).
+    """Choose ``(N, K)`` under either allocation mode (docs/theory.md §4).
 
     ``fixed_batch``: the user's ``N`` stays and ``K`` minimizes ``W``; the fixed cost ``c_0`` is paid once per
     step of ``N`` outer draws whatever ``K`` is, so it counts as ``c_0 / N`` more outer cost (``W`` then is

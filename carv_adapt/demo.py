@@ -50,7 +50,7 @@ def demo_controller(a: WorkloadAdapter, steps: int, seed: int, **overrides: Any)
         forgetting=0.97,
         seed=seed,
         space=a.space,
-        # The teacher-weight prior is derived for SDS-type integrands (SPEC §5); only sds3d declares it.
+        # The teacher-weight prior is derived for SDS-type integrands (docs/theory.md §5); only sds3d declares it.
         warmup_proposal="prior" if a.sds_prior else "uniform",
         prior=teacher_weight_proposal(target, a.weight, wl.teacher.alphas_cumprod) if a.sds_prior else None,
     )

@@ -1,4 +1,4 @@
-"""``torch.distributed`` support: one fused all-reduce of every sufficient statistic at refit time (SPEC §8).
+"""``torch.distributed`` support: one fused all-reduce of every sufficient statistic at refit time (docs/theory.md §8).
 
 Each rank keeps its own sums (its own observations, with the same forgetting); at a refit the controller
 sums them over ranks in a single collective, so every rank decides from the statistics of the union of all

@@ -1,4 +1,4 @@
-"""The hierarchical N x K estimator (SPEC §2), usable without any adaptivity."""
+"""The hierarchical N x K estimator (docs/theory.md §2), usable without any adaptivity."""
 
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ def hierarchical_estimate(
     upstream: Upstream, integrand: Integrand, plan: Plan, noise_shape: tuple[int, ...] | None = None
 ) -> Estimate:
     """Run one ``N x K`` estimate: ``x = upstream(plan)`` (``N x ...``), ``eps = plan.noise(...)``,
-    ``f = integrand(x, plan.t, eps)`` (``N x K x ...``), value ``= mean(rho f)`` (SPEC §2).
+    ``f = integrand(x, plan.t, eps)`` (``N x K x ...``), value ``= mean(rho f)`` (docs/theory.md §2).
 
     ``noise_shape`` defaults to the per-draw shape of ``x`` (noise lives where the teacher noises ``x``).
     """
@@ -82,7 +82,7 @@ class HierarchicalEstimator:
         proposal: timestep proposal (default: the target itself, plain Monte Carlo).
         target: target measure when ``proposal`` is not given (default uniform over 1000 steps).
         N, K: outer and inner draws per estimate.
-        stratification: ``"auto" | "iid" | "stratified" | "lattice" | "global"`` (SPEC §6).
+        stratification: ``"auto" | "iid" | "stratified" | "lattice" | "global"`` (docs/theory.md §6).
         antithetic: pair noises ``(eps, -eps)`` along ``K``.
         seed: seeds this estimator's own generator (state in :meth:`state_dict`).
     """

@@ -1,4 +1,4 @@
-"""Measured work-normalized variance (SPEC §7, §10): independent replications at frozen parameters.
+"""Measured work-normalized variance (docs/theory.md §7, §10): independent replications at frozen parameters.
 
 This streams the replications through Welford (memory of one estimate, whatever ``R``), for the demo and for
 models too large to keep ``R`` estimates. :func:`carv_adapt.bench.replicate` keeps them (as a Gram matrix),

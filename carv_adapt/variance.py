@@ -1,6 +1,6 @@
-"""The compute-aware variance model (SPEC §2-§5, §7): pure functions, no state.
+"""The compute-aware variance model (docs/theory.md §2-§5, §7): pure functions, no state.
 
-Symbols follow SPEC: ``sigma_b2`` (between outer draws), ``sigma_w2`` (within one outer draw, per
+Symbols follow docs/theory.md: ``sigma_b2`` (between outer draws), ``sigma_w2`` (within one outer draw, per
 inner draw, with the IS weights applied), ``K`` inner draws per outer draw, ``c_out`` / ``c_in`` the
 upstream and marginal inner costs. Floats and tensors in, floats and tensors out.
 """
@@ -36,17 +36,17 @@ def _check_nonneg(name: str, value: float) -> None:
 
 
 def step_cost(N: int, K: int, c_out: float, c_in: float, c_0: float = 0.0) -> float:
-    """Per-step compute ``C(N, K) = c_0 + N (c_out + K c_in)`` (SPEC §3)."""
+    """Per-step compute ``C(N, K) = c_0 + N (c_out + K c_in)`` (docs/theory.md §3)."""
     return c_0 + N * (c_out + K * c_in)
 
 
 def estimator_variance(sigma_b2: float, sigma_w2: float, N: int, K: int) -> float:
-    """``Var(G_hat) = sigma_b2 / N + sigma_w2 / (N K)`` (SPEC §2)."""
+    """``Var(G_hat) = sigma_b2 / N + sigma_w2 / (N K)`` (docs/theory.md §2)."""
     return sigma_b2 / N + sigma_w2 / (N * K)
 
 
 def work_normalized_variance(sigma_b2: float, sigma_w2: float, K: float, c_out: float, c_in: float) -> float:
-    """``W(K) = (sigma_b2 + sigma_w2 / K) (c_out + K c_in)`` (SPEC §3), ignoring ``c_0``."""
+    """``W(K) = (sigma_b2 + sigma_w2 / K) (c_out + K c_in)`` (docs/theory.md §3), ignoring ``c_0``."""
     for name, value in (("sigma_w2", sigma_w2), ("c_out", c_out), ("c_in", c_in)):
         _check_nonneg(name, value)
     if K < 1:
@@ -55,14 +55,14 @@ def work_normalized_variance(sigma_b2: float, sigma_w2: float, K: float, c_out: 
 
 
 def ecm(W_baseline: float, W_policy: float) -> float:
-    """Effective compute multiplier ``W_baseline / W_policy`` (SPEC §3)."""
+    """Effective compute multiplier ``W_baseline / W_policy`` (docs/theory.md §3)."""
     if W_policy <= 0.0:
         return math.inf if W_baseline > 0.0 else 1.0
     return W_baseline / W_policy
 
 
 def is_second_moment(pi: Tensor, p: Tensor, m: Tensor) -> Tensor:
-    """``E_{t~p}[rho(t)^2 m(t)] = sum_t pi(t)^2 / p(t) m(t)`` (SPEC §5).
+    """``E_{t~p}[rho(t)^2 m(t)] = sum_t pi(t)^2 / p(t) m(t)`` (docs/theory.md §5).
 
     Args:
         pi: ``B``-dim target mass per bin (or per timestep).
@@ -76,7 +76,7 @@ def is_second_moment(pi: Tensor, p: Tensor, m: Tensor) -> Tensor:
 
 
 def optimal_proposal_bins(pi: Tensor, m: Tensor) -> Tensor:
-    """IS-optimal bin masses ``p*_b ∝ pi_b sqrt(m_b)`` for a piecewise-constant profile (SPEC §5).
+    """IS-optimal bin masses ``p*_b ∝ pi_b sqrt(m_b)`` for a piecewise-constant profile (docs/theory.md §5).
 
     With ``p ∝ pi`` inside each bin, ``sum_b pi_b^2 / p_b m_b`` is minimized by this choice
     (Cauchy-Schwarz). Falls back to ``pi`` when the profile carries no mass.
@@ -105,7 +105,7 @@ def within_variance_for_proposal(
     """Predict the within variance under a new proposal from one measured under the current one.
 
     For i.i.d. inner draws ``sigma_w2(p) = S(p) - M2`` with ``S(p) = E_{t~p}[rho^2 m]`` and
-    ``M2 = E_xi ||mu(xi)||^2`` (SPEC §2, §5). The measured ``sigma_w2_obs`` may live in another space
+    ``M2 = E_xi ||mu(xi)||^2`` (docs/theory.md §2, §5). The measured ``sigma_w2_obs`` may live in another space
     than the profile (a parameter-space probe against an output-space proxy profile), so the profile
     only supplies the ratio: ``sigma_w2_obs * (S_new - M2) / (S_obs - M2)``. When the profile's within
     share ``(S_obs - M2) / S_obs`` is below ``min_within_share`` the difference is mostly noise, and the
@@ -183,7 +183,7 @@ def stratum_within_from_groups(x: Tensor) -> tuple[Tensor, float]:
 def fit_linear_cost(
     sw: float, sx: float, sxx: float, sy: float, sxy: float, min_rel_spread: float = 1e-3
 ) -> tuple[float, float]:
-    """Least-squares ``y = a + b x`` from sufficient sums, as ``(a, b)`` with ``a, b >= 0`` (SPEC §7).
+    """Least-squares ``y = a + b x`` from sufficient sums, as ``(a, b)`` with ``a, b >= 0`` (docs/theory.md §7).
 
     Falls back to a line through the origin (``a = 0, b = sy / sx``) when ``x`` has (almost) no spread,
     since then the intercept is not identified.

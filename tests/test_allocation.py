@@ -1,4 +1,4 @@
-"""SPEC §4-§5: the optimal K and budget allocation against brute force."""
+"""docs/theory.md §4-§5: the optimal K and budget allocation against brute force."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""The online controller (SPEC §8): convergence to the oracle, exact resume, call order, and validation of
+"""The online controller (docs/theory.md §8): convergence to the oracle, exact resume, call order, and validation of
 what observe() is given (examples and a property test)."""
 
 import copy

@@ -1,4 +1,4 @@
-"""Two gloo ranks on CPU: identical policies, distinct draws, statistics equal to the union (SPEC §8)."""
+"""Two gloo ranks on CPU: identical policies, distinct draws, statistics equal to the union (docs/theory.md §8)."""
 
 import os
 import socket

@@ -1,4 +1,4 @@
-"""SPEC §10: every policy is unbiased on the analytic teacher; predicted W matches measured W."""
+"""docs/theory.md §10: every policy is unbiased on the analytic teacher; predicted W matches measured W."""
 
 import math
 

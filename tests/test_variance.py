@@ -1,4 +1,4 @@
-"""SPEC §3: the pure variance model (IS second moment, optimal proposal, ECM, cost fit) against brute force."""
+"""theory.md §3: the pure variance model (IS second moment, optimal proposal, ECM, cost fit) against brute force."""
 
 import pytest
 import torch

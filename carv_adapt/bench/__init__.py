@@ -1,5 +1,5 @@
 """``carv-adapt bench``: the ECM ablation on every shipped workload, equal-compute runs over seeds, the SDS-3D
-cost sweep and the controller's scaling, written as JSON, markdown and figures (SPEC §10)."""
+cost sweep and the controller's scaling, written as JSON, markdown and figures (docs/theory.md §10)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The ECM ablation of one workload at early / middle / late checkpoints of an adaptive training run (SPEC §10).
+"""The ECM ablation of one workload at early / middle / late checkpoints of an adaptive training run (theory.md §10).
 
 At every checkpoint the parameters are frozen and seven policies are measured side by side (interleaved
 replications, same estimate function): the baseline, improved-diffusion's resampler, reuse only, + IS,

@@ -1,5 +1,5 @@
 """Statistics of a workload at frozen parameters from a long pilot, the variance model they imply, and the
-brute-force oracle (SPEC §2-§5, §10).
+brute-force oracle (docs/theory.md §2-§5, §10).
 
 The pilot draws ``N x K`` i.i.d. uniform inner draws and back-propagates every single contribution into the
 final space (one vector-Jacobian product per inner draw), so ``sigma_B^2``, ``sigma_W^2``, ``M2`` and the

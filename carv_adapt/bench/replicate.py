@@ -1,4 +1,4 @@
-"""Measured work-normalized variance from independent replications, and bootstrap intervals for ECM (SPEC §10).
+"""Measured work-normalized variance from independent replications, and bootstrap intervals for ECM (theory.md §10).
 
 Each policy's ``R`` replications at frozen parameters are reduced to their centred Gram matrix (``R x R``)
 and per-replication seconds, which is all a bootstrap resample needs: the trace variance of the resampled

@@ -1,5 +1,5 @@
 """The SDS-3D cost sweep: measured ECM against measured ``c_out / c_in`` as the render gets more expensive
-(resolution, samples per ray), with the variance model's predicted curve (SPEC §4, §11).
+(resolution, samples per ray), with the variance model's predicted curve (docs/theory.md §4, §11).
 
 The scene is trained once at the default settings and then frozen; each setting re-renders that scene, runs
 its own pilot (final-space statistics and a cost fit) and measures the baseline, reuse only (``K*``,
@@ -38,7 +38,7 @@ class SweepSettings:
 
 
 def predicted_ecm_curve(sb: float, sw_base: float, sw: float, ratio: float, k_max: int) -> tuple[float, int]:
-    """``(ECM, K)`` the variance model predicts at ``c_out / c_in = ratio`` (SPEC §3-§4): the baseline's ``W``
+    """``(ECM, K)`` the variance model predicts at ``c_out / c_in = ratio`` (docs/theory.md §3-§4): the baseline's ``W``
     at ``K = 1`` with ``sw_base`` over ``W`` at the optimal integer ``K`` in ``1..k_max`` with ``sw``. Pass the
     uniform within variance as ``sw`` for reuse only, the IS one for CARV."""
     K = optimal_k(sb, sw, ratio, 1.0, 1, k_max)

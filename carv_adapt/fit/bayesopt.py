@@ -1,4 +1,4 @@
-"""Bayesian optimization (BoTorch) of the policy hyper-parameters that have no closed form (SPEC §9).
+"""Bayesian optimization (BoTorch) of the policy hyper-parameters that have no closed form (docs/theory.md §9).
 
 A GP with the *known* noise of each measured objective (``SingleTaskGP(train_Yvar=...)``) and the
 noisy log-expected-improvement acquisition (``qLogNoisyExpectedImprovement``), optimized with

@@ -1,4 +1,4 @@
-"""Timestep measures and proposals (SPEC §5-§6)."""
+"""Timestep measures and proposals (docs/theory.md §5-§6)."""
 
 from carv_adapt.proposals.base import (
     PmfProposal,

@@ -1,4 +1,4 @@
-"""Timestep measures over discrete timesteps: the target ``pi`` and the proposal extension point (SPEC §5-§6)."""
+"""Timestep measures over discrete timesteps: the target ``pi`` and the proposal extension point (theory.md §5-§6)."""
 
 from __future__ import annotations
 
@@ -75,7 +75,7 @@ def bin_index(t: Tensor, edges: Tensor) -> Tensor:
 
 
 def draw_uniforms(N: int, K: int, stratification: Stratification, generator: torch.Generator) -> Tensor:
-    """``N x K`` float64 uniforms on ``[0, 1)`` for inverse-CDF sampling (SPEC §6).
+    """``N x K`` float64 uniforms on ``[0, 1)`` for inverse-CDF sampling (docs/theory.md §6).
 
     - ``iid``: independent uniforms.
     - ``stratified``: one stratum per inner draw of each outer draw, ``u_k = (k + U_k) / K``.
@@ -147,7 +147,7 @@ class Proposal(ABC):
     def sample(
         self, N: int, K: int, generator: torch.Generator, stratification: Stratification = "iid"
     ) -> tuple[Tensor, Tensor]:
-        """Draw ``N x K`` timesteps (long) and their weights ``rho`` (float64) by inverse CDF (SPEC §6)."""
+        """Draw ``N x K`` timesteps (long) and their weights ``rho`` (float64) by inverse CDF (docs/theory.md §6)."""
         t = self.quantile(draw_uniforms(N, K, stratification, generator))
         return t, self.weights(t)
 

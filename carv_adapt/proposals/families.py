@@ -1,4 +1,4 @@
-"""Proposal families (SPEC §5): uniform (= the target), piecewise-constant over bins, analytic
+"""Proposal families (docs/theory.md §5): uniform (= the target), piecewise-constant over bins, analytic
 ``q ∝ pi g`` (the teacher-weight prior), and the defensive mixture."""
 
 from __future__ import annotations
@@ -93,14 +93,14 @@ class MixtureProposal(Proposal):
 
 
 def defensive_mixture(proposal: Proposal, alpha: float) -> Proposal:
-    """``(1 - alpha) p + alpha pi``: bounds ``rho <= 1 / alpha`` (SPEC §5)."""
+    """``(1 - alpha) p + alpha pi``: bounds ``rho <= 1 / alpha`` (docs/theory.md §5)."""
     if not (0.0 <= alpha <= 1.0):
         raise ConfigError(f"alpha must be in [0, 1], got {alpha!r}")
     return MixtureProposal([proposal, UniformProposal(proposal.target)], [1.0 - alpha, alpha])
 
 
 def teacher_weight_proposal(target: TargetMeasure, weight: Tensor, alphas_cumprod: Tensor) -> WeightedProposal:
-    """The paper's teacher-weight prior ``q(t) ∝ pi(t) w(t) sqrt(alphabar_t)`` (SPEC §5); no statistics needed."""
+    """The paper's teacher-weight prior ``q(t) ∝ pi(t) w(t) sqrt(alphabar_t)`` (theory.md §5); no statistics needed."""
     w = torch.as_tensor(weight, dtype=torch.float64)
     a = torch.as_tensor(alphas_cumprod, dtype=torch.float64)
     if a.shape != (target.num_timesteps,):

@@ -1,4 +1,4 @@
-"""Streaming statistics the controller decides from (SPEC §7)."""
+"""Streaming statistics the controller decides from (docs/theory.md §7)."""
 
 from carv_adapt.stats.base import NonFinitePolicy, SumStatistic
 from carv_adapt.stats.costs import CostEstimate, CostTracker, StageRole, StageTimer

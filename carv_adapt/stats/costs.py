@@ -1,4 +1,4 @@
-"""Per-stage cost measurement (SPEC §3, §7): stage timers and a tracker fitting ``c_0``, ``c_out``, ``c_in``."""
+"""Per-stage cost measurement (theory.md §3, §7): stage timers and a tracker fitting ``c_0``, ``c_out``, ``c_in``."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Per-bin second-moment profile ``m(t) = E ||f||^2`` (SPEC §7), with counts and forgetting."""
+"""Per-bin second-moment profile ``m(t) = E ||f||^2`` (docs/theory.md §7), with counts and forgetting."""
 
 from __future__ import annotations
 

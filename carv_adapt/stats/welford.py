@@ -1,4 +1,4 @@
-"""Measured variance from independent replications (SPEC §7): a streaming Welford accumulator."""
+"""Measured variance from independent replications (docs/theory.md §7): a streaming Welford accumulator."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 Supports ``UNet2DModel`` (unconditional or class-conditional) and ``UNet2DConditionModel``
 (cross-attention on ``encoder_hidden_states``), epsilon / v / sample prediction read from the scheduler's
 config, classifier-free guidance with cond and uncond in one batched call, a memory cap on the actual
-UNet batch, and an optional ``AutoencoderKL`` whose encode is an *upstream* stage (SPEC §1: differentiable,
+UNet batch, and an optional ``AutoencoderKL`` whose encode is an *upstream* stage (docs/theory.md §1: differentiable,
 since in SDS the gradient flows back through it into the renderer). The teacher itself never builds an
 autograd graph.
 """
@@ -75,7 +75,7 @@ def eps_from_model_output(
 
 
 class DiffusersTeacher(Teacher):
-    """A frozen diffusers UNet as an epsilon predictor (SPEC §1's ``eps_hat``).
+    """A frozen diffusers UNet as an epsilon predictor (docs/theory.md §1's ``eps_hat``).
 
     The UNet (and VAE) are frozen in place: eval mode, ``requires_grad_(False)``. Inputs are moved to the
     UNet's device and dtype; predictions come back in the input's device and dtype (the conversion to

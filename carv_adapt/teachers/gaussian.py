@@ -1,5 +1,5 @@
-"""Analytic teachers with exact epsilon prediction (SPEC §10): Gaussian and Gaussian-mixture data on a
-VP schedule, the SDS-type integrand (SPEC §1), and its exact expectation and statistics (SPEC §2, §5) for
+"""Analytic teachers with exact epsilon prediction (docs/theory.md §10): Gaussian and Gaussian-mixture data on a
+VP schedule, the SDS-type integrand (theory.md §1), and its exact expectation and statistics (theory.md §2, §5) for
 the single Gaussian.
 
 Derivation. For data ``x0 ~ N(mean, std^2 I)`` the noised marginal is ``N(alpha mean, v_t I)`` with
@@ -64,7 +64,7 @@ def _check_batch(name: str, x_t: Tensor, t: Tensor, per_sample: str, ok: bool) -
 
 
 class GaussianTeacher(Teacher):
-    """Exact teacher for ``x0 ~ N(mean, std^2 I)`` (SPEC §10).
+    """Exact teacher for ``x0 ~ N(mean, std^2 I)`` (docs/theory.md §10).
 
     Args:
         mean: the data mean, with the per-sample shape (``D`` or e.g. ``C x H x W``).
@@ -159,7 +159,7 @@ def sds_integrand(
     cond: Any = None,
     chunk_size: int | None = None,
 ) -> Tensor:
-    """The SDS-type contribution ``f = w(t) (eps_hat(alpha_t x + sigma_t eps, t) - eps)`` (SPEC §1).
+    """The SDS-type contribution ``f = w(t) (eps_hat(alpha_t x + sigma_t eps, t) - eps)`` (docs/theory.md §1).
 
     Args:
         teacher: any :class:`Teacher`.
@@ -220,7 +220,7 @@ def _kappa(teacher: GaussianTeacher, pi: Tensor, weight: Tensor | None) -> float
 
 
 def exact_sds_expectation(teacher: GaussianTeacher, x_mean: Tensor, pi: Tensor, weight: Tensor | None = None) -> Tensor:
-    """Exact ``G = E_x E_{t~pi} E_eps f = kappa (x_mean - mean)``, ``kappa = sum_t pi w c_t`` (SPEC §1, §10).
+    """Exact ``G = E_x E_{t~pi} E_eps f = kappa (x_mean - mean)``, ``kappa = sum_t pi w c_t`` (docs/theory.md §1, §10).
 
     Args:
         teacher: the single-Gaussian teacher. x_mean: mean of the outer draws (mean's shape, e.g. ``D``).
@@ -237,7 +237,7 @@ def exact_sds_expectation(teacher: GaussianTeacher, x_mean: Tensor, pi: Tensor, 
 def exact_second_moment_profile(
     teacher: GaussianTeacher, x_mean: Tensor, x_cov_trace: float, weight: Tensor | None = None
 ) -> Tensor:
-    """Exact timestep profile ``m(t) = E_{x, eps} ||f(x, t, eps)||^2`` (SPEC §5).
+    """Exact timestep profile ``m(t) = E_{x, eps} ||f(x, t, eps)||^2`` (docs/theory.md §5).
 
     ``m(t) = w_t^2 (c_t^2 (||x_mean - mean||^2 + x_cov_trace) + (1 - d_t)^2 D)``.
 
@@ -254,7 +254,7 @@ def exact_second_moment_profile(
 
 @dataclass(frozen=True)
 class WithinBetween:
-    """Exact SPEC §2 statistics: ``sigma_b2 = tr Cov_x(mu(x))``, ``sigma_w2 = E_x tr Cov_{t~p,eps}(rho f|x)``
+    """Exact docs/theory.md §2 statistics: ``sigma_b2 = tr Cov_x(mu(x))``, ``sigma_w2 = E_x tr Cov_{t~p,eps}(rho f|x)``
     for one i.i.d. inner draw; ``M2 = E_x ||mu(x)||^2``, so ``E_{t~p}[rho^2 m] = sigma_w2 + M2``."""
 
     sigma_b2: float
@@ -270,7 +270,7 @@ def exact_within_between(
     p: Tensor,
     weight: Tensor | None = None,
 ) -> WithinBetween:
-    """Exact between/within variances for i.i.d. inner draws ``t ~ p``, ``rho = pi / p`` (SPEC §2).
+    """Exact between/within variances for i.i.d. inner draws ``t ~ p``, ``rho = pi / p`` (docs/theory.md §2).
 
     ``sigma_B^2 = kappa^2 x_cov_trace`` and
     ``sigma_W^2(p) = sum_t pi(t)^2 / p(t) m(t) - kappa^2 E||x - mean||^2`` (module docstring).

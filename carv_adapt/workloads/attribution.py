@@ -1,4 +1,4 @@
-"""Workload: diffusion data attribution (D-TRAK-style, SPEC §1).
+"""Workload: diffusion data attribution (D-TRAK-style, docs/theory.md §1).
 
 Each training example gets a feature: the expectation over ``(t, eps)`` of the gradient of the diffusion loss
 ``||eps_hat(x_t, t, y) - eps||^2`` with respect to a parameter subset of the frozen teacher (here its output

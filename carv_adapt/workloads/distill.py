@@ -1,4 +1,4 @@
-"""Workload: single-step distillation with the distribution-matching gradient (DMD-style, SPEC §1).
+"""Workload: single-step distillation with the distribution-matching gradient (DMD-style, docs/theory.md §1).
 
 A one-step generator maps noise and a class label to a teacher latent. Its gradient is the expectation over
 ``(t, eps)`` of the score difference at the noised sample: ``f = w(t) (eps_real - eps_fake)`` with the real

@@ -1,7 +1,7 @@
 """A synthetic nested workload with known statistics, for tests, calibration and benchmarks.
 
 ``f(xi, t, eps) = xi + s(t) * eps`` in ``R^D`` with ``xi ~ N(mu0, sb^2 I)`` and ``eps ~ N(0, I)``, so
-(SPEC §2, §5): ``sigma_B^2 = D sb^2``, ``M2 = E ||xi||^2 = ||mu0||^2 + D sb^2``,
+(docs/theory.md §2, §5): ``sigma_B^2 = D sb^2``, ``M2 = E ||xi||^2 = ||mu0||^2 + D sb^2``,
 ``m(t) = M2 + D s(t)^2`` and ``sigma_W^2(p) = sum_t pi(t)^2 / p(t) m(t) - M2``. Costs are simulated:
 ``c_out`` per outer draw, ``c_in`` per inner draw and ``c_call`` per teacher call.
 """

@@ -1,4 +1,4 @@
-"""The stratified uniform draws (SPEC §6) and the target measure's validation."""
+"""The stratified uniform draws (docs/theory.md §6) and the target measure's validation."""
 
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""GroupedVariance (SPEC §7): unbiased between/within on a nested model, and the split-half probe."""
+"""GroupedVariance (docs/theory.md §7): unbiased between/within on a nested model, and the split-half probe."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""The analytic teacher (SPEC §10): exact eps-prediction, and the exact SDS statistics (SPEC §2,
+"""The analytic teacher (docs/theory.md §10): exact eps-prediction, and the exact SDS statistics (docs/theory.md §2,
 §5) against seeded Monte Carlo. Every MC check is a z-test, ``|estimate - exact| < 4 standard errors``,
 with the standard error measured from the same draws."""
 
@@ -133,7 +133,7 @@ def test_exact_expectation_and_total_variance(kind):
     G = exact_sds_expectation(TEACHER, X_MEAN, pi, weight)
     est = _draws(40000, 1, p, pi, weight, torch.Generator().manual_seed(5))[:, 0]
     _z_ok(est, G)
-    # One draw (N = K = 1) has variance sigma_B^2 + sigma_W^2(p) (SPEC §2).
+    # One draw (N = K = 1) has variance sigma_B^2 + sigma_W^2(p) (docs/theory.md §2).
     stats = exact_within_between(TEACHER, X_MEAN, X_COV_TRACE, pi, p, weight)
     _z_ok(((est - G) ** 2).sum(1), stats.sigma_b2 + stats.sigma_w2)
 
