@@ -349,3 +349,20 @@ def test_progress_objective_reaches_the_progress_optimum(space):
         scale = 4.0 if space == "parameter" else 1.0  # the probe map is 2 I
         assert rec.extra["G2"] == pytest.approx(scale * float(wl.G.pow(2).sum()), rel=0.3)
         assert rec.extra["progress_gain"] > 1.0
+
+
+def test_probe_schedule_follows_uncertainty_and_the_compute_budget():
+    """Probes every step while loose, never past their compute budget, and at least every probe_every_max."""
+    from carv_adapt.decide import probe_due
+
+    cfg = parse_config(None, space="parameter", batch_size=2, probe_budget=0.05, probe_every_max=20)
+    loose = BetweenWithin(1.0, 0.5, 10.0, 1.0, 10.0, math.nan, 1.0, 1.0, 10.0)
+    tight = BetweenWithin(1.0, 0.01, 10.0, 0.01, 10.0, math.nan, 1.0, 1.0, 10.0)
+    cheap = CostEstimate(0.0, 0.01, 0.001, 100.0, measurement=0.0001)  # probes 0.4 % of compute
+    dear = CostEstimate(0.0, 0.01, 0.001, 100.0, measurement=0.01)  # probes 29 % of compute
+    assert probe_due(10, None, 4, tight, dear, cfg)  # the first probe
+    assert probe_due(10, 9, 4, loose, cheap, cfg) and not probe_due(10, 9, 4, tight, cheap, cfg)
+    assert not probe_due(10, 9, 4, loose, dear, cfg)  # loose but over budget
+    assert probe_due(29, 9, 4, tight, dear, cfg)  # probe_every_max
+    assert not probe_due(10, None, 1, loose, cheap, cfg)  # K = 1 has no halves
+    assert not probe_due(10, None, 4, loose, cheap, parse_config(None, space="proxy"))
