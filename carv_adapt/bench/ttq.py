@@ -165,7 +165,11 @@ def _arm(name: str, s: TTQSettings, a: Any, seed: int) -> tuple[Any, Any]:
             defensive_mixture(prior, s.fixed_alpha), N=a.batch_size, K=s.fixed_k, stratification="stratified", seed=seed
         )
     objective = name.removeprefix("adaptive_")
-    return demo_controller(a, s.steps, seed, objective=objective, k_max=s.k_max, space="parameter"), None
+    # The adaptive arms take fewer, costlier steps than the baseline's: size the warm-up and the refit interval
+    # by a tenth-ish of their own run, not by the baseline's step count.
+    timing = {"warmup_steps": max(10, s.steps // 14), "refit_every": max(5, s.steps // 35)}
+    ctrl = demo_controller(a, s.steps, seed, objective=objective, k_max=s.k_max, space="parameter", **timing)
+    return ctrl, None
 
 
 def arm_labels(s: TTQSettings) -> dict[str, str]:
