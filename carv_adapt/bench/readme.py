@@ -35,7 +35,7 @@ __all__ = [
 
 #: The README's generated blocks (marker names), in the order they appear. ``wall_time`` is one line, used
 #: inline (its markers sit inside a sentence); the others are blocks (each marker alone on its line).
-README_SECTIONS = ("wall_time", "ablation", "targets", "calibration", "e2e", "sweep", "scaling")
+README_SECTIONS = ("wall_time", "ablation", "targets", "misses", "calibration", "e2e", "sweep", "scaling")
 
 #: The targets the README's targets table checks the run against.
 ECM_TARGETS = {"sds3d": 3.0, "attribution": 2.5}
@@ -232,6 +232,27 @@ def _scaling(result: dict[str, Any], gpu: Sequence[dict[str, Any]] | None) -> li
     return md_table(["bins", "contribution size", *header, "contributions"], rows)
 
 
+def _misses(result: dict[str, Any]) -> list[str]:
+    """Checkpoints where adaptive / oracle falls short: measured, and as the pilot's model predicts it (a model
+    ratio near 1 says the measured gap is replication noise; one below says the policy itself is worse)."""
+    rows = []
+    for w in result["ablation"]:
+        for c in w["checkpoints"]:
+            by = {r["variant"]: r for r in c["variants"]}
+            measured = _adaptive_over_oracle(c)
+            if not measured < ORACLE_RATIO_TARGET or "adaptive" not in by:
+                continue
+            a, o = by["adaptive"], by["oracle"]
+            rows.append(
+                [_name(w["workload"]), str(c["step"]), f"{measured:.2f}", f"{o['W_predicted'] / a['W_predicted']:.2f}"]
+                + [f"{a['K']} / {o['K']}", f"{a['proposal']} / {o['proposal']}"]
+            )
+    if not rows:
+        return ["_Adaptive / oracle met the target at every checkpoint._"]
+    header = ["workload", "step", "adaptive / oracle, measured", "predicted by the pilot", "K (adaptive / oracle)"]
+    return md_table([*header, "proposal (adaptive / oracle)"], rows)
+
+
 def readme_sections(bench: dict[str, Any], gpu_scaling: Sequence[dict[str, Any]] | None = None) -> dict[str, str]:
     """The README's benchmark blocks, by marker name (:data:`README_SECTIONS`), from a ``bench.json`` result;
     ``gpu_scaling`` (rows of ``docs/gpu/scaling_cuda.json``, from ``benchmarks/gpu_check.sh``) adds a GPU
@@ -243,6 +264,7 @@ def readme_sections(bench: dict[str, Any], gpu_scaling: Sequence[dict[str, Any]]
             bench, [v for v in VARIANTS if v != "baseline"], without_k=("iddpm",), ratio_w_b=_ratio_w_b
         ),
         "targets": _targets(bench),
+        "misses": _misses(bench),
         "calibration": _calibration(bench),
         "e2e": _e2e(bench) if bench.get("e2e") else [missing.format("`--seeds`")],
         "sweep": _sweep(bench) if bench.get("sweep") else [missing.format("`--no-sweep`")],
