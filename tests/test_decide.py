@@ -373,3 +373,20 @@ def test_probe_schedule_follows_uncertainty_and_the_compute_budget():
     assert probe_due(29, 9, 4, tight, dear, cfg)  # probe_every_max
     assert not probe_due(10, None, 1, loose, cheap, cfg)  # K = 1 has no halves
     assert not probe_due(10, None, 4, loose, cheap, parse_config(None, space="proxy"))
+
+
+def test_offline_fit_keeps_the_confidence_band():
+    """A frozen policy fitted from a record whose between estimate is within its noise does not bet on the point
+    estimate (the undamped fit sent SDS-3D's K to its cap)."""
+    from carv_adapt.fit.closed_form import fit_from_record
+
+    wl = nested(10)
+    ctrl, _ = run(wl, 0, 40)
+    rec = ctrl.history[-1]
+    stats = dict(rec.statistics)
+    stats["proxy"] = dict(stats["proxy"], sigma_b2=0.05, sigma_b2_se=1.0)  # within its noise (sigma_W^2 ~ 30)
+    noisy = type(rec)(**{**rec.to_dict(), "statistics": stats})
+    band = fit_from_record(noisy)
+    assert band.state.K < 64 and band.k_interval[1] == 64
+    point = fit_from_record(noisy, confidence=0.0)
+    assert point.state.K > band.state.K

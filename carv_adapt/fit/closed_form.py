@@ -58,14 +58,17 @@ def record_policy(record: Refit, num_timesteps: int | None = None, **settings: A
 
 
 def fit_from_record(record: Refit, policy: Policy | None = None, **settings: Any) -> Decision:
-    """The closed-form decision for ``record``'s statistics: :func:`~carv_adapt.decide.decide` with no damping
-    (confidence 0, no move cap, no cooldown), in the record's space, from the state the record started in."""
+    """The closed-form decision for ``record``'s statistics: :func:`~carv_adapt.decide.decide` without the online
+    damping (no move cap, no cooldown), in the record's space, from the state the record started in. The
+    confidence band stays: a frozen policy should not bet on a point estimate whose standard error dwarfs it
+    (a between variance of 0.003 +- 0.03 would otherwise send K to its cap); ``confidence=0`` in ``settings``
+    takes the point estimate."""
     for name in ("c_out", "c_in"):
         v = getattr(record, name)
         if not math.isfinite(v):
             raise ConfigError(f"refit record at step {record.step}: {name}={v!r} is not finite; log more steps first")
     policy = policy or record_policy(record, **settings)
-    undamped = policy.safeguards.model_copy(update={"confidence": 0.0, "max_move": 1.0, "k_cooldown": 0})
+    undamped = policy.safeguards.model_copy(update={"max_move": 1.0, "k_cooldown": 0})
     config = ControllerConfig(
         policy=policy.model_copy(update={"safeguards": undamped, "adaptive": True}),
         space="parameter" if record.space == "parameter" or record.extra.get("space") == "parameter" else "proxy",
