@@ -52,7 +52,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         replications=args.replications,
         quick=args.quick,
     )
-    console = Console(width=160)
+    console = Console(width=180)  # the table has 13 columns
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
