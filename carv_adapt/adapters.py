@@ -40,6 +40,14 @@ class WorkloadAdapter:
         space: where the controller takes sigma_B^2 / sigma_W^2 from for this workload.
         controller_steps: how many controller steps ``run(steps)`` takes (attribution: one per example per
             round), so the warm-up and refit schedule can be sized to the run.
+        run_to_compute: ``(step_cost, budget, fractions, controller=None, max_steps=..., on_step=None) ->``
+            :class:`~carv_adapt.workloads.base.ComputeRun`, the run of :func:`~carv_adapt.workloads.base.
+            drive_to_compute` (``step_cost=None``: each step charged its measured stage seconds) whose checkpoints
+            carry the score ``"quality"``: the workload's quality metric ``curve_metric`` of the parameters there
+            (docs/theory.md §10).
+        curve_metric, higher_is_better: the name and direction of that metric.
+        cost_clock: ``(path, say) -> (CostClock, raw medians)`` when the workload has a cost clock cheap enough
+            to calibrate for a demo (cached at ``path``; docs/theory.md §3), else None.
     """
 
     wl: Any
@@ -54,6 +62,10 @@ class WorkloadAdapter:
     sds_prior: bool = False
     space: str = "parameter"
     controller_steps: Callable[[int], int] = lambda steps: steps
+    run_to_compute: Callable[..., Any] | None = None
+    curve_metric: str = ""
+    higher_is_better: bool = True
+    cost_clock: Callable[[Any, Any], tuple[Any, dict[str, Any]]] | None = None
 
 
 def _per_draw_vjp(output: Tensor, params: list[Tensor], f: Tensor) -> Tensor:
@@ -108,6 +120,14 @@ def _sds3d(seed: int, quick: bool, **config: Any) -> WorkloadAdapter:
                 ]
             )
 
+    def run_to_compute(step_cost: Any, budget: float, fractions: Any, **kw: Any) -> Any:
+        return wl.run_to_compute(step_cost, budget, fractions, {"quality": wl.log_prob}, **kw)
+
+    def cost_clock(path: Any, say: Any = None) -> tuple[Any, dict[str, Any]]:
+        from carv_adapt.bench.cost_clock import cached_calibration
+
+        return cached_calibration(wl, path, reps=2 if quick else 3, say=say)
+
     return WorkloadAdapter(
         wl,
         wl.config.batch_size,
@@ -119,6 +139,9 @@ def _sds3d(seed: int, quick: bool, **config: Any) -> WorkloadAdapter:
         lambda r: wl.score(wl.scene_from_state(r.final_state)),
         "p(digit)",
         sds_prior=True,
+        run_to_compute=run_to_compute,
+        curve_metric="log p(digit)",  # the mean over the 16 fixed views: it keeps resolving after p(digit) saturates
+        cost_clock=cost_clock,
     )
 
 
@@ -155,12 +178,25 @@ def _distill(seed: int, quick: bool, **config: Any) -> WorkloadAdapter:
             z = torch.randn((5, *wl.latent_shape), generator=torch.Generator().manual_seed(7))
             return wl.teacher.decode(gen(z, torch.arange(5))).clamp(-1, 1)
 
-    def quality(res: Any) -> float:
-        gen, _ = wl.models_from_state(res.final_state)
+    def fd(gen: Any) -> float:
         return wl.quality(gen, n_per_class=5 if quick else 20)["fd"]
 
+    def run_to_compute(step_cost: Any, budget: float, fractions: Any, **kw: Any) -> Any:
+        return wl.run_to_compute(step_cost, budget, fractions, {"quality": fd}, **kw)
+
     return WorkloadAdapter(
-        wl, wl.config.batch_size, wl.weight, wl.run, estimator, draws, views, quality, "FD (lower is better)"
+        wl,
+        wl.config.batch_size,
+        wl.weight,
+        wl.run,
+        estimator,
+        draws,
+        views,
+        lambda res: fd(wl.models_from_state(res.final_state)[0]),
+        "FD (lower is better)",
+        run_to_compute=run_to_compute,
+        curve_metric="FD",
+        higher_is_better=False,
     )
 
 
@@ -191,10 +227,17 @@ def _attribution(seed: int, quick: bool, **config: Any) -> WorkloadAdapter:
         rounds = max(1, steps // 10)
         return wl.run(controller=controller, passes=rounds, compute_budget=compute_budget, on_step=on_step)
 
-    def quality(res: Any) -> float:
+    def spearman(scores: Tensor) -> float:
+        import warnings
+
         if "ref" not in reference:
             reference["ref"] = wl.reference()
-        return mean_spearman(res.scores, reference["ref"].scores)
+        with warnings.catch_warnings():  # early checkpoints of a curve: examples not yet estimated tie (NaN)
+            warnings.filterwarnings("ignore", message="An input array is constant")
+            return mean_spearman(scores, reference["ref"].scores)
+
+    def run_to_compute(step_cost: Any, budget: float, fractions: Any, **kw: Any) -> Any:
+        return wl.run_to_compute(step_cost, budget, fractions, {"quality": spearman}, **kw)
 
     def draws(state: dict[str, Tensor]) -> Draws:
         def fn(plan: Plan, final: bool) -> tuple[Tensor | None, Tensor]:
@@ -211,10 +254,12 @@ def _attribution(seed: int, quick: bool, **config: Any) -> WorkloadAdapter:
         lambda state: lambda p: wl.feature(index, p, g)[0],
         draws,
         None,
-        quality,
+        lambda res: spearman(res.scores),
         "Spearman vs reference",
         space="proxy",
         controller_steps=lambda steps: max(1, steps // 10) * (cfg.num_train + cfg.num_queries),
+        run_to_compute=run_to_compute,
+        curve_metric="Spearman",
     )
 
 

@@ -52,7 +52,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         replications=args.replications,
         quick=args.quick,
     )
-    console = Console(width=160)
+    console = Console(width=180)  # the table has 13 columns
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -68,6 +68,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     for r in rows[1:]:
         table.add_row(*r)
     console.print(table)
+    clock, ttq = summary["clock"], summary["time_to_quality"]
+    b_sec, a_sec = summary["baseline"]["compute_seconds"], summary["adaptive"]["compute_seconds"]
+    measured = f" (measured stage seconds: baseline {b_sec:.1f}, adaptive {a_sec:.1f})" if clock["costs"] else ""
+    console.print(
+        f"compute: {clock['description']}{measured}. to base@F: the compute (fraction of the baseline's budget) a "
+        f"run needs to reach the baseline's {ttq['metric']} at F of its budget (>1: not within it); curves in "
+        f"{settings.out}/quality_vs_compute.png"
+    )
     m = summary["measured"]
     console.print(
         f"measured ECM {m['ecm']:.2f} from {m['replications']} replications per policy at the adaptive "
@@ -184,7 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--refit-every", type=int, default=10, help="steps between refits after the warm-up")
     s.add_argument("--total-steps", type=int, default=100, help="training steps in all")
     s.set_defaults(func=_cmd_schedule)
-    d = sub.add_parser("demo", help="baseline vs adaptive at equal compute on a workload; writes a report")
+    d = sub.add_parser(
+        "demo", help="baseline vs adaptive at equal compute on a workload: quality against compute; writes a report"
+    )
     d.add_argument("--workload", default="sds3d", choices=_WORKLOADS, help="the workload to run")
     d.add_argument("--steps", type=int, default=300, help="baseline steps (the adaptive run gets equal compute)")
     d.add_argument("--seed", type=int, default=0, help="random seed of the workload and the controller")

@@ -16,7 +16,14 @@ try:
 except ImportError as e:  # pragma: no cover - exercised only without the extra
     raise ImportError("plots need matplotlib: pip install 'carv_adapt[plots]'") from e
 
-__all__ = ["plot_proposal_history", "plot_k_history", "plot_cost_breakdown", "plot_views", "plot_profile"]
+__all__ = [
+    "plot_proposal_history",
+    "plot_k_history",
+    "plot_cost_breakdown",
+    "plot_views",
+    "plot_profile",
+    "plot_quality_vs_compute",
+]
 
 
 def plot_proposal_history(history: Sequence[Any]) -> Figure:
@@ -101,5 +108,57 @@ def plot_views(rows: dict[str, torch.Tensor]) -> Figure:
             if j < imgs.shape[0]:
                 ax.imshow(imgs[j, 0].detach().cpu().numpy(), cmap="gray", vmin=-1, vmax=1)
         axes[i][0].set_title(name, fontsize=8, loc="left")
+    fig.tight_layout()
+    return fig
+
+
+def plot_quality_vs_compute(
+    curves: dict[str, Sequence[tuple[float, float]]],
+    levels: Sequence[dict[str, Any]],
+    ylabel: str,
+    xlabel: str = "compute (fraction of the baseline's budget)",
+    higher_is_better: bool = True,
+) -> Figure:
+    """Quality against compute for each named run (``[(compute, quality), ...]`` at its checkpoints; dashed: the
+    best reached so far), with the baseline's quality at fractions of its budget marked: each of ``levels``
+    (``{"fraction": f, "baseline_quality": q, name: compute that run needs to reach q or None, ...}``) draws a
+    dotted line at ``q`` and a marker where each run first reaches it."""
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    colors: dict[str, Any] = {}
+    for name, pts in curves.items():
+        if not pts:
+            continue
+        x, q = np.array([p[0] for p in pts]), np.array([p[1] for p in pts])
+        best = np.maximum.accumulate(q) if higher_is_better else np.minimum.accumulate(q)
+        (line,) = ax.plot(x, q, "o-", ms=3.5, lw=1.2, label=name)
+        colors[name] = line.get_color()
+        ax.plot(x, best, "--", lw=0.9, color=line.get_color(), alpha=0.7)
+    for lv in levels:
+        q = lv.get("baseline_quality")
+        if q is None:
+            continue
+        ax.axhline(q, color="0.55", ls=":", lw=0.9)
+        ax.annotate(
+            f"baseline @ {100 * lv['fraction']:g} %",
+            (1.0, q),
+            xycoords=("axes fraction", "data"),
+            xytext=(-4, 2),
+            textcoords="offset points",
+            ha="right",
+            fontsize=7,
+            color="0.35",
+        )
+        for name in curves:
+            need = lv.get(name)
+            if need is not None:
+                ax.plot([need], [q], "D" if name == "baseline" else "*", ms=6, color=colors.get(name, "k"))
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel + (" (higher is better)" if higher_is_better else " (lower is better)"))
+    ax.set_xlim(left=0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right" if higher_is_better else "upper right")
+    ax.set_title("time to quality: quality against compute", fontsize=10)
     fig.tight_layout()
     return fig

@@ -15,15 +15,28 @@ products (§7.5) each run back through the whole batched upstream graph of ``N``
 
 from __future__ import annotations
 
+import hashlib
+import json
+import platform
 import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["CostClock", "fit_line", "fit_quadratic", "median_seconds", "calibrate_sds3d"]
+__all__ = [
+    "CostClock",
+    "fit_line",
+    "fit_quadratic",
+    "median_seconds",
+    "calibrate_sds3d",
+    "cached_calibration",
+    "machine_description",
+    "config_key",
+]
 
 
 @dataclass(frozen=True)
@@ -160,3 +173,39 @@ def calibrate_sds3d(
         "reps": reps,
     }
     return clock, raw
+
+
+def machine_description() -> str:
+    """The host, architecture, torch threads and torch version a calibration holds for."""
+    threads = torch.get_num_threads()
+    return f"{platform.node()} {platform.machine()}, {threads} torch thread(s), torch {torch.__version__}"
+
+
+def config_key(d: dict[str, Any]) -> str:
+    """A short stable digest of a JSON-able dict (cache keys)."""
+    return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def cached_calibration(
+    wl: Any,
+    path: Path,
+    reps: int,
+    recalibrate: bool = False,
+    say: Callable[[str], None] | None = None,
+) -> tuple[CostClock, dict[str, Any]]:
+    """The cost clock of an SDS-3D workload on this machine (:func:`calibrate_sds3d` with ``reps``), read from the
+    JSON file ``path`` when it was made for the same config (seed aside), machine and ``reps``, else calibrated and
+    written there. The raw medians come back with ``cached`` saying which."""
+    path = Path(path)
+    cfg = {k: v for k, v in wl.config.model_dump().items() if k != "seed"}
+    key = config_key({"config": cfg, "machine": machine_description(), "reps": reps, "clock": 2})
+    if path.exists() and not recalibrate:
+        d = json.loads(path.read_text())
+        if d.get("key") == key:
+            return CostClock.from_dict(d["clock"]), {**d["raw"], "cached": True}
+    if say is not None:
+        say("calibrating the cost clock (each stage in isolation)")
+    clock, raw = calibrate_sds3d(wl, reps=reps)
+    record = {"key": key, "machine": machine_description(), "clock": clock.to_dict(), "raw": raw}
+    path.write_text(json.dumps(record, indent=1))
+    return clock, {**raw, "cached": False}

@@ -18,9 +18,7 @@ controller with the demo's settings and parameter-space probes, deciding by ``ob
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import platform
 import sys
 import time
 from collections.abc import Callable
@@ -30,7 +28,7 @@ from typing import Any
 
 import torch
 
-from carv_adapt.bench.cost_clock import CostClock, calibrate_sds3d
+from carv_adapt.bench.cost_clock import CostClock, cached_calibration, config_key, machine_description
 from carv_adapt.bench.ttq_analysis import analyze, markdown, plot
 
 __all__ = ["ARMS", "TTQSettings", "time_to_quality", "main"]
@@ -101,28 +99,9 @@ class TTQSettings:
         return {**base, "max_angle_deg": self.max_angle_deg, "init_noise": self.init_noise, **self.config}
 
 
-def _key(d: dict[str, Any]) -> str:
-    return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-
-def _machine() -> str:
-    threads = torch.get_num_threads()
-    return f"{platform.node()} {platform.machine()}, {threads} torch thread(s), torch {torch.__version__}"
-
-
 def _calibration(s: TTQSettings, wl: Any, out: Path, say: Callable[[str], None]) -> tuple[CostClock, dict[str, Any]]:
     """The cost clock of this machine and config, from ``out/calibration.json`` when it was made here."""
-    path = out / "calibration.json"
-    cfg = {k: v for k, v in wl.config.model_dump().items() if k != "seed"}
-    key = _key({"config": cfg, "machine": _machine(), "reps": s.calibration_reps, "clock": 2})
-    if path.exists() and not s.recalibrate:
-        d = json.loads(path.read_text())
-        if d.get("key") == key:
-            return CostClock.from_dict(d["clock"]), {**d["raw"], "cached": True}
-    say("calibrating the cost clock (each stage in isolation)")
-    clock, raw = calibrate_sds3d(wl, reps=s.calibration_reps)
-    path.write_text(json.dumps({"key": key, "machine": _machine(), "clock": clock.to_dict(), "raw": raw}, indent=1))
-    return clock, {**raw, "cached": False}
+    return cached_calibration(wl, out / "calibration.json", s.calibration_reps, s.recalibrate, say)
 
 
 def _reference(s: TTQSettings, teacher: Any, out: Path, say: Callable[[str], None]) -> tuple[torch.Tensor, dict]:
@@ -132,7 +111,8 @@ def _reference(s: TTQSettings, teacher: Any, out: Path, say: Callable[[str], Non
     cfg = SDS3DConfig(seed=s.reference_seed, **s.workload_config())
     steps = int(round(s.reference_factor * s.steps))
     info: dict[str, Any] = {"steps": steps, "seed": s.reference_seed}
-    key = _key({**info, "config": {k: v for k, v in cfg.model_dump().items() if k != "seed"}, "poses": EVAL_POSES})
+    cfg_fields = {k: v for k, v in cfg.model_dump().items() if k != "seed"}
+    key = config_key({**info, "config": cfg_fields, "poses": EVAL_POSES})
     path = out / f"reference_{key}.pt"
     if path.exists():
         d = torch.load(path)
@@ -264,7 +244,7 @@ def time_to_quality(settings: TTQSettings, progress: Callable[[str], None] | Non
             runs.append(_run_row(arm, seed, run, time.perf_counter() - t0, clock))
     result: dict[str, Any] = {
         "command": "python -m carv_adapt.bench.ttq " + " ".join(sys.argv[1:]),
-        "machine": _machine(),
+        "machine": machine_description(),
         "settings": {**asdict(s), "out": str(s.out)},
         "workload_config": SDS3DConfig(seed=0, **s.workload_config()).model_dump(),
         "arm_labels": arm_labels(s),

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -26,7 +26,7 @@ from carv_adapt.controller import AdaptiveController
 from carv_adapt.estimator import HierarchicalEstimator
 from carv_adapt.plan import Plan
 from carv_adapt.proposals import TargetMeasure, UniformProposal
-from carv_adapt.workloads.base import StepRecord
+from carv_adapt.workloads.base import ComputeRun, StepRecord, drive_to_compute
 
 __all__ = ["AttributionConfig", "AttributionWorkload", "AttributionResult", "cosine_scores", "mean_spearman"]
 
@@ -168,12 +168,9 @@ class AttributionWorkload:
         ``compute_budget`` (measured seconds) rounds continue until the budget is spent; every example keeps
         the average of the estimates it got."""
         c = self.config
-        if controller is None and policy is None:
-            policy = HierarchicalEstimator(
-                UniformProposal(self.target), N=c.batch_size, K=1, stratification="iid", seed=c.seed
-            )
+        policy = self._baseline() if controller is None and policy is None else policy
         g = torch.Generator().manual_seed(c.seed + 1 if generator_seed is None else generator_seed)
-        order = torch.cat([self.train_idx, self.query_idx]).tolist()
+        order = self._order()
         sums = torch.zeros(len(order), c.proj_dim, dtype=torch.float64)
         counts = torch.zeros(len(order), 1, dtype=torch.float64)
         records, compute, step = [], 0.0, 0
@@ -185,15 +182,8 @@ class AttributionWorkload:
                 if compute_budget is not None and compute >= compute_budget and bool((counts > 0).all()):
                     break
                 plan = controller.plan() if controller is not None else policy.plan()  # type: ignore[union-attr]
-                t0 = time.perf_counter()
-                lat = self.upstream(index, plan.N, g)
-                t1 = time.perf_counter()
-                f = self.integrand(lat, int(self.labels[index]), plan.t, plan.noise(lat.shape[1:]))
-                t2 = time.perf_counter()
-                sums[j] += plan.weighted_mean(f).double()
-                counts[j] += 1
-                sec = {"upstream": t1 - t0, "teacher": t2 - t1}
-                compute += t2 - t0
+                f, sec = self._estimate(j, index, plan, g, sums, counts)
+                compute += sum(sec.values())
                 if controller is not None:
                     controller.observe(plan, f, costs=sec)
                     controller.step()
@@ -212,3 +202,76 @@ class AttributionWorkload:
             list(controller.history) if controller else [],
             compute,
         )
+
+    def run_to_compute(
+        self,
+        step_cost: Callable[[int, int, bool], float] | None,
+        budget: float,
+        fractions: Sequence[float],
+        scores: dict[str, Callable[[Tensor], float]] | None = None,
+        controller: AdaptiveController | None = None,
+        policy: HierarchicalEstimator | None = None,
+        max_steps: int = 1_000_000,
+        on_step: Callable[[StepRecord], None] | None = None,
+        generator_seed: int | None = None,
+    ) -> ComputeRun:
+        """Compute features as :meth:`run` does (a step is one estimate of one example's feature: the training
+        examples, then the queries, round after round) until ``budget`` compute, scoring at each fraction of it
+        (:func:`~carv_adapt.workloads.base.drive_to_compute`). ``step_cost(N, K, probed)`` charges each step
+        (``None``: its measured stage seconds). ``scores`` are functions of the ``Q x M`` attribution scores of
+        the features so far (:meth:`scores_from_state`; an example not yet estimated has a zero feature)."""
+        c = self.config
+        policy = self._baseline() if controller is None and policy is None else policy
+        g = torch.Generator().manual_seed(c.seed + 1 if generator_seed is None else generator_seed)
+        order = self._order()
+        sums = torch.zeros(len(order), c.proj_dim, dtype=torch.float64)
+        counts = torch.zeros(len(order), 1, dtype=torch.float64)
+
+        def one_step(plan: Plan, step: int) -> tuple[Tensor, dict[str, float], Any, float]:
+            j = step % len(order)
+            f, sec = self._estimate(j, order[j], plan, g, sums, counts)
+            return f, sec, None, float(f.norm())
+
+        scorers = {name: (lambda st, fn=fn: fn(self.scores_from_state(st))) for name, fn in (scores or {}).items()}
+        return drive_to_compute(
+            controller,
+            policy,
+            one_step,
+            step_cost,
+            budget,
+            fractions,
+            state=lambda: {"features": (sums / counts.clamp_min(1)).float()},
+            scores=scorers,
+            max_steps=max_steps,
+            on_step=on_step,
+        )
+
+    def scores_from_state(self, state: dict[str, Tensor]) -> Tensor:
+        """The ``Q x M`` cosine attribution scores of a :meth:`run_to_compute` state's features."""
+        feats = state["features"]
+        return cosine_scores(feats[self.config.num_train :], feats[: self.config.num_train])
+
+    def _baseline(self) -> HierarchicalEstimator:
+        """The baseline fixed policy: ``K = 1``, uniform, i.i.d."""
+        c = self.config
+        return HierarchicalEstimator(
+            UniformProposal(self.target), N=c.batch_size, K=1, stratification="iid", seed=c.seed
+        )
+
+    def _order(self) -> list[int]:
+        """The examples in the order a round visits them: the training examples, then the queries."""
+        return torch.cat([self.train_idx, self.query_idx]).tolist()
+
+    def _estimate(
+        self, j: int, index: int, plan: Plan, g: torch.Generator, sums: Tensor, counts: Tensor
+    ) -> tuple[Tensor, dict[str, float]]:
+        """One estimate of example ``index``'s feature under ``plan``, added to row ``j`` of the running ``sums``
+        and ``counts``; returns its per-draw contributions and stage seconds."""
+        t0 = time.perf_counter()
+        lat = self.upstream(index, plan.N, g)
+        t1 = time.perf_counter()
+        f = self.integrand(lat, int(self.labels[index]), plan.t, plan.noise(lat.shape[1:]))
+        t2 = time.perf_counter()
+        sums[j] += plan.weighted_mean(f).double()
+        counts[j] += 1
+        return f, {"upstream": t1 - t0, "teacher": t2 - t1}

@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import Tensor
 
 __all__ = ["StepRecord", "RunResult", "Checkpoint", "ComputeRun", "drive_to_compute"]
@@ -177,7 +178,7 @@ def drive_to_compute(
     controller: Any,
     policy: Any,
     one_step: Any,
-    step_cost: Callable[[int, int, bool], float],
+    step_cost: Callable[[int, int, bool], float] | None,
     budget: float,
     fractions: Sequence[float],
     state: Callable[[], dict[str, Tensor]],
@@ -190,11 +191,13 @@ def drive_to_compute(
 
     Every step is charged ``step_cost(N, K, probed)`` (e.g. :meth:`carv_adapt.bench.cost_clock.CostClock.step_cost`,
     ``c_0 + N (c_out + K c_in)`` plus the probe's cost when the step probed; docs/theory.md §3), counted, never
-    timed, so two runs compare at equal compute whatever else loads the machine. At each fraction ``f`` of
+    timed, so two runs compare at equal compute whatever else loads the machine. With ``step_cost=None`` a step is
+    charged its measured stage seconds instead (the compute :func:`drive` counts). At each fraction ``f`` of
     ``budget`` the parameters after the last step whose cumulative charge is ``<= f budget`` are scored by each of
-    ``scores`` (``state -> value``; scoring is neither charged nor timed). The run stops once every fraction is
-    checkpointed (the step that would have crossed the last one is run and recorded in ``records`` and ``costs``,
-    but is not part of any checkpoint) or after ``max_steps``. ``final_state`` is the last checkpoint's.
+    ``scores`` (``state -> value``, once per distinct step; scoring is neither charged nor timed, and leaves torch's
+    global random state as it was). The run stops once every fraction is checkpointed (the step that would have
+    crossed the last one is run and recorded in ``records`` and ``costs``, but is not part of any checkpoint) or
+    after ``max_steps``. ``final_state`` is the last checkpoint's.
     """
     targets = sorted(float(f) for f in fractions)
     if not targets or targets[0] < 0:
@@ -211,9 +214,13 @@ def drive_to_compute(
 
     def take(f: float, step: int, compute: float, seconds: float, wall: float, st: dict[str, Tensor]) -> None:
         nonlocal scoring, last
-        t0 = time.perf_counter()
-        values = {name: float(fn(st)) for name, fn in scores.items()}
-        scoring += time.perf_counter() - t0
+        if checkpoints and st is last:  # several fractions fell on the same step: its scores are known
+            values = dict(checkpoints[-1].scores)
+        else:
+            t0 = time.perf_counter()
+            with torch.random.fork_rng(devices=[]):  # scoring must not move the run's global random state
+                values = {name: float(fn(st)) for name, fn in scores.items()}
+            scoring += time.perf_counter() - t0
         last = st
         checkpoints.append(Checkpoint(f, step, compute, seconds, wall, values, st if keep_states else None))
 
@@ -228,9 +235,10 @@ def drive_to_compute(
         if controller is not None:
             controller.observe(plan, f, costs=sec, probe=probe)
             controller.step()
-        cost = float(step_cost(plan.N, plan.K, probe is not None))
+        measured = float(sum(sec.values()))
+        cost = measured if step_cost is None else float(step_cost(plan.N, plan.K, probe is not None))
         compute += cost
-        seconds += sum(sec.values())
+        seconds += measured
         costs.append(cost)
         probed.append(probe is not None)
         rec = StepRecord(step=step, N=plan.N, K=plan.K, seconds=sec, grad_norm=grad_norm)

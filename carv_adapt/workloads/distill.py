@@ -24,7 +24,15 @@ from carv_adapt.estimator import HierarchicalEstimator
 from carv_adapt.plan import Plan
 from carv_adapt.teachers.base import Teacher
 from carv_adapt.teachers.gaussian import sds_weight
-from carv_adapt.workloads.base import RunResult, StepRecord, default_policy, descend, drive
+from carv_adapt.workloads.base import (
+    ComputeRun,
+    RunResult,
+    StepRecord,
+    default_policy,
+    descend,
+    drive,
+    drive_to_compute,
+)
 
 __all__ = ["DistillConfig", "DistillWorkload", "OneStepGenerator"]
 
@@ -176,13 +184,65 @@ class DistillWorkload:
     ) -> RunResult:
         """Train the generator (and the fake score) under a controller or a fixed policy (default: baseline);
         both models' parameters after each step in ``snapshot_steps`` are kept in ``RunResult.snapshots``."""
-        c = self.config
         gen, fake = self.new_models()
+        policy = default_policy(self.teacher, self.config) if controller is None and policy is None else policy
+        one_step, state = self._stepper(gen, fake, controller, probe_every)
+        return drive(
+            steps,
+            controller,
+            policy,
+            one_step,
+            compute_budget,
+            on_step,
+            lambda: self.quality(gen)["fd"],
+            score_every,
+            state=state,
+            snapshot_steps=snapshot_steps,
+        )
+
+    def run_to_compute(
+        self,
+        step_cost: Callable[[int, int, bool], float] | None,
+        budget: float,
+        fractions: Sequence[float],
+        scores: dict[str, Callable[[OneStepGenerator], float]] | None = None,
+        controller: AdaptiveController | None = None,
+        policy: HierarchicalEstimator | None = None,
+        probe_every: int | None = None,
+        max_steps: int = 1_000_000,
+        on_step: Callable[[StepRecord], None] | None = None,
+    ) -> ComputeRun:
+        """Train (as :meth:`run`) until ``budget`` compute, scoring the generator at each fraction of it
+        (:func:`~carv_adapt.workloads.base.drive_to_compute`). ``step_cost(N, K, probed)`` charges each step
+        (``None``: its measured stage seconds); ``scores`` are functions of the generator (e.g. the FD of
+        :meth:`quality`)."""
+        gen, fake = self.new_models()
+        policy = default_policy(self.teacher, self.config) if controller is None and policy is None else policy
+        one_step, state = self._stepper(gen, fake, controller, probe_every)
+        scorers = {name: (lambda st, fn=fn: fn(self.generator_from_state(st))) for name, fn in (scores or {}).items()}
+        return drive_to_compute(
+            controller,
+            policy,
+            one_step,
+            step_cost,
+            budget,
+            fractions,
+            state=state,
+            scores=scorers,
+            max_steps=max_steps,
+            on_step=on_step,
+        )
+
+    def _stepper(
+        self, gen: OneStepGenerator, fake: nn.Module, controller: AdaptiveController | None, probe_every: int | None
+    ) -> tuple[Any, Callable[[], dict[str, Tensor]]]:
+        """The training step of :meth:`run` on ``gen`` and ``fake`` (their own Adams and generator), and the
+        function that snapshots both models' parameters."""
+        c = self.config
         params = list(gen.parameters())
         opt = torch.optim.Adam(params, lr=c.lr)
         fake_opt = torch.optim.Adam(fake.parameters(), lr=c.fake_lr)
         g = torch.Generator().manual_seed(c.seed + 1)
-        policy = default_policy(self.teacher, c) if controller is None and policy is None else policy
         probing = controller is not None and controller.config.space == "parameter"
 
         def one_step(plan: Plan, step: int) -> tuple[Tensor, dict[str, float], Any, float]:
@@ -216,18 +276,13 @@ class DistillWorkload:
             s.update({f"fake.{k}": v.detach().clone() for k, v in fake.state_dict().items()})
             return s
 
-        return drive(
-            steps,
-            controller,
-            policy,
-            one_step,
-            compute_budget,
-            on_step,
-            lambda: self.quality(gen)["fd"],
-            score_every,
-            state=state,
-            snapshot_steps=snapshot_steps,
-        )
+        return one_step, state
+
+    def generator_from_state(self, state: dict[str, Tensor]) -> OneStepGenerator:
+        """The generator of a run's state (without the fake score, which quality does not need)."""
+        gen = OneStepGenerator(self.latent_shape[0], self.config.hidden)
+        gen.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("gen.")})
+        return gen
 
     def models_from_state(self, state: dict[str, Tensor]) -> tuple[OneStepGenerator, nn.Module]:
         gen, fake = self.new_models()

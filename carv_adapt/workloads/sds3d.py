@@ -261,7 +261,7 @@ class SDS3DWorkload:
 
     def run_to_compute(
         self,
-        step_cost: Callable[[int, int, bool], float],
+        step_cost: Callable[[int, int, bool], float] | None,
         budget: float,
         fractions: Sequence[float],
         scores: dict[str, Callable[[VoxelScene], float]] | None = None,
@@ -272,8 +272,8 @@ class SDS3DWorkload:
         on_step: Callable[[StepRecord], None] | None = None,
     ) -> ComputeRun:
         """Train (as :meth:`run`) until ``budget`` cost-clock compute, scoring the scene at each fraction of it
-        (:func:`~carv_adapt.workloads.base.drive_to_compute`). ``step_cost(N, K, probed)`` charges each step;
-        ``scores`` are functions of the scene (e.g. :meth:`log_prob`)."""
+        (:func:`~carv_adapt.workloads.base.drive_to_compute`). ``step_cost(N, K, probed)`` charges each step
+        (``None``: its measured stage seconds); ``scores`` are functions of the scene (e.g. :meth:`log_prob`)."""
         scene = self.new_scene()
         policy = default_policy(self.teacher, self.config) if controller is None and policy is None else policy
         scorers = {name: (lambda st, fn=fn: fn(self.scene_from_state(st))) for name, fn in (scores or {}).items()}

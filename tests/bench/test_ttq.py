@@ -122,3 +122,30 @@ def test_quick_time_to_quality_writes_well_formed_outputs(tmp_path):
     # The reference and the calibration are cached in the output folder.
     again = time_to_quality(TTQSettings(quick=True, steps=16, reference_factor=2.0, seeds=(0,), out=tmp_path))
     assert again["reference"]["cached"] and again["calibration"]["cached"]
+
+
+def test_drive_to_compute_charges_measured_seconds_without_a_clock_and_scores_each_step_once():
+    pol = HierarchicalEstimator(N=2, K=1, stratification="iid", seed=0)
+    calls = []
+
+    def score(st):
+        calls.append(st["n"])
+        torch.rand(3)  # a scorer that draws from the global generator must not move the run's draws
+        return float(st["n"])
+
+    counter = {"n": 0}
+
+    def one_step(plan, step):
+        counter["n"] += 1
+        return _fake_step()(plan, step)
+
+    torch.manual_seed(0)
+    run = drive_to_compute(
+        None, pol, one_step, None, 10e-3, (0.0, 0.05, 0.3, 0.35, 1.0), lambda: {"n": counter["n"]}, {"n": score}
+    )
+    after = torch.rand(1)
+    assert run.costs == [2e-3] * 5 and [c.step for c in run.checkpoints] == [0, 0, 1, 1, 5]
+    assert calls == [0, 1, 5]  # fractions on the same step are scored once
+    assert [c.scores["n"] for c in run.checkpoints] == [0.0, 0.0, 1.0, 1.0, 5.0]
+    torch.manual_seed(0)
+    assert torch.equal(after, torch.rand(1))

@@ -45,3 +45,17 @@ def test_attribution_reference_is_reproducible_and_scores_correlate(attribution)
     assert not torch.equal(a.scores, c.scores)
     # Two independent high-compute estimates agree (measured 0.42 at this size; unrelated scores give ~0).
     assert mean_spearman(c.scores, a.scores) > 0.2
+
+
+def test_attribution_run_to_compute_matches_run(attribution):
+    wl = attribution
+    n = wl.config.num_train + wl.config.num_queries
+    full = wl.run(passes=1)
+    # One unit per step (one example's feature): the last checkpoint is one full round, as run(passes=1).
+    run = wl.run_to_compute(lambda N, K, probed: 1.0, float(n), (0.5, 1.0), {"sum": lambda s: float(s.sum())})
+    assert [c.step for c in run.checkpoints] == [n // 2, n] and len(run.records) == n
+    assert torch.equal(wl.scores_from_state(run.final_state), full.scores)
+    assert run.checkpoints[-1].scores["sum"] == pytest.approx(float(full.scores.sum()))
+    # Measured compute when no clock is given: each step is charged its stage seconds.
+    measured = wl.run_to_compute(None, 1e9, (1.0,), max_steps=4)
+    assert measured.exhausted and measured.costs == [sum(r.seconds.values()) for r in measured.records]

@@ -35,3 +35,22 @@ def test_distill_generator_gradient_unbiased_under_every_policy():
     for i, (name, pol) in enumerate(_policies(wl.weight, wl.teacher.alphas_cumprod, 2).items()):
         z = _z(run(pol, 60, 10 + i), 60, ref, 150)
         assert float(z.abs().max()) < 4.0, (name, z)
+
+
+@pytest.mark.slow
+def test_distill_run_to_compute_trains_as_run_and_scores_only_at_checkpoints():
+    wl = DistillWorkload(DistillConfig(batch_size=2, seed=1))
+    plain = wl.run(3)
+    calls = []
+
+    def score(gen):
+        calls.append(1)
+        return float(sum(p.detach().double().sum() for p in gen.parameters()))
+
+    # One unit per step: checkpoints at 0, 1 and 3 steps (0.4 and 0.5 of the budget both fall after step 1).
+    run = wl.run_to_compute(lambda N, K, probed: 1.0, 3.0, (0.0, 0.4, 0.5, 1.0), {"s": score})
+    assert [c.step for c in run.checkpoints] == [0, 1, 1, 3] and len(calls) == 3
+    assert run.costs == [1.0, 1.0, 1.0] and not run.exhausted
+    for k, v in plain.final_state.items():  # scoring between steps changes nothing in the training
+        assert torch.equal(run.final_state[k], v), k
+    assert run.checkpoints[-1].scores["s"] == pytest.approx(score(wl.generator_from_state(plain.final_state)))
