@@ -216,7 +216,8 @@ class SDS3DWorkload:
 
         A controller with ``space="parameter"`` gets a split-half probe (2N extra vector-Jacobian products
         through the encoder and the renderer, timed as the ``probe`` stage) when ``controller.probe_due()`` says so
-        (or every ``probe_every`` steps when given). The scene's parameters after each step in ``snapshot_steps`` are kept in ``RunResult.snapshots``."""
+        (or every ``probe_every`` steps when given). The scene's parameters after each step in ``snapshot_steps``
+        are kept in ``RunResult.snapshots``."""
         scene = self.new_scene()
         policy = default_policy(self.teacher, self.config) if controller is None and policy is None else policy
         one_step = self._stepper(scene, controller, probe_every)
