@@ -53,8 +53,14 @@ _FLOATS = {f for f, t in Refit.__annotations__.items() if t == "float"}
 
 def read_refit_log(path: str | Path) -> list[Refit]:
     """Read a JSONL refit log back into :class:`Refit` values; a bad line fails naming its number."""
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(
+            f"{path}: cannot read the refit log ({e.strerror or e}); pass the refits.jsonl a run wrote"
+        ) from None
     out = []
-    for i, line in enumerate(Path(path).read_text().splitlines(), 1):
+    for i, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:

@@ -38,3 +38,12 @@ def test_refit_log_accepts_a_fresh_or_empty_path(log_path, tmp_path):
     empty.touch()
     JsonlRefitLog(empty)(_one_record(log_path))
     assert len(read_refit_log(empty)) == 1
+
+
+def test_a_missing_log_is_one_config_error(tmp_path, capsys):
+    from carv_adapt.cli import main
+
+    with pytest.raises(ConfigError, match="cannot read the refit log"):
+        read_refit_log(tmp_path / "missing.jsonl")
+    assert main(["fit", str(tmp_path / "missing.jsonl"), "-o", str(tmp_path / "p.json")]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
