@@ -168,11 +168,7 @@ class AttributionWorkload:
         ``compute_budget`` (measured seconds) rounds continue until the budget is spent; every example keeps
         the average of the estimates it got."""
         c = self.config
-        policy = self._baseline() if controller is None and policy is None else policy
-        g = torch.Generator().manual_seed(c.seed + 1 if generator_seed is None else generator_seed)
-        order = self._order()
-        sums = torch.zeros(len(order), c.proj_dim, dtype=torch.float64)
-        counts = torch.zeros(len(order), 1, dtype=torch.float64)
+        policy, g, order, sums, counts = self._start(controller, policy, generator_seed)
         records, compute, step = [], 0.0, 0
         rounds = passes if compute_budget is None else 10**9
         for _ in range(rounds):
@@ -220,12 +216,7 @@ class AttributionWorkload:
         (:func:`~carv_adapt.workloads.base.drive_to_compute`). ``step_cost(N, K, probed)`` charges each step
         (``None``: its measured stage seconds). ``scores`` are functions of the ``Q x M`` attribution scores of
         the features so far (:meth:`scores_from_state`; an example not yet estimated has a zero feature)."""
-        c = self.config
-        policy = self._baseline() if controller is None and policy is None else policy
-        g = torch.Generator().manual_seed(c.seed + 1 if generator_seed is None else generator_seed)
-        order = self._order()
-        sums = torch.zeros(len(order), c.proj_dim, dtype=torch.float64)
-        counts = torch.zeros(len(order), 1, dtype=torch.float64)
+        policy, g, order, sums, counts = self._start(controller, policy, generator_seed)
 
         def one_step(plan: Plan, step: int) -> tuple[Tensor, dict[str, float], Any, float]:
             j = step % len(order)
@@ -257,6 +248,18 @@ class AttributionWorkload:
         return HierarchicalEstimator(
             UniformProposal(self.target), N=c.batch_size, K=1, stratification="iid", seed=c.seed
         )
+
+    def _start(
+        self, controller: Any, policy: HierarchicalEstimator | None, generator_seed: int | None
+    ) -> tuple[HierarchicalEstimator | None, torch.Generator, list[int], Tensor, Tensor]:
+        """What a pass over the examples starts from: the policy (the baseline if neither a controller nor a
+        policy is given), the upstream generator, the visiting order and zeroed feature sums and counts."""
+        c = self.config
+        policy = self._baseline() if controller is None and policy is None else policy
+        g = torch.Generator().manual_seed(c.seed + 1 if generator_seed is None else generator_seed)
+        order = self._order()
+        sums = torch.zeros(len(order), c.proj_dim, dtype=torch.float64)
+        return policy, g, order, sums, torch.zeros(len(order), 1, dtype=torch.float64)
 
     def _order(self) -> list[int]:
         """The examples in the order a round visits them: the training examples, then the queries."""
