@@ -10,13 +10,13 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from carv_adapt.config import ControllerConfig, parse_config
+from carv_adapt.crn import CRNGroup
 from carv_adapt.decide import DecisionState, decide, initial_state, probe_due, proposal_of, scheduled_k
-from carv_adapt.distributed import reduced_copies
+from carv_adapt.distributed import derive_seed, reduced_copies
 from carv_adapt.errors import StateError
 from carv_adapt.metric import Preconditioner, in_metric
 from carv_adapt.plan import Plan, Refit, make_plan
@@ -31,11 +31,6 @@ from carv_adapt.stats.snapshot import Statistics
 __all__ = ["AdaptiveController", "derive_seed"]
 
 _TRACKERS = ("profile", "grouped", "param_grouped", "costs")
-
-
-def derive_seed(seed: int, rank: int = 0) -> int:
-    """A 63-bit stream seed for ``(seed, rank)``: every rank gets its own, reproducible stream."""
-    return int(np.random.SeedSequence([int(seed), int(rank)]).generate_state(1, dtype=np.uint64)[0]) >> 1
 
 
 class AdaptiveController:
@@ -105,6 +100,7 @@ class AdaptiveController:
         self._explicit_costs: dict[str, float] = {}
         self._proposal_obj: Proposal | None = None
         self._last_probe: int | None = None
+        self._crn: CRNGroup | None = None
 
     def probe_due(self) -> bool:
         """Whether to probe this step: while the probe statistics are loose and within ``probe_budget``."""
@@ -113,9 +109,8 @@ class AdaptiveController:
 
     @classmethod
     def from_policy(cls, policy: Any, **overrides: Any) -> AdaptiveController:
-        """Start from a :class:`~carv_adapt.policy.Policy`: its K (if it has one, else the warm-up cycle) and
-        proposal from step 0. A frozen policy (``adaptive=False``) keeps them for the whole run; refits still
-        record statistics. ``overrides`` are settings by flat name (``warmup_steps=2``, ``memory_cap_bytes=...``)."""
+        """Start from a :class:`~carv_adapt.policy.Policy`'s K (else the warm-up cycle) and proposal; a frozen policy
+        (``adaptive=False``) keeps them, refits still record statistics. ``overrides``: settings by flat name."""
         return cls(ControllerConfig(policy=policy), **overrides)
 
     def to_policy(self, adaptive: bool = True, provenance: dict[str, Any] | None = None) -> Any:
@@ -132,40 +127,39 @@ class AdaptiveController:
             self._proposal_obj = proposal_of(self.state, self.target, self.edges, self._prior_pmf)
         return self._proposal_obj
 
-    @property
-    def proposal_kind(self) -> str:
-        """Which proposal the next plan draws from: ``"uniform"``, ``"prior"`` or ``"binned"`` (learned)."""
-        return self.state.proposal_kind
-
+    proposal_kind = property(lambda self: self.state.proposal_kind, doc='Next proposal: "uniform", "prior", "binned".')
     step_count = property(lambda self: self._step, doc="Steps taken.")
     K = property(lambda self: self.state.K, doc="Inner draws per outer draw of the next plan.")
     N = property(lambda self: self.state.N, doc="Outer draws of the next plan.")
-
-    @property
-    def in_warmup(self) -> bool:
-        return self._step < self.config.policy.schedule.warmup_steps
+    in_warmup = property(lambda self: self._step < self.config.policy.schedule.warmup_steps)
 
     estimated_ecm = property(
         lambda self: self.history[-1].predicted_ecm if self.history else math.nan,
         doc="The variance model's ECM for the current policy at the last refit (NaN before the first).",
     )
 
-    @property
-    def num_nonfinite(self) -> int:
-        """Observations dropped for NaN/Inf so far, over all statistics."""
-        return int(sum(float(getattr(self, n).num_nonfinite) for n in _TRACKERS))
+    num_nonfinite = property(
+        lambda self: int(sum(float(getattr(self, n).num_nonfinite) for n in _TRACKERS)),
+        doc="Observations dropped for NaN/Inf so far, over all statistics.",
+    )
 
     def plan(self) -> Plan:
         """The allocation, timesteps, weights and noise seed for this step."""
         if self._pending is not None:
             raise StateError(f"plan() called twice in step {self._step}; call step() after observe() first")
         pol, st = self.config.policy, self.state
-        self._pending = make_plan(
+        draw = lambda: make_plan(  # noqa: E731
             self.proposal, st.N, st.K, self.generator, step=self._step, stratification=pol.stratification,
             antithetic=pol.antithetic, edges=self.edges,
         )  # fmt: skip
+        self._pending = draw() if self._crn is None else self._crn.plan_for(self._step, draw)
         self._observed = False
         return self._pending
+
+    def crn_group(self, items: int, *, center: bool = True) -> CRNGroup:
+        """Common random numbers (docs/theory.md §18): every ``items`` consecutive steps replay one plan and are
+        observed once per group, folded (:class:`~carv_adapt.crn.CRNGroup`), until the returned group is closed."""
+        return CRNGroup.open_on(self, items, center, busy=self._pending is not None)
 
     @contextmanager
     def timer(self, stage: str, device: torch.device | str | None = None) -> Iterator[StageTimer]:
@@ -200,6 +194,8 @@ class AdaptiveController:
         if self._observed:
             raise StateError(f"observe() called twice in step {self._step}; call step() to advance")
         plan.check_observation(contributions, sq_norms, probe)
+        if self._crn is not None:  # shared draws: the statistics see one folded observation per group (§18)
+            contributions, sq_norms = self._crn.add(contributions, sq_norms, probe), None
         design = "stratified" if plan.stratification == "stratified" else "iid"
         if contributions is not None:
             # Reductions run in the contributions' own dtype; per-draw and per-group sums accumulate in float64.
@@ -273,6 +269,7 @@ class AdaptiveController:
             "generator": self.generator.get_state(),
             **{name: getattr(self, name).state_dict() for name in _TRACKERS},
             "history": [r.to_dict() for r in self.history],
+            **({} if self._crn is None else {"crn": self._crn.state_dict()}),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -280,7 +277,7 @@ class AdaptiveController:
         the saved one, as with PyTorch schedulers)."""
         if self._pending is not None:
             raise StateError("load_state_dict() in the middle of a step: call it between steps")
-        missing = set(self.state_dict()) - set(state)  # the keys are declared once, by state_dict
+        missing = set(self.state_dict()) - set(state) - {"crn"}  # the keys are declared once, by state_dict
         if missing:
             raise StateError(f"controller state is missing {sorted(missing)}")
         self.config = parse_config(state["config"])
@@ -294,6 +291,7 @@ class AdaptiveController:
         for name in _TRACKERS:
             getattr(self, name).load_state_dict(state[name])
         self.history = [Refit(**r) for r in state["history"]]
+        CRNGroup.restore_on(self, state.get("crn"))
 
     def summary(self) -> str:
         """One line: step, K, N, where the proposal puts most mass, and the estimated ECM."""

@@ -10,11 +10,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 from carv_adapt.stats.base import SumStatistic
 
-__all__ = ["is_distributed", "world_size", "reduced_copies"]
+__all__ = ["is_distributed", "world_size", "reduced_copies", "derive_seed"]
+
+
+def derive_seed(seed: int, rank: int = 0) -> int:
+    """A 63-bit stream seed for ``(seed, rank)``: every rank gets its own, reproducible stream."""
+    return int(np.random.SeedSequence([int(seed), int(rank)]).generate_state(1, dtype=np.uint64)[0]) >> 1
 
 
 def is_distributed() -> bool:

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from carv_adapt.errors import ConfigError, ShapeError
+from carv_adapt.crn import CRNGroup, plan_from_state, plan_state
+from carv_adapt.errors import ConfigError, ShapeError, StateError
 from carv_adapt.plan import Plan, make_plan
 from carv_adapt.proposals.base import Proposal, TargetMeasure
 from carv_adapt.proposals.families import UniformProposal
@@ -105,19 +106,42 @@ class HierarchicalEstimator:
         self.stratification, self.antithetic = stratification, antithetic
         self.generator = torch.Generator().manual_seed(seed)
         self._step = 0
+        self._last: Plan | None = None
+        self._crn: CRNGroup | None = None
 
     def plan(self) -> Plan:
-        p = make_plan(
-            self.proposal,
-            self.N,
-            self.K,
-            self.generator,
-            step=self._step,
-            stratification=self.stratification,
-            antithetic=self.antithetic,
-        )
+        """The next plan: fresh draws, or inside a :meth:`crn_group` a replay of the group's draws."""
+
+        def draw() -> Plan:
+            return make_plan(
+                self.proposal,
+                self.N,
+                self.K,
+                self.generator,
+                step=self._step,
+                stratification=self.stratification,
+                antithetic=self.antithetic,
+            )
+
+        p = draw() if self._crn is None else self._crn.plan_for(self._step, draw)
+        self._last = p
         self._step += 1
         return p
+
+    def replay(self) -> Plan:
+        """The last plan's draws again, as the next step (common random numbers, docs/theory.md §18): bit-identical
+        ``t``, ``rho`` and noises; the generator does not move."""
+        if self._last is None:
+            raise StateError("replay() before any plan(): call plan() for the first item, then replay() for the rest")
+        p = self._last.replay(self._step)
+        self._last = p
+        self._step += 1
+        return p
+
+    def crn_group(self, items: int) -> CRNGroup:
+        """From the next plan on, every ``items`` consecutive plans share one set of draws (docs/theory.md §18),
+        until the returned group is closed (also at the end of a ``with`` block)."""
+        return CRNGroup.open_on(self, items, center=False)
 
     def estimate(
         self, upstream: Upstream, integrand: Integrand, noise_shape: tuple[int, ...] | None = None
@@ -126,8 +150,17 @@ class HierarchicalEstimator:
         return hierarchical_estimate(upstream, integrand, self.plan(), noise_shape)
 
     def state_dict(self) -> dict:
-        return {"step": self._step, "generator": self.generator.get_state()}
+        """Step, generator, the last plan (what :meth:`replay` repeats) and an open crn group, as plain data."""
+        return {
+            "step": self._step,
+            "generator": self.generator.get_state(),
+            "last_plan": None if self._last is None else plan_state(self._last),
+            "crn": None if self._crn is None else self._crn.state_dict(),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self._step = int(state["step"])
         self.generator.set_state(state["generator"])
+        last, crn = state.get("last_plan"), state.get("crn")  # absent in states saved before replay existed
+        self._last = None if last is None else plan_from_state(last)
+        CRNGroup.restore_on(self, crn)

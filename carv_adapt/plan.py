@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -58,6 +58,11 @@ class Plan:
         else:
             eps = torch.randn((self.N, self.K, *shape), generator=g, dtype=dtype)
         return eps.to(device) if device is not None else eps
+
+    def replay(self, step: int | None = None) -> Plan:
+        """The same draws (``t``, ``rho``, ``noise_seed`` and every other field; tensors shared) for another item,
+        as step ``step``: common random numbers (docs/theory.md §18)."""
+        return replace(self, step=self.step if step is None else step)
 
     def weights_like(self, f: Tensor) -> Tensor:
         """``rho`` cast to ``f``'s dtype/device and shaped to broadcast over ``f`` (``N x K x ...``)."""
