@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from carv_adapt.controller import AdaptiveController
+from carv_adapt.crn import CRNGroup
 from carv_adapt.estimator import HierarchicalEstimator
 from carv_adapt.plan import Plan
 from carv_adapt.proposals import TargetMeasure, UniformProposal
@@ -47,6 +48,9 @@ class AttributionConfig(BaseModel):
     t_max: int = Field(980, le=999)
     reference_outer: int = Field(16, ge=1)
     reference_inner: int = Field(32, ge=1)
+    common_random_numbers: bool = Field(
+        False, description="every example of a round replays the same draws (docs/theory.md §18)"
+    )
     seed: int = 0
 
 
@@ -142,8 +146,8 @@ class AttributionWorkload:
 
     # ------------------------------------------------------------------ runs
     def reference(self, seed: int | None = None) -> AttributionResult:
-        """High-compute reference features (``reference_outer x reference_inner`` i.i.d. uniform draws each),
-        reproducible from ``seed`` (default: the config's)."""
+        """High-compute reference features (``reference_outer x reference_inner`` i.i.d. uniform draws each, shared
+        by every example when ``common_random_numbers``), reproducible from ``seed`` (default: the config's)."""
         c = self.config
         pol = HierarchicalEstimator(
             UniformProposal(self.target),
@@ -168,7 +172,7 @@ class AttributionWorkload:
         ``compute_budget`` (measured seconds) rounds continue until the budget is spent; every example keeps
         the average of the estimates it got."""
         c = self.config
-        policy, g, order, sums, counts = self._start(controller, policy, generator_seed)
+        policy, g, order, sums, counts, group = self._start(controller, policy, generator_seed)
         records, compute, step = [], 0.0, 0
         rounds = passes if compute_budget is None else 10**9
         for _ in range(rounds):
@@ -188,6 +192,8 @@ class AttributionWorkload:
                 step += 1
                 if on_step is not None:
                     on_step(rec)
+        if group is not None:
+            group.close(discard=True)  # a budget may end the run part-way through a round
         feats = (sums / counts.clamp_min(1)).float()
         train, queries = feats[: c.num_train], feats[c.num_train :]
         return AttributionResult(
@@ -216,7 +222,7 @@ class AttributionWorkload:
         (:func:`~carv_adapt.workloads.base.drive_to_compute`). ``step_cost(N, K, probed)`` charges each step
         (``None``: its measured stage seconds). ``scores`` are functions of the ``Q x M`` attribution scores of
         the features so far (:meth:`scores_from_state`; an example not yet estimated has a zero feature)."""
-        policy, g, order, sums, counts = self._start(controller, policy, generator_seed)
+        policy, g, order, sums, counts, group = self._start(controller, policy, generator_seed)
 
         def one_step(plan: Plan, step: int) -> tuple[Tensor, dict[str, float], Any, float]:
             j = step % len(order)
@@ -224,7 +230,7 @@ class AttributionWorkload:
             return f, sec, None, float(f.norm())
 
         scorers = {name: (lambda st, fn=fn: fn(self.scores_from_state(st))) for name, fn in (scores or {}).items()}
-        return drive_to_compute(
+        run = drive_to_compute(
             controller,
             policy,
             one_step,
@@ -236,6 +242,9 @@ class AttributionWorkload:
             max_steps=max_steps,
             on_step=on_step,
         )
+        if group is not None:
+            group.close(discard=True)
+        return run
 
     def scores_from_state(self, state: dict[str, Tensor]) -> Tensor:
         """The ``Q x M`` cosine attribution scores of a :meth:`run_to_compute` state's features."""
@@ -251,15 +260,18 @@ class AttributionWorkload:
 
     def _start(
         self, controller: Any, policy: HierarchicalEstimator | None, generator_seed: int | None
-    ) -> tuple[HierarchicalEstimator | None, torch.Generator, list[int], Tensor, Tensor]:
+    ) -> tuple[HierarchicalEstimator | None, torch.Generator, list[int], Tensor, Tensor, CRNGroup | None]:
         """What a pass over the examples starts from: the policy (the baseline if neither a controller nor a
-        policy is given), the upstream generator, the visiting order and zeroed feature sums and counts."""
+        policy is given), the upstream generator, the visiting order, zeroed feature sums and counts, and with
+        ``common_random_numbers`` the crn group (one per round of examples) the run closes when it ends."""
         c = self.config
         policy = self._baseline() if controller is None and policy is None else policy
         g = torch.Generator().manual_seed(c.seed + 1 if generator_seed is None else generator_seed)
         order = self._order()
         sums = torch.zeros(len(order), c.proj_dim, dtype=torch.float64)
-        return policy, g, order, sums, torch.zeros(len(order), 1, dtype=torch.float64)
+        sampler: Any = controller if controller is not None else policy
+        group = sampler.crn_group(len(order)) if c.common_random_numbers else None
+        return policy, g, order, sums, torch.zeros(len(order), 1, dtype=torch.float64), group
 
     def _order(self) -> list[int]:
         """The examples in the order a round visits them: the training examples, then the queries."""
@@ -270,6 +282,8 @@ class AttributionWorkload:
     ) -> tuple[Tensor, dict[str, float]]:
         """One estimate of example ``index``'s feature under ``plan``, added to row ``j`` of the running ``sums``
         and ``counts``; returns its per-draw contributions and stage seconds."""
+        if self.config.common_random_numbers:  # the augmentations are shared too: one stream per group's draws
+            g = torch.Generator().manual_seed(plan.noise_seed ^ 0x5A17)
         t0 = time.perf_counter()
         lat = self.upstream(index, plan.N, g)
         t1 = time.perf_counter()
