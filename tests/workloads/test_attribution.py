@@ -59,3 +59,25 @@ def test_attribution_run_to_compute_matches_run(attribution):
     # Measured compute when no clock is given: each step is charged its stage seconds.
     measured = wl.run_to_compute(None, 1e9, (1.0,), max_steps=4)
     assert measured.exhausted and measured.costs == [sum(r.seconds.values()) for r in measured.records]
+
+
+def test_attribution_with_common_random_numbers_replays_one_plan_per_round(attribution):
+    from carv_adapt import AdaptiveController
+
+    cfg = attribution.config.model_copy(update={"common_random_numbers": True})
+    wl = AttributionWorkload(cfg, teacher=attribution.teacher)
+    M = cfg.num_train + cfg.num_queries
+    est = HierarchicalEstimator(UniformProposal(TARGET), N=2, K=3, seed=7)
+    shared = wl.run(policy=est, passes=2)
+    twice = HierarchicalEstimator(UniformProposal(TARGET), N=2, K=3, seed=7)
+    twice.plan(), twice.plan()
+    assert torch.equal(est.generator.get_state(), twice.generator.get_state())  # one draw per round
+    assert not torch.equal(shared.scores, wl.run(policy=HierarchicalEstimator(UniformProposal(TARGET), seed=7)).scores)
+    ctrl = AdaptiveController(
+        num_timesteps=1000, t_min=20, t_max=980, batch_size=2, warmup_steps=3, refit_every=2, forgetting=1.0
+    )
+    res = wl.run(controller=ctrl, passes=2)
+    Ks = [r.K for r in res.records]
+    assert Ks[:M] == [Ks[0]] * M and Ks[M:] == [Ks[M]] * M  # K moves only between groups
+    assert float(ctrl.profile.count.sum()) == 2 * (Ks[0] + Ks[M])  # one folded observation per shared draw
+    ctrl.crn_group(M).close()  # the run closed its group
