@@ -317,7 +317,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
     ax.set_xlabel("teacher evaluations per example")
     ax.set_ylabel("Spearman with the reference (mean over queries)")
     seeds = len(result["settings"]["seeds"])
-    ax.set_title(f"Attribution: rank agreement vs teacher evaluations ({seeds} seeds, 95 % intervals)")
+    ax.set_title(f"Attribution: Spearman vs teacher evaluations ({seeds} seed{'s' * (seeds > 1)}, 95 % CI)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
@@ -330,7 +330,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("docs/bench"), help="folder for the JSON and the PNG")
     p.add_argument("--quick", action="store_true", help="a smoke test's sizes (not a measurement)")
     p.add_argument("--seeds", type=int, nargs="+", default=None)
+    p.add_argument("--from-json", type=Path, default=None, help="re-render the table and PNG of a saved result")
     args = p.parse_args(argv)
+    if args.from_json is not None:
+        result = json.loads(args.from_json.read_text())
+        result["summary"] = summarize(result)
+        args.from_json.write_text(json.dumps(result, indent=1))
+        plot(result, args.from_json.with_suffix(".png"))
+        print("\n".join(markdown(result)))
+        return 0
     torch.set_num_threads(1)
     kw: dict[str, Any] = {"out": args.out}
     if args.seeds:

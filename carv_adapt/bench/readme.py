@@ -22,16 +22,11 @@ from typing import Any
 
 from carv_adapt.bench.ablation import VARIANTS
 from carv_adapt.bench.markdown import _checked, check_markdown_tables, md_table
+from carv_adapt.bench.readme_blocks import extra_sections
 from carv_adapt.bench.report import _adaptive_over_oracle, _ci, _f, ablation_table
 from carv_adapt.errors import ConfigError
 
-__all__ = [
-    "README_SECTIONS",
-    "readme_sections",
-    "render_readme",
-    "update_readme",
-    "main",
-]
+__all__ = ["README_SECTIONS", "readme_sections", "render_readme", "update_readme", "main"]
 
 #: The README's generated blocks (marker names), in the order they appear. ``wall_time`` is one line, used
 #: inline (its markers sit inside a sentence); the others are blocks (each marker alone on its line).
@@ -341,7 +336,8 @@ def render_readme(
     """What :func:`update_readme` would write, and the names of the blocks it would change; writes nothing."""
     bench_json = Path(bench_json)
     gpu = _load_gpu_scaling(bench_json, gpu_scaling_json)
-    return _replace_blocks(Path(readme).read_text(), readme_sections(json.loads(bench_json.read_text()), gpu))
+    sections = {**readme_sections(json.loads(bench_json.read_text()), gpu), **extra_sections(bench_json)}
+    return _replace_blocks(Path(readme).read_text(), sections)
 
 
 def update_readme(readme: Path, bench_json: Path, gpu_scaling_json: Path | str | None = "auto") -> list[str]:
