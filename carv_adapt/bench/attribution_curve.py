@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["ARMS", "CurveSettings", "attribution_curve", "summarize", "markdown", "plot", "main"]
+__all__ = ["ARMS", "CurveSettings", "attribution_curve", "summarize", "merge", "markdown", "plot", "main"]
 
 ARMS = ("baseline", "fixed_k8", "adaptive_variance", "adaptive_progress")
 LABELS = {
@@ -211,6 +211,29 @@ def _result(s: CurveSettings, references: list, runs: list, wall: float, machine
     return result
 
 
+def merge(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One result from runs of the same settings on different seeds (e.g. run side by side, one process per seed);
+    ``wall_seconds`` is the sum of the parts'."""
+    ignore = {"seeds", "out"}
+    first = {k: v for k, v in results[0]["settings"].items() if k not in ignore}
+    seeds: list[int] = []
+    for r in results:
+        if {k: v for k, v in r["settings"].items() if k not in ignore} != first:
+            raise ValueError("merge needs results of the same settings (seeds aside)")
+        if set(r["settings"]["seeds"]) & set(seeds):
+            raise ValueError(f"seed(s) {sorted(set(r['settings']['seeds']) & set(seeds))} appear in two results")
+        seeds += list(r["settings"]["seeds"])
+    out = {
+        **results[0],
+        "settings": {**results[0]["settings"], "seeds": sorted(seeds)},
+        "references": [x for r in results for x in r["references"]],
+        "runs": [x for r in results for x in r["runs"]],
+        "wall_seconds": sum(r["wall_seconds"] for r in results),
+    }
+    out["summary"] = summarize(out)
+    return out
+
+
 def _interval(xs: Sequence[float]) -> tuple[float, float, float]:
     """Mean and a 95 % Student-t interval over seeds (the mean alone for one seed)."""
     from scipy.stats import t
@@ -331,7 +354,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="a smoke test's sizes (not a measurement)")
     p.add_argument("--seeds", type=int, nargs="+", default=None)
     p.add_argument("--from-json", type=Path, default=None, help="re-render the table and PNG of a saved result")
+    p.add_argument("--merge", type=Path, nargs="+", default=None, help="merge results run on different seeds")
     args = p.parse_args(argv)
+    if args.merge is not None:
+        result = merge([json.loads(path.read_text()) for path in args.merge])
+        args.out.mkdir(parents=True, exist_ok=True)
+        args.from_json = args.out / "attribution_curve.json"
+        args.from_json.write_text(json.dumps(result, indent=1))
     if args.from_json is not None:
         result = json.loads(args.from_json.read_text())
         result["summary"] = summarize(result)

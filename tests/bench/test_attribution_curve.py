@@ -62,3 +62,18 @@ def test_a_smoke_run_is_well_formed():
         assert r["curve"][-1]["evals_per_example"] <= 8.0 + 1e-9  # never past the budget
         assert all(-1.0 <= c["spearman"] <= 1.0 for c in r["curve"])
     assert check_markdown_tables("\n".join(markdown(result))) == []
+
+
+def test_merge_joins_seeds_and_refuses_overlaps():
+    from carv_adapt.bench.attribution_curve import merge
+
+    a, b = _result(), _result()
+    b["settings"] = {**b["settings"], "seeds": [3]}
+    b["runs"] = [{**r, "seed": 3} for r in b["runs"] if r["seed"] == 0]
+    b["references"] = [{"seed": 3, "reliability": 0.7}]
+    a["wall_seconds"], b["wall_seconds"] = 10.0, 5.0
+    both = merge([a, b])
+    assert both["settings"]["seeds"] == [0, 1, 2, 3] and both["wall_seconds"] == 15.0
+    assert {e["seeds"] for e in both["summary"]} == {4}
+    with pytest.raises(ValueError, match="two results"):
+        merge([a, a])
