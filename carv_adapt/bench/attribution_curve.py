@@ -213,16 +213,17 @@ def _result(s: CurveSettings, references: list, runs: list, wall: float, machine
 
 def merge(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """One result from runs of the same settings on different seeds (e.g. run side by side, one process per seed);
-    ``wall_seconds`` is the sum of the parts'."""
+    the seeds are those each result ran; ``wall_seconds`` is the sum of the parts'."""
     ignore = {"seeds", "out"}
     first = {k: v for k, v in results[0]["settings"].items() if k not in ignore}
     seeds: list[int] = []
     for r in results:
         if {k: v for k, v in r["settings"].items() if k not in ignore} != first:
             raise ValueError("merge needs results of the same settings (seeds aside)")
-        if set(r["settings"]["seeds"]) & set(seeds):
-            raise ValueError(f"seed(s) {sorted(set(r['settings']['seeds']) & set(seeds))} appear in two results")
-        seeds += list(r["settings"]["seeds"])
+        done = [x["seed"] for x in r["references"]]  # the seeds it ran (a stopped run saved fewer than asked)
+        if set(done) & set(seeds):
+            raise ValueError(f"seed(s) {sorted(set(done) & set(seeds))} appear in two results")
+        seeds += done
     out = {
         **results[0],
         "settings": {**results[0]["settings"], "seeds": sorted(seeds)},

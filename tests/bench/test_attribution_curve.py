@@ -68,7 +68,7 @@ def test_merge_joins_seeds_and_refuses_overlaps():
     from carv_adapt.bench.attribution_curve import merge
 
     a, b = _result(), _result()
-    b["settings"] = {**b["settings"], "seeds": [3]}
+    b["settings"] = {**b["settings"], "seeds": [3, 4]}  # asked for two, saved one: the seeds run count
     b["runs"] = [{**r, "seed": 3} for r in b["runs"] if r["seed"] == 0]
     b["references"] = [{"seed": 3, "reliability": 0.7}]
     a["wall_seconds"], b["wall_seconds"] = 10.0, 5.0
