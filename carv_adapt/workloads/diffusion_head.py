@@ -12,7 +12,6 @@ masked input and the class, then a few-step DDIM sampler through the head.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -21,15 +20,14 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
-from torch import Tensor, nn
+from torch import Tensor
 
 from carv_adapt.plan import Plan
 from carv_adapt.teachers.schedules import ddpm_alphas_cumprod
 from carv_adapt.workloads.base import ComputeRun, RunResult, StepRecord, drive, drive_to_compute
+from carv_adapt.workloads.head_nets import PATCH_DIM, PATCHES, X_DIM, ConditionNet, DenoisingHead, Models, to_patches
 
-__all__ = ["DiffusionHeadConfig", "DiffusionHeadWorkload", "ConditionNet", "DenoisingHead", "NoiseSchedule"]
-
-PATCHES, PATCH_DIM, X_DIM = 16, 4, 64
+__all__ = ["DiffusionHeadConfig", "DiffusionHeadWorkload", "Models", "NoiseSchedule", "X_DIM", "to_patches"]
 
 
 class DiffusionHeadConfig(BaseModel):
@@ -72,93 +70,12 @@ class NoiseSchedule:
         return a.sqrt() * x0 + (1 - a).sqrt() * eps
 
 
-class _Block(nn.Module):
-    """Pre-norm transformer block with plain-op attention (every op has a vmap rule: the probe batches its VJPs)."""
-
-    def __init__(self, dim: int, heads: int) -> None:
-        super().__init__()
-        self.heads = heads
-        self.n1, self.n2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
-        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
-
-    def forward(self, x: Tensor) -> Tensor:
-        B, L, D = x.shape
-        q, k, v = self.qkv(self.n1(x)).reshape(B, L, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
-        att = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(D // self.heads), dim=-1)
-        x = x + self.proj((att @ v).transpose(1, 2).reshape(B, L, D))
-        return x + self.mlp(self.n2(x))
-
-
-class ConditionNet(nn.Module):
-    """``z = net(patches, mask, class)``: a transformer over a class token and 16 (masked) patch tokens."""
-
-    def __init__(self, dim: int = 64, depth: int = 3, heads: int = 4) -> None:
-        super().__init__()
-        if dim % heads:
-            raise ValueError(f"dim ({dim}) must be divisible by heads ({heads})")
-        self.embed = nn.Linear(PATCH_DIM, dim)
-        self.mask_token = nn.Parameter(torch.zeros(dim))
-        self.cls = nn.Embedding(10, dim)
-        self.pos = nn.Parameter(0.02 * torch.randn(PATCHES + 1, dim))
-        self.blocks = nn.ModuleList(_Block(dim, heads) for _ in range(depth))
-        self.norm, self.out = nn.LayerNorm(dim), nn.Linear(dim, dim)
-
-    def forward(self, patches: Tensor, mask: Tensor, y: Tensor) -> Tensor:
-        """``N x 16 x 4`` patches, ``N x 16`` bool mask (True = hidden), ``N`` labels -> ``N x dim``."""
-        tok = torch.where(mask.unsqueeze(-1), self.mask_token, self.embed(patches))
-        x = torch.cat([self.cls(y).unsqueeze(1), tok], dim=1) + self.pos
-        for b in self.blocks:
-            x = b(x)
-        return self.out(self.norm(x[:, 0]))
-
-
-def _time_embedding(t: Tensor, dim: int = 32) -> Tensor:
-    half = torch.exp(-math.log(10000.0) * torch.arange(dim // 2, dtype=torch.float32) / (dim // 2))
-    a = t.float().unsqueeze(-1) * half
-    return torch.cat([a.sin(), a.cos()], dim=-1)
-
-
-class DenoisingHead(nn.Module):
-    """``eps_hat(x_t, t, z)``: an MLP on ``[x_t, emb(t), z]`` (MAR's head conditions on ``z`` the same way, through
-    adaptive norms; a concatenation keeps this one small)."""
-
-    def __init__(self, z_dim: int = 64, width: int = 256, depth: int = 3) -> None:
-        super().__init__()
-        sizes = [X_DIM + 32 + z_dim] + [width] * (depth - 1) + [X_DIM]
-        layers: list[nn.Module] = []
-        for a, b in zip(sizes[:-1], sizes[1:]):
-            layers += [nn.Linear(a, b), nn.SiLU()]
-        self.net = nn.Sequential(*layers[:-1])
-
-    def forward(self, x_t: Tensor, t: Tensor, z: Tensor) -> Tensor:
-        """``B x 64`` noised images, ``B`` timesteps, ``B x z_dim`` conditions -> ``B x 64`` predicted noise."""
-        return self.net(torch.cat([x_t, _time_embedding(t), z], dim=-1))
-
-
 def _digits() -> tuple[Tensor, Tensor]:
     """scikit-learn's 1797 digits at their native 8 x 8: ``(n x 64 in [-1, 1], n labels)``."""
     from sklearn.datasets import load_digits
 
     d = load_digits()
     return torch.tensor(d.images, dtype=torch.float32).reshape(-1, X_DIM) / 8.0 - 1.0, torch.tensor(d.target)
-
-
-def to_patches(x: Tensor) -> Tensor:
-    """``N x 64`` images -> ``N x 16 x 4`` 2 x 2 patches (row-major)."""
-    return x.reshape(-1, 4, 2, 4, 2).permute(0, 1, 3, 2, 4).reshape(-1, PATCHES, PATCH_DIM)
-
-
-@dataclass
-class Models:
-    """The two trained networks."""
-
-    cond: ConditionNet
-    head: DenoisingHead
-
-    def params(self) -> list[Tensor]:
-        """Condition-network parameters first, then the head's: the order of every flattened gradient."""
-        return list(self.cond.parameters()) + list(self.head.parameters())
 
 
 @dataclass(frozen=True)
@@ -240,6 +157,35 @@ class DiffusionHeadWorkload:
             [(torch.zeros(N * K, p.numel()) if q is None else q.reshape(N * K, -1)) for p, q in zip(params, grads)], 1
         )
         return flat.reshape(N, K, -1), d.loss.detach()
+
+    def probe(self, m: Models, x0: Tensor, mask: Tensor, y: Tensor, plan: Plan, eps: Tensor,
+              generator: torch.Generator) -> tuple[Tensor, Tensor]:  # fmt: skip
+        """The split-half probe over both networks (docs/theory.md §7.5, §16): ``(g_A, g_B)``, each ``N x P``,
+        ``g_h[n] = grad sum_k c^h_nk rho_nk l_nk`` with ``c^h`` the half-mean coefficients of
+        :func:`~carv_adapt.probe.split_half_halves`. Per-example gradients (``torch.func``: ``vmap`` over examples
+        of a two-row Jacobian) cost about two batched backwards, where ``2 N`` full-batch VJPs cost ``O(N^2)``."""
+        from torch.func import functional_call, jacrev, vmap
+
+        from carv_adapt.probe import split_half_halves
+
+        c_a, c_b = split_half_halves(torch.diag_embed(plan.rho.float()), generator)
+        coef = torch.stack([c_a, c_b], dim=1)  # N x 2 x K
+        pc = {k: v.detach() for k, v in m.cond.named_parameters()}
+        ph = {k: v.detach() for k, v in m.head.named_parameters()}
+        abar = self.teacher.alphas_cumprod.float()
+
+        def halves(pc: dict, ph: dict, x: Tensor, mk: Tensor, yy: Tensor, t: Tensor, e: Tensor, cf: Tensor) -> Tensor:
+            z = functional_call(m.cond, pc, (to_patches(x[None]), mk[None], yy[None]))
+            a = abar[t].unsqueeze(-1)
+            x_t = a.sqrt() * x + (1 - a).sqrt() * e
+            pred = functional_call(m.head, ph, (x_t, t, z.expand(t.shape[0], -1)))
+            return cf @ ((pred - e) ** 2).mean(dim=-1)
+
+        jac = vmap(jacrev(halves, argnums=(0, 1)), in_dims=(None, None, 0, 0, 0, 0, 0, 0))(
+            pc, ph, x0, mask, y, plan.t, eps, coef
+        )
+        flat = torch.cat([g.reshape(plan.N, 2, -1) for part in jac for g in part.values()], dim=-1)
+        return flat[:, 0], flat[:, 1]
 
     # ------------------------------------------------------------------ quality
     @torch.no_grad()
@@ -328,7 +274,14 @@ class DiffusionHeadWorkload:
         m = self.new_models()
         policy = self._baseline() if controller is None and policy is None else policy
         one_step, state = self._stepper(m, controller, loss_hook)
-        scorers = {k: (lambda st, fn=fn: fn(self.models_from_state(st))) for k, fn in (scores or {}).items()}
+        held: dict[str, Any] = {"state": None, "models": None}
+
+        def models_of(st: dict[str, Tensor]) -> Models:  # every score of one checkpoint sees the same Models
+            if held["state"] is not st:
+                held.update(state=st, models=self.models_from_state(st))
+            return held["models"]
+
+        scorers = {k: (lambda st, fn=fn: fn(models_of(st))) for k, fn in (scores or {}).items()}
         return drive_to_compute(
             controller, policy, one_step, step_cost, budget, fractions, state=state, scores=scorers,
             max_steps=max_steps, on_step=on_step,
@@ -341,8 +294,6 @@ class DiffusionHeadWorkload:
 
     def _stepper(self, m: Models, controller: Any, loss_hook: Any) -> tuple[Any, Callable[[], dict[str, Tensor]]]:
         """The training step on ``m`` (one Adam over both networks) and the state snapshot function."""
-        from carv_adapt.probe import split_half_probe
-
         c = self.config
         params = m.params()
         head_params = list(m.head.parameters())
@@ -357,15 +308,15 @@ class DiffusionHeadWorkload:
             x0, mask, y = self.outer_batch(N, g)
             z = m.cond(to_patches(x0), mask, y)
             t1 = time.perf_counter()
-            d = self.head_losses(m, x0, z, plan.t, plan.noise((X_DIM,)))
+            eps = plan.noise((X_DIM,))
+            d = self.head_losses(m, x0, z, plan.t, eps)
             w = plan.weights_like(d.loss) / (N * K)
             t2 = time.perf_counter()
             probe = None
             if probing and K >= 2 and controller.probe_due():
-                # The per-draw losses as the "outputs" and rho_nk e_k as their contributions: the VJPs are the half
-                # means of the per-draw gradients over BOTH networks (docs/theory.md §16).
+                # Half means of the per-draw gradients over BOTH networks, one example at a time (docs/theory.md §16).
                 pg = torch.Generator().manual_seed(plan.noise_seed ^ 0x5EED)
-                probe = split_half_probe(d.loss, params, torch.diag_embed(plan.weights_like(d.loss)), pg)
+                probe = self.probe(m, x0, mask, y, plan, eps, pg)
             t3 = time.perf_counter()
             opt.zero_grad(set_to_none=True)
             # The head's backward (inner: it scales with N K) stops at z_rep; the condition network's (outer) follows.

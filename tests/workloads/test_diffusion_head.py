@@ -85,3 +85,19 @@ def test_bad_config_is_one_clear_error():
         DiffusionHeadWorkload(DiffusionHeadConfig(t_min=900, t_max=100))
     with pytest.raises(ValueError, match="divisible"):
         DiffusionHeadWorkload(DiffusionHeadConfig(dim=18, heads=4)).new_models()
+
+
+def test_per_example_probe_equals_the_generic_split_half_probe(workload):
+    from carv_adapt.probe import split_half_probe
+
+    wl = workload
+    m = wl.new_models()
+    plan = HierarchicalEstimator(UniformProposal(TARGET), N=3, K=4, seed=6).plan()
+    x0, mask, y = wl.outer_batch(3, torch.Generator().manual_seed(8))
+    eps = plan.noise((64,))
+    g_a, g_b = wl.probe(m, x0, mask, y, plan, eps, torch.Generator().manual_seed(9))
+    d = wl.forward(m, x0, mask, y, plan.t, eps)
+    r_a, r_b = split_half_probe(d.loss, m.params(), torch.diag_embed(plan.weights_like(d.loss)),
+                                torch.Generator().manual_seed(9))  # fmt: skip
+    torch.testing.assert_close(g_a, r_a, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(g_b, r_b, rtol=1e-4, atol=1e-6)
