@@ -36,7 +36,7 @@ class HeadBenchSettings:
     steps: int = 800
     seeds: tuple[int, ...] = (0, 1, 2)
     batch_size: int = 16
-    k_max: int = 16
+    k_max: int = 32
     fractions: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
     calibration_reps: int = 7
     pilot_outer: int = 32
