@@ -18,13 +18,28 @@ from typing import Any
 
 import torch
 
-from carv_adapt.bench.cost_clock import CostClock, fit_line, fit_quadratic, machine_description, median_seconds
+from carv_adapt.bench.cost_clock import (
+    CostClock,
+    config_key,
+    fit_line,
+    fit_quadratic,
+    machine_description,
+    median_seconds,
+)
 from carv_adapt.bench.iddpm import LossSecondMomentResampler
 from carv_adapt.estimator import HierarchicalEstimator
 from carv_adapt.plan import Plan
 from carv_adapt.proposals import TargetMeasure, UniformProposal
 
-__all__ = ["HeadBenchSettings", "calibrate_head", "IddpmPolicy", "head_controller", "run_head_bench", "ARMS"]
+__all__ = [
+    "HeadBenchSettings",
+    "calibrate_head",
+    "cached_head_calibration",
+    "IddpmPolicy",
+    "head_controller",
+    "run_head_bench",
+    "ARMS",
+]
 
 ARMS = ("K=1", "K=4", "iddpm K=4", "adaptive (variance)", "adaptive (progress)")
 
@@ -102,6 +117,28 @@ def calibrate_head(wl: Any, N: int, outer_Ns: Sequence[int] = (4, 8, 16), inner_
         "machine": machine_description(),
     }
     return clock, raw
+
+
+def cached_head_calibration(
+    wl: Any, path: Any, reps: int, say: Callable[[str], None] | None = None
+) -> tuple[CostClock, dict[str, Any]]:
+    """:func:`calibrate_head` read from the JSON file ``path`` when it was made for the same config (seed aside),
+    machine and ``reps``, else calibrated and written there; the raw medians say ``cached``."""
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    cfg = {k: v for k, v in wl.config.model_dump().items() if k != "seed"}
+    key = config_key({"config": cfg, "machine": machine_description(), "reps": reps, "clock": "diffusion_head/1"})
+    if path.exists():
+        d = json.loads(path.read_text())
+        if d.get("key") == key:
+            return CostClock.from_dict(d["clock"]), {**d["raw"], "cached": True}
+    if say is not None:
+        say("calibrating the cost clock (each stage in isolation)")
+    clock, raw = calibrate_head(wl, wl.config.batch_size, reps=reps)
+    path.write_text(json.dumps({"key": key, "machine": machine_description(), "clock": clock.to_dict(), "raw": raw}))
+    return clock, {**raw, "cached": False}
 
 
 class IddpmPolicy:

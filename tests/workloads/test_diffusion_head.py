@@ -101,3 +101,17 @@ def test_per_example_probe_equals_the_generic_split_half_probe(workload):
                                 torch.Generator().manual_seed(9))  # fmt: skip
     torch.testing.assert_close(g_a, r_a, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(g_b, r_b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_demo_runs_on_the_diffusion_head_with_its_cost_clock(tmp_path):
+    from carv_adapt.cli import main
+    from tests.test_demo import _check_report
+
+    out = tmp_path / "head"
+    args = ["demo", "--workload", "diffusion_head", "--steps", "12", "--replications", "3", "--quick", "--out", str(out)]
+    assert main(args) == 0
+    summary = _check_report(out, "diffusion_head", steps=12)
+    assert summary["clock"]["kind"] == "cost_clock" and summary["clock"]["costs"]["c_out"] > 0
+    assert summary["quality_metric"] == "val loss" and summary["higher_is_better"] is False
+    assert (out / "views.png").stat().st_size > 1000
