@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
+from carv_adapt.errors import ConfigError
 from carv_adapt.plan import Plan
 from carv_adapt.teachers.schedules import ddpm_alphas_cumprod
 from carv_adapt.workloads.base import ComputeRun, RunResult, StepRecord, drive, drive_to_compute
@@ -97,13 +98,13 @@ class DiffusionHeadWorkload:
     def __init__(self, config: DiffusionHeadConfig | None = None) -> None:
         self.config = c = config or DiffusionHeadConfig()
         if not c.t_min <= c.t_max < c.num_timesteps:
-            raise ValueError(f"need t_min <= t_max < num_timesteps, got {c.t_min}, {c.t_max}, {c.num_timesteps}")
+            raise ConfigError(f"need t_min <= t_max < num_timesteps, got {c.t_min}, {c.t_max}, {c.num_timesteps}")
         # Named ``teacher`` for the adapter protocol (num_timesteps, alphas_cumprod); nothing here is frozen.
         self.teacher = NoiseSchedule(ddpm_alphas_cumprod(c.num_timesteps, beta_schedule=c.beta_schedule))
         x, y = _digits()
         perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(12345))
         if c.num_val >= len(x):
-            raise ValueError(f"num_val must be < {len(x)}, got {c.num_val}")
+            raise ConfigError(f"num_val must be < {len(x)}, got {c.num_val}")
         val, train = perm[: c.num_val], perm[c.num_val :]
         self.x, self.y = x[train], y[train]
         self.x_val, self.y_val = x[val], y[val]
@@ -111,9 +112,11 @@ class DiffusionHeadWorkload:
 
     # ------------------------------------------------------------------ the pipeline
     def new_models(self) -> Models:
+        """Both networks, initialised from the config's seed (torch's global random state is left as it was)."""
         c = self.config
-        torch.manual_seed(c.seed)
-        return Models(ConditionNet(c.dim, c.depth, c.heads), DenoisingHead(c.dim, c.head_width, c.head_depth))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(c.seed)
+            return Models(ConditionNet(c.dim, c.depth, c.heads), DenoisingHead(c.dim, c.head_width, c.head_depth))
 
     def outer_batch(self, N: int, g: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
         """``N`` training examples and masks: ``(x0 N x 64, mask N x 16, labels N)``."""

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from carv_adapt.errors import ConfigError
+
 __all__ = ["ConditionNet", "DenoisingHead", "Models", "to_patches", "PATCHES", "PATCH_DIM", "X_DIM"]
 
 PATCHES, PATCH_DIM, X_DIM = 16, 4, 64
@@ -43,7 +45,7 @@ class ConditionNet(nn.Module):
     def __init__(self, dim: int = 64, depth: int = 3, heads: int = 4) -> None:
         super().__init__()
         if dim % heads:
-            raise ValueError(f"dim ({dim}) must be divisible by heads ({heads})")
+            raise ConfigError(f"dim ({dim}) must be divisible by heads ({heads})")
         self.embed = nn.Linear(PATCH_DIM, dim)
         self.mask_token = nn.Parameter(torch.zeros(dim))
         self.cls = nn.Embedding(10, dim)

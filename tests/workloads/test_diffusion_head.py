@@ -109,7 +109,18 @@ def test_demo_runs_on_the_diffusion_head_with_its_cost_clock(tmp_path):
     from tests.test_demo import _check_report
 
     out = tmp_path / "head"
-    args = ["demo", "--workload", "diffusion_head", "--steps", "12", "--replications", "3", "--quick", "--out", str(out)]
+    args = [
+        "demo",
+        "--workload",
+        "diffusion_head",
+        "--steps",
+        "12",
+        "--replications",
+        "3",
+        "--quick",
+        "--out",
+        str(out),
+    ]
     assert main(args) == 0
     summary = _check_report(out, "diffusion_head", steps=12)
     assert summary["clock"]["kind"] == "cost_clock" and summary["clock"]["costs"]["c_out"] > 0
