@@ -19,7 +19,7 @@ from carv_adapt.plan import Plan
 
 __all__ = ["WorkloadAdapter", "build_adapter", "WORKLOADS"]
 
-WORKLOADS = ("sds3d", "distill", "attribution")
+WORKLOADS = ("sds3d", "distill", "attribution", "diffusion_head")
 
 Estimate = Callable[[Plan], Tensor]
 Draws = Callable[[Plan, bool], tuple[Tensor | None, Tensor]]
@@ -263,12 +263,18 @@ def _attribution(seed: int, quick: bool, **config: Any) -> WorkloadAdapter:
     )
 
 
-_BUILDERS = {"sds3d": _sds3d, "distill": _distill, "attribution": _attribution}
+def _diffusion_head(seed: int, quick: bool, **config: Any) -> WorkloadAdapter:
+    from carv_adapt.head_adapter import diffusion_head_adapter
+
+    return diffusion_head_adapter(seed, quick, **config)
+
+
+_BUILDERS = {"sds3d": _sds3d, "distill": _distill, "attribution": _attribution, "diffusion_head": _diffusion_head}
 
 
 def build_adapter(name: str, seed: int = 0, quick: bool = False, **config: Any) -> WorkloadAdapter:
-    """The adapter of shipped workload ``name`` (``sds3d``, ``distill`` or ``attribution``); ``config``
-    overrides fields of the workload's config (e.g. ``resolution=64`` for ``sds3d``)."""
+    """The adapter of shipped workload ``name`` (``sds3d``, ``distill``, ``attribution`` or ``diffusion_head``);
+    ``config`` overrides fields of the workload's config (e.g. ``resolution=64`` for ``sds3d``)."""
     if name not in _BUILDERS:
         raise ValueError(f"unknown workload {name!r}; choose one of {list(WORKLOADS)}")
     return _BUILDERS[name](seed, quick, **config)

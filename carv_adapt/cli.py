@@ -11,7 +11,7 @@ from carv_adapt.errors import CarvError, ConfigError
 
 __all__ = ["main"]
 
-_WORKLOADS = ("sds3d", "distill", "attribution")
+_WORKLOADS = ("sds3d", "distill", "attribution", "diffusion_head")
 
 
 def _version() -> str:

@@ -28,8 +28,8 @@ __all__ = [
 ]
 
 # Training steps per workload (attribution: ten per round over its examples), and the equal-compute runs.
-DEFAULT_STEPS = {"sds3d": 300, "distill": 150, "attribution": 60}
-QUICK_STEPS = {"sds3d": 24, "distill": 16, "attribution": 10}
+DEFAULT_STEPS = {"sds3d": 300, "distill": 150, "attribution": 60, "diffusion_head": 300}
+QUICK_STEPS = {"sds3d": 24, "distill": 16, "attribution": 10, "diffusion_head": 16}
 
 
 @dataclass(frozen=True)
