@@ -48,16 +48,16 @@ def controlled_integrand(f: Tensor, g: Tensor, mu_g: Tensor, beta: Tensor | None
     return f - b * torch.nan_to_num(h, nan=0.0, posinf=0.0, neginf=0.0), finite
 
 
-def control_moments(f: Tensor, g: Tensor, mu_g: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Per-draw ``(||f||^2, <f - mu_g, h>, ||h||^2)`` with ``h = g - mu_g``, each ``N x K`` float64, of
-    ``N x K x ...`` tensors.
+def control_moments(f: Tensor, g: Tensor, mu_g: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Per-draw ``(||f||^2, ||f - mu_g||^2, <f - mu_g, h>, ||h||^2)`` with ``h = g - mu_g``, each ``N x K``
+    float64, of ``N x K x ...`` tensors.
 
     ``<f - mu_g, h>`` has the mean of ``<f, h>`` (``E[<mu_g, h> | xi, t] = 0``) and a far smaller spread when the
     surrogate tracks ``f``: a surrogate equal to ``f`` gives exactly ``beta = 1`` from a single draw (§14)."""
     n, k = f.shape[:2]
     ff, gg, mm = (v.reshape(n, k, -1).double() for v in (f, g, mu_g))
-    h = gg - mm
-    return ff.pow(2).sum(-1), ((ff - mm) * h).sum(-1), h.pow(2).sum(-1)
+    r, h = ff - mm, gg - mm
+    return ff.pow(2).sum(-1), r.pow(2).sum(-1), (r * h).sum(-1), h.pow(2).sum(-1)
 
 
 def cv_beta(s_fh: Tensor, s_hh: Tensor) -> Tensor:
@@ -65,15 +65,16 @@ def cv_beta(s_fh: Tensor, s_hh: Tensor) -> Tensor:
     return torch.where(s_hh > 0, s_fh / s_hh.clamp_min(1e-300), torch.zeros_like(s_fh))
 
 
-def cv_correlation(s_ff: Tensor, s_fh: Tensor, s_hh: Tensor) -> Tensor:
-    """``B``-dim ``rho_b = s_fh / sqrt(s_ff s_hh)`` (the correlation of ``f`` with the centred control about the
-    origin; ``E h = 0`` makes it the share-of-second-moment one); NaN in a bin without evidence."""
-    den = (s_ff * s_hh).sqrt()
+def cv_correlation(s_rr: Tensor, s_fh: Tensor, s_hh: Tensor) -> Tensor:
+    """``B``-dim ``rho_b = s_fh / sqrt(s_rr s_hh)``: the correlation of ``f - mu_g`` (``s_rr``: sums of its squared
+    norm) with the control; ``rho_b^2`` is the share of ``E||f - mu_g||^2`` the optimal ``beta_b`` removes, 1 for a
+    surrogate equal to ``f``. NaN in a bin without evidence."""
+    den = (s_rr * s_hh).sqrt()
     return torch.where(den > 0, s_fh / den.clamp_min(1e-300), torch.full_like(s_fh, float("nan")))
 
 
-def cv_removed(s_ff: Tensor, s_fh: Tensor, s_hh: Tensor, beta: Tensor) -> Tensor:
-    """``B``-dim share of the second moment ``m_b`` removed by the coefficients ``beta``:
-    ``(2 beta s_fh - beta^2 s_hh) / s_ff`` (``rho_b^2`` at the optimum, negative for a harmful ``beta``)."""
-    num = 2.0 * beta * s_fh - beta * beta * s_hh
-    return torch.where(s_ff > 0, num / s_ff.clamp_min(1e-300), torch.full_like(s_ff, float("nan")))
+def cv_removed(s_fh: Tensor, s_hh: Tensor, beta: Tensor) -> Tensor:
+    """``B``-dim summed variance removed by the coefficients ``beta``: ``2 beta s_fh - beta^2 s_hh`` (the means are
+    unchanged, so the drop in second moment is a drop in variance; ``s_fh^2 / s_hh`` at the optimum, negative
+    for a harmful ``beta``). Divide by the counts for the variance removed per draw."""
+    return 2.0 * beta * s_fh - beta * beta * s_hh

@@ -13,8 +13,10 @@ import torch
 from torch import Tensor
 
 from carv_adapt.errors import ConfigError, ShapeError
+from carv_adapt.plan import Plan
+from carv_adapt.proposals.base import bin_index
 
-__all__ = ["ControlVariate", "ControlVariateCheck", "check_control_variate"]
+__all__ = ["ControlVariate", "ControlVariateCheck", "check_control_variate", "with_coefficients"]
 
 
 class ControlVariate(ABC):
@@ -125,3 +127,16 @@ def _tile(cond: Any, c: int) -> Any:
     if isinstance(cond, Tensor):
         return torch.cat([cond] * c)
     return list(cond) * c
+
+
+def with_coefficients(plan: Plan, beta_b: Tensor, edges: Tensor) -> Plan:
+    """``plan`` with fixed per-bin coefficients (``B``-dim ``beta_b`` over ``B + 1`` ``edges``) attached as its
+    ``N x K`` ``cv_beta``: a control variate for a fixed policy (e.g. a
+    :class:`~carv_adapt.estimator.HierarchicalEstimator`'s plans), with ``beta_b`` fitted beforehand (§14)."""
+    from dataclasses import replace
+
+    beta_b = torch.as_tensor(beta_b, dtype=torch.float64)
+    if beta_b.numel() != torch.as_tensor(edges).numel() - 1:
+        raise ShapeError(f"beta_b has {beta_b.numel()} entries, edges define {torch.as_tensor(edges).numel() - 1} bins")
+    bins = bin_index(plan.t, torch.as_tensor(edges, dtype=torch.long))
+    return replace(plan, cv_beta=beta_b[bins.cpu()].reshape(plan.N, plan.K))

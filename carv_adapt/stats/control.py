@@ -1,4 +1,5 @@
-"""Per-bin control-variate statistics (docs/theory.md §14): sums of ``||f||^2``, ``<f - mu_g, h>`` and ``||h||^2``."""
+"""Per-bin control-variate statistics (docs/theory.md §14): sums of ``||f||^2``, ``||f - mu_g||^2``,
+``<f - mu_g, h>`` and ``||h||^2``."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import torch
 from torch import Tensor
 
 from carv_adapt.control import control_moments, controlled_integrand, cv_beta, cv_correlation, cv_removed
-from carv_adapt.errors import NonFiniteError, ShapeError, StateError
+from carv_adapt.errors import ShapeError, StateError
 from carv_adapt.stats.base import NonFinitePolicy, SumStatistic
 
 __all__ = ["ControlVariateStats", "ControlVariateEstimate"]
@@ -17,12 +18,14 @@ __all__ = ["ControlVariateStats", "ControlVariateEstimate"]
 
 @dataclass(frozen=True)
 class ControlVariateEstimate:
-    """Per-bin (``B``-dim) coefficients ``beta``, correlations ``rho``, the share of ``m_b`` removed at ``beta``
-    (``rho^2`` at the optimum), and the forgetting counts of draws with a control."""
+    """Per-bin (``B``-dim): coefficients ``beta``; correlations ``rho`` of ``f - mu_g`` with the control;
+    ``removed``, the variance removed per draw at ``beta`` (rho-free); ``m``, the uncontrolled second moment
+    ``E||f||^2`` per draw (so ``removed / m`` is the share of the profile removed); forgetting ``counts``."""
 
     beta: Tensor
     correlation: Tensor
     removed: Tensor
+    m: Tensor
     counts: Tensor
 
 
@@ -41,7 +44,7 @@ class ControlVariateStats(SumStatistic):
     def __init__(self, edges: Tensor, nonfinite: NonFinitePolicy = "skip") -> None:
         super().__init__(nonfinite)
         B = torch.as_tensor(edges).numel() - 1
-        for name in ("count", "s_ff", "s_fh", "s_hh"):
+        for name in ("count", "s_ff", "s_rr", "s_fh", "s_hh"):
             self.add_state(name, torch.zeros(B))
 
     @property
@@ -65,31 +68,32 @@ class ControlVariateStats(SumStatistic):
             raise StateError("a control needs the contributions f and a plan with bins: observe(plan, f, control=...)")
         if tuple(bins.shape) != tuple(f.shape[:2]):
             raise ShapeError(f"bins: shape {tuple(bins.shape)}, expected N x K = {tuple(f.shape[:2])}")
-        f = f.detach()
-        out, finite = controlled_integrand(f, g.detach(), mu_g.detach(), beta)
+        f, g, mu_g = f.detach(), g.detach(), mu_g.detach()
+        out, finite = controlled_integrand(f, g, mu_g, beta)
         bad = int((~finite).sum())
         if bad:
-            if self.nonfinite == "error":
-                raise NonFiniteError(
-                    f"ControlVariateStats: {bad} draw(s) with a non-finite surrogate value; pass nonfinite='skip' "
-                    "to run them with beta = 0 and count them"
-                )
-            self.num_nonfinite += bad
-        ff, fh, hh = control_moments(f, g.detach(), mu_g.detach())
-        ok = (finite & torch.isfinite(ff) & torch.isfinite(fh) & torch.isfinite(hh)).reshape(-1).cpu()
+            self._finite_or_reject("surrogate value (that draw runs with beta = 0)", g - mu_g)  # raises or warns once
+            self.num_nonfinite += bad - 1
+        moments = control_moments(f, g, mu_g)
+        ok = finite.clone()
+        for v in moments:
+            ok &= torch.isfinite(v)
+        ok = ok.reshape(-1).cpu()
         b = bins.reshape(-1).cpu()[ok]
         B = self.num_bins
-        for name, v in (("s_ff", ff), ("s_fh", fh), ("s_hh", hh)):
+        for name, v in zip(("s_ff", "s_rr", "s_fh", "s_hh"), moments):
             getattr(self, name).add_(torch.bincount(b, weights=v.reshape(-1).cpu()[ok], minlength=B))
         self.count.add_(torch.bincount(b, minlength=B).double())
         return out
 
     def compute(self) -> ControlVariateEstimate:
-        beta = self.beta()
+        beta, n = self.beta(), self.count.clamp_min(1e-300)
+        nan = torch.full_like(self.count, float("nan"))
         return ControlVariateEstimate(
             beta=beta,
-            correlation=cv_correlation(self.s_ff, self.s_fh, self.s_hh),
-            removed=cv_removed(self.s_ff, self.s_fh, self.s_hh, beta),
+            correlation=cv_correlation(self.s_rr, self.s_fh, self.s_hh),
+            removed=torch.where(self.count > 0, cv_removed(self.s_fh, self.s_hh, beta) / n, nan),
+            m=torch.where(self.count > 0, self.s_ff / n, nan),
             counts=self.count.clone(),
         )
 
@@ -102,5 +106,6 @@ class ControlVariateStats(SumStatistic):
             "cv_beta": est.beta.tolist(),
             "cv_correlation": est.correlation.tolist(),
             "cv_removed": est.removed.tolist(),
+            "cv_m": est.m.tolist(),
             "cv_counts": est.counts.tolist(),
         }
