@@ -15,7 +15,7 @@ from torch import Tensor
 
 from carv_adapt.errors import ShapeError
 
-__all__ = ["control_moments", "cv_beta", "cv_correlation", "cv_removed", "controlled_integrand"]
+__all__ = ["control_moments", "cv_beta", "cv_shrinkage", "cv_correlation", "cv_removed", "controlled_integrand"]
 
 
 def _same(name: str, x: Tensor, shape: tuple[int, ...]) -> None:
@@ -48,7 +48,7 @@ def controlled_integrand(f: Tensor, g: Tensor, mu_g: Tensor, beta: Tensor | None
     return f - b * torch.nan_to_num(h, nan=0.0, posinf=0.0, neginf=0.0), finite
 
 
-def control_moments(f: Tensor, g: Tensor, mu_g: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def control_moments(f: Tensor, g: Tensor, mu_g: Tensor) -> tuple[Tensor, ...]:
     """Per-draw ``(||f||^2, ||f - mu_g||^2, <f - mu_g, h>, ||h||^2)`` with ``h = g - mu_g``, each ``N x K``
     float64, of ``N x K x ...`` tensors.
 
@@ -63,6 +63,22 @@ def control_moments(f: Tensor, g: Tensor, mu_g: Tensor) -> tuple[Tensor, Tensor,
 def cv_beta(s_fh: Tensor, s_hh: Tensor) -> Tensor:
     """``B``-dim trace-optimal coefficients ``s_fh / s_hh``; 0 in a bin without evidence (``s_hh = 0``)."""
     return torch.where(s_hh > 0, s_fh / s_hh.clamp_min(1e-300), torch.zeros_like(s_fh))
+
+
+def cv_shrinkage(beta: Tensor, s_hh: Tensor, s_aa: Tensor, s_ab: Tensor, s_bb: Tensor, n: Tensor, n2: Tensor) -> Tensor:
+    """``B``-dim factor ``beta^2 / (beta^2 + se^2)`` that shrinks a noisy coefficient toward 0 (STYLE rule 5: it
+    fades as evidence accumulates). Under squared loss a coefficient ``beta_hat`` with error ``se`` removes
+    ``E[2 beta_hat c - beta_hat^2 v] `` in expectation, maximized by scaling it by this factor (§14).
+
+    ``se^2 = n_eff / (n_eff - 1) sum w^2 (a - beta b)^2 / s_hh^2`` is the delta-method variance of the ratio
+    ``s_fh / s_hh``, from per-draw ``a = <f - mu_g, h>`` and ``b = ||h||^2`` (``s_aa``, ``s_ab``, ``s_bb``: sums of
+    ``w^2 a^2``, ``w^2 a b``, ``w^2 b^2``; ``n = sum w``, ``n2 = sum w^2``, ``n_eff = n^2 / n2``). 0 with fewer than
+    two effective draws; exactly 1 when every draw has ``a = beta b`` (a surrogate equal to ``f``)."""
+    resid = (s_aa - 2.0 * beta * s_ab + beta * beta * s_bb).clamp_min(0)
+    n_eff = n * n / n2.clamp_min(1e-300)
+    se2 = resid / s_hh.clamp_min(1e-300).pow(2) * n_eff / (n_eff - 1).clamp_min(1e-300)
+    factor = beta * beta / (beta * beta + se2).clamp_min(1e-300)
+    return torch.where((n_eff > 1 + 1e-9) & (s_hh > 0), factor, torch.zeros_like(beta))
 
 
 def cv_correlation(s_rr: Tensor, s_fh: Tensor, s_hh: Tensor) -> Tensor:

@@ -2,7 +2,9 @@
 
 At every checkpoint the parameters are frozen and seven policies are measured side by side (interleaved
 replications, same estimate function): the baseline, improved-diffusion's resampler, reuse only, + IS,
-+ stratification, the adaptive controller as it stood at that step of the run, and the brute-force oracle.
++ stratification, the adaptive controller as it stood at that step of the run, and the brute-force oracle; where
+the workload ships a control variate (SDS-3D), "+CV" after "+ stratification": the same policy with the control,
+its per-bin coefficients fitted on an output-space pilot at the checkpoint (docs/theory.md §14).
 ``K`` and the proposal of the middle three and of the oracle come from a long pilot at the checkpoint
 (final-space statistics, :mod:`carv_adapt.bench.pilot`).
 """
@@ -20,11 +22,13 @@ from carv_adapt.adapters import WorkloadAdapter, build_adapter
 from carv_adapt.bench.iddpm import LossSecondMomentResampler
 from carv_adapt.bench.pilot import EstimateCost, PilotStats, brute_force_oracle, fit_estimate_cost, run_pilot
 from carv_adapt.bench.replicate import Replications, ecm_interval, replicate
+from carv_adapt.control_variate import with_coefficients
 from carv_adapt.demo import demo_controller
 from carv_adapt.estimator import HierarchicalEstimator
 from carv_adapt.plan import Plan, resolve_stratification
 from carv_adapt.proposals import BinnedProposal, TargetMeasure, UniformProposal, teacher_weight_proposal
-from carv_adapt.proposals.base import Proposal, bin_sums
+from carv_adapt.proposals.base import Proposal, bin_index, bin_sums
+from carv_adapt.stats.control import ControlVariateStats
 
 __all__ = ["AblationSettings", "TimedController", "ablate", "fill_iddpm", "pilot_at", "policy_estimator", "VARIANTS"]
 
@@ -49,6 +53,8 @@ class AblationSettings:
     k_max: int = 64  # the uncapped oracle's range; every measured policy gets min(k_max, controller's k_max)
     num_bins: int = 20
     quick: bool = False
+    control_variate: bool = True  # measure "+CV" where the workload ships a control variate (docs/theory.md §14)
+    cv_pilot_outer: int = 48  # outer draws of the output-space pilot that fits the "+CV" coefficients
 
 
 class TimedController:
@@ -207,12 +213,26 @@ def _checkpoint(
             oracle.name,
         ),
     }
+    cv = None
+    if s.control_variate and a.cv_estimator is not None and a.cv_draws is not None:
+        cv = control_variate_pilot(a, state, s, carv, N, K_is, edges, pilot.pi_b, p_carv, seed + 17)
+        estimate = a.cv_estimator(state)  # applies the control only to plans that carry coefficients
+        items = list(pols.items())
+        at = [k for k, _ in items].index("+strat") + 1
+        # Predicted: the final-space within variance less the output-space share the pilot saw removed (the
+        # surrogate's own cost is not in the pilot's cost model; the measured W includes it).
+        keep, n_ = 1.0 - cv[1]["share_of_second_moment_removed"], pilot.cost.N
+        w_cv = max(pilot.sigma_b2, 0.0) / n_ + pilot.sigma_w2_for(p_carv) * keep / (n_ * K_is)
+        w_cv *= pilot.cost.seconds(K_is)
+        pols = dict(items[:at] + [("+CV", (cv[0], w_cv, "p* (alpha 0.1) + Gaussian CV"))] + items[at:])
     t1 = time.perf_counter()
     reps = replicate(estimate, {k: v[0] for k, v in pols.items()}, s.replications, fixed_seconds)
     measure_seconds = time.perf_counter() - t1
     base = reps["baseline"]
     rows = [_policy_row(k, v[0], reps[k], base, v[1], v[2], seed + 20 + i) for i, (k, v) in enumerate(pols.items())]
+    extra = {} if cv is None else {"control_variate": cv[1]}
     return {
+        **extra,
         "pilot": _pilot_summary(pilot),
         "iddpm": {
             "history_per_term": s.iddpm_history,
@@ -233,6 +253,51 @@ def _checkpoint(
         "variants": rows,
         "seconds": {"pilot": pilot_seconds, "iddpm_fill": fill_seconds, "replications": measure_seconds},
     }
+
+
+class ControlledEstimator(HierarchicalEstimator):
+    """A fixed policy whose plans carry fixed per-bin control-variate coefficients (docs/theory.md §14)."""
+
+    def __init__(self, proposal: Proposal, N: int, K: int, strat: str, seed: int, beta_b: Any, edges: Any) -> None:
+        super().__init__(proposal, N=N, K=K, stratification=resolve_stratification(strat, K), seed=seed)
+        self.beta_b, self.edges = beta_b, edges
+
+    def plan(self) -> Plan:
+        return with_coefficients(super().plan(), self.beta_b, self.edges)
+
+
+def control_variate_pilot(
+    a: WorkloadAdapter, state: dict, s: AblationSettings, proposal: Proposal, N: int, K: int, edges: Any,
+    pi_b: Any, p_b: Any, seed: int,
+) -> tuple[ControlledEstimator, dict[str, Any]]:  # fmt: skip
+    """Fit the per-bin coefficients of the "+CV" policy (the "+strat" one plus the control) on ``s.cv_pilot_outer``
+    outer draws of output-space contributions at frozen ``state``, drawn as that policy draws them; report per bin
+    the coefficient, the correlation of ``f - mu_g`` with the control, the variance removed per draw and the
+    uncontrolled second moment, and the share of the proposal's second moment ``sum pi^2/p m`` removed."""
+    draws = a.cv_draws(state)  # type: ignore[misc]
+    stats = ControlVariateStats(edges)
+    pol = policy_estimator(proposal, N, K, "stratified", seed)
+    t0 = time.perf_counter()
+    for _ in range(max(1, math.ceil(s.cv_pilot_outer / N))):
+        plan = pol.plan()
+        f, g, mu = draws(plan)
+        stats.apply(bin_index(plan.t, edges), None, f, g, mu)
+    est = stats.compute()
+    w = pi_b.double() ** 2 / p_b.double()
+    seen = est.counts > 0
+    share = float((w * est.removed)[seen].sum() / (w * est.m)[seen].sum()) if bool(seen.any()) else math.nan
+    report = {
+        "space": "output (latent), rho-free",
+        "pilot_draws": int(stats.count.sum()),
+        "pilot_seconds": time.perf_counter() - t0,
+        "beta": est.beta.tolist(),
+        "correlation": est.correlation.tolist(),
+        "removed_per_draw": est.removed.tolist(),
+        "m": est.m.tolist(),
+        "counts": est.counts.tolist(),
+        "share_of_second_moment_removed": share,
+    }
+    return ControlledEstimator(proposal, N, K, "stratified", seed + 1, est.beta, edges), report
 
 
 def _pilot_summary(p: PilotStats) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from carv_adapt.control import control_moments, controlled_integrand, cv_beta, cv_correlation, cv_removed
+from carv_adapt.control import control_moments, controlled_integrand, cv_beta, cv_correlation, cv_removed, cv_shrinkage
 from carv_adapt.errors import ShapeError, StateError
 from carv_adapt.stats.base import NonFinitePolicy, SumStatistic
 
@@ -46,14 +46,18 @@ class ControlVariateStats(SumStatistic):
         B = torch.as_tensor(edges).numel() - 1
         for name in ("count", "s_ff", "s_rr", "s_fh", "s_hh"):
             self.add_state(name, torch.zeros(B))
+        for name in ("count_sq", "s_aa", "s_ab", "s_bb"):  # squared forgetting weights: the coefficient's error
+            self.add_state(name, torch.zeros(B), decay="square")
 
     @property
     def num_bins(self) -> int:
         return int(self.count.numel())
 
     def beta(self) -> Tensor:
-        """``B``-dim coefficients from the statistics so far (0 where a bin has no evidence)."""
-        return cv_beta(self.s_fh, self.s_hh)
+        """``B``-dim coefficients from the statistics so far: the trace-optimal ratio shrunk toward 0 by its own
+        standard error (0 where a bin has fewer than two draws; the shrinkage fades with evidence)."""
+        raw = cv_beta(self.s_fh, self.s_hh)
+        return raw * cv_shrinkage(raw, self.s_hh, self.s_aa, self.s_ab, self.s_bb, self.count, self.count_sq)
 
     def betas(self, bins: Tensor | None, shape: tuple[int, ...]) -> Tensor:
         """``N x K`` float64 coefficients for draws in ``bins`` (``N x K`` bin indices; None: all 0)."""
@@ -81,9 +85,13 @@ class ControlVariateStats(SumStatistic):
         ok = ok.reshape(-1).cpu()
         b = bins.reshape(-1).cpu()[ok]
         B = self.num_bins
-        for name, v in zip(("s_ff", "s_rr", "s_fh", "s_hh"), moments):
-            getattr(self, name).add_(torch.bincount(b, weights=v.reshape(-1).cpu()[ok], minlength=B))
-        self.count.add_(torch.bincount(b, minlength=B).double())
+        ff, rr, a, hh = (v.reshape(-1).cpu()[ok] for v in moments)
+        for name, v in (("s_ff", ff), ("s_rr", rr), ("s_fh", a), ("s_hh", hh), ("s_aa", a * a), ("s_ab", a * hh),
+                        ("s_bb", hh * hh)):  # fmt: skip
+            getattr(self, name).add_(torch.bincount(b, weights=v, minlength=B))
+        n_b = torch.bincount(b, minlength=B).double()
+        self.count.add_(n_b)
+        self.count_sq.add_(n_b)
         return out
 
     def compute(self) -> ControlVariateEstimate:
