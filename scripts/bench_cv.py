@@ -1,4 +1,5 @@
-"""The SDS-3D ablation with the "+CV" variant (docs/theory.md §14) at sizes that fit ~20 CPU minutes on 2 cores.
+"""The SDS-3D ablation with the "+CV" variant (docs/theory.md §14) at sizes that fit ~20 CPU minutes on a shared
+2-core machine (one checkpoint, at the end of a short training run).
 
     OMP_NUM_THREADS=1 PYTHONPATH=. python scripts/bench_cv.py --out docs/bench/cv
 
@@ -64,14 +65,14 @@ def _f(x: float | None) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--out", default="docs/bench/cv")
-    p.add_argument("--steps", type=int, default=120)
-    p.add_argument("--replications", type=int, default=40)
+    p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--replications", type=int, default=30)
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args()
     torch.set_num_threads(1)
     s = AblationSettings(
-        steps=a.steps, seed=a.seed, checkpoints=(0.5, 1.0), replications=a.replications, pilot_outer=24,
-        pilot_inner=16, cost_Ks=(1, 4, 16), cost_reps=2, iddpm_history=2, k_max=16, cv_pilot_outer=48,
+        steps=a.steps, seed=a.seed, checkpoints=(1.0,), replications=a.replications, pilot_outer=16,
+        pilot_inner=16, cost_Ks=(1, 8), cost_reps=2, iddpm_history=1, k_max=16, cv_pilot_outer=32,
     )  # fmt: skip
     t0 = time.perf_counter()
     out = ablate("sds3d", s, progress=lambda m: print(f"[{time.perf_counter() - t0:7.1f} s] {m}", flush=True))
