@@ -67,3 +67,28 @@ def test_controlled_integrand_uses_the_plan_coefficients_and_zero_without_them()
     assert torch.allclose(out, f - 0.5 * (sg - mu)) and bool(finite.all())
     assert torch.equal(controlled_integrand(f, sg, mu, None)[0], f)
     assert torch.equal(cv_beta(torch.tensor([1.0, 2.0]), torch.tensor([0.0, 4.0])), torch.tensor([0.0, 0.5]))
+
+
+def test_coefficient_shrinkage_fades_with_evidence():
+    """STYLE rule 5: a coefficient from one draw is 0; from a few noisy draws it is shrunk below the raw ratio; the
+    factor tends to 1 as draws accumulate; a surrogate equal to f is never shrunk."""
+    from carv_adapt.control import cv_beta
+
+    g = torch.Generator().manual_seed(4)
+    s = ControlVariateStats(torch.tensor([0, 10]))
+    bins, f, sg, mu = _step(g, N=1, K=1, a=0.3)
+    s.apply(torch.zeros(1, 1, dtype=torch.long), None, f, sg, mu)
+    assert float(s.beta()[0]) == 0.0
+    for _ in range(3):
+        bins, f, sg, mu = _step(g, N=1, K=2, a=0.3)
+        s.apply(torch.zeros(1, 2, dtype=torch.long), None, f, sg, mu)
+    raw = float(cv_beta(s.s_fh, s.s_hh)[0])
+    assert 0 < float(s.beta()[0]) / raw < 1
+    for _ in range(500):
+        bins, f, sg, mu = _step(g, N=2, K=4, a=0.3)
+        s.apply(torch.zeros(2, 4, dtype=torch.long), None, f, sg, mu)
+    assert float(s.beta()[0]) / float(cv_beta(s.s_fh, s.s_hh)[0]) > 0.97
+    exact = ControlVariateStats(torch.tensor([0, 10]))
+    _, _, sg, mu = _step(g, N=1, K=2)
+    exact.apply(torch.zeros(1, 2, dtype=torch.long), None, sg, sg, mu)
+    assert float(exact.beta()[0]) == 1.0
