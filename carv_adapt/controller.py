@@ -133,7 +133,7 @@ class AdaptiveController:
             self._proposal_obj = proposal_of(self.state, self.target, self.edges, self._prior_pmf)
         return self._proposal_obj
 
-    proposal_kind = property(lambda self: self.state.proposal_kind, doc="The next plan's proposal kind.")
+    proposal_kind = property(lambda self: self.state.proposal_kind, doc="'uniform', 'prior' or 'binned' (learned).")
 
     step_count = property(lambda self: self._step, doc="Steps taken.")
     K = property(lambda self: self.state.K, doc="Inner draws per outer draw of the next plan.")
@@ -201,7 +201,7 @@ class AdaptiveController:
         plan.check_observation(contributions, sq_norms, probe)
         design = "stratified" if plan.stratification == "stratified" else "iid"
         if control is not None:  # the trackers below see the controlled integrand, i.e. what actually runs
-            contributions = self.control.apply(plan.bins, plan.cv_beta, contributions, *control)
+            contributions, sq_norms = self.control.apply(plan.bins, plan.cv_beta, contributions, *control), None
         if contributions is not None:
             # Reductions run in the contributions' own dtype; per-draw and per-group sums accumulate in float64.
             flat = contributions.detach().reshape(plan.N, plan.K, -1)

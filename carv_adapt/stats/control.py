@@ -34,7 +34,9 @@ class ControlVariateStats(SumStatistic):
 
     Only draws with a finite control count; a draw whose surrogate is non-finite is counted in ``num_nonfinite``
     (``nonfinite="error"`` raises instead) and runs with ``beta = 0``. The statistics of one step enter only after
-    the step's own draws used the coefficients fixed before it, so the estimate stays unbiased (§14).
+    the step's own draws used the coefficients fixed before it, so the estimate stays unbiased (§14). Under
+    ``torch.distributed`` each rank fits its coefficients from its own draws (any coefficient fixed before the draw
+    keeps the estimate unbiased), so these sums are not all-reduced.
 
     Args:
         edges: ``B + 1`` integer bin edges (the controller's).
