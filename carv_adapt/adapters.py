@@ -49,7 +49,8 @@ class WorkloadAdapter:
         cost_clock: ``(path, say) -> (CostClock, raw medians)`` when the workload has a cost clock cheap enough
             to calibrate for a demo (cached at ``path``; docs/theory.md §3), else None.
         cv_estimator, cv_draws: when the workload ships a control variate (docs/theory.md §14): an estimator like
-            ``estimator`` that applies the control to plans carrying ``cv_beta`` (and runs plain otherwise), and
+            ``estimator`` that applies the control to plans carrying ``cv_beta`` (and runs plain otherwise), its
+            upstream draws seeded by the plan (so a plan with and without coefficients is a paired comparison), and
             ``state -> (plan -> (f, g, mu_g))``, the output-space contributions, surrogate and its exact mean.
     """
 
@@ -141,7 +142,9 @@ def _sds3d(seed: int, quick: bool, **config: Any) -> WorkloadAdapter:
     def cv_estimator(state: dict[str, Tensor]) -> Estimate:
         w = controlled()
         scene = w.scene_from_state(state)
-        return lambda p: w.gradient(scene, p, g)
+        # Cameras seeded by the plan's noise seed: the same plan with and without coefficients runs on identical
+        # draws (a paired comparison), and independent plans on independent cameras.
+        return lambda p: w.gradient(scene, p, torch.Generator().manual_seed(p.noise_seed ^ 0xCA3E))
 
     def cv_draws(state: dict[str, Tensor]) -> Callable[[Plan], tuple[Tensor, Tensor, Tensor]]:
         w = controlled()

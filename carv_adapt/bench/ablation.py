@@ -19,16 +19,15 @@ from typing import Any
 import torch
 
 from carv_adapt.adapters import WorkloadAdapter, build_adapter
+from carv_adapt.bench.cv import control_variate_pilot, paired_cv
 from carv_adapt.bench.iddpm import LossSecondMomentResampler
 from carv_adapt.bench.pilot import EstimateCost, PilotStats, brute_force_oracle, fit_estimate_cost, run_pilot
 from carv_adapt.bench.replicate import Replications, ecm_interval, replicate
-from carv_adapt.control_variate import with_coefficients
 from carv_adapt.demo import demo_controller
 from carv_adapt.estimator import HierarchicalEstimator
 from carv_adapt.plan import Plan, resolve_stratification
 from carv_adapt.proposals import BinnedProposal, TargetMeasure, UniformProposal, teacher_weight_proposal
-from carv_adapt.proposals.base import Proposal, bin_index, bin_sums
-from carv_adapt.stats.control import ControlVariateStats
+from carv_adapt.proposals.base import Proposal, bin_sums
 
 __all__ = ["AblationSettings", "TimedController", "ablate", "fill_iddpm", "pilot_at", "policy_estimator", "VARIANTS"]
 
@@ -215,7 +214,9 @@ def _checkpoint(
     }
     cv = None
     if s.control_variate and a.cv_estimator is not None and a.cv_draws is not None:
-        cv = control_variate_pilot(a, state, s, carv, N, K_is, edges, pilot.pi_b, p_carv, seed + 17)
+        cv = control_variate_pilot(
+            a.cv_draws, state, s.cv_pilot_outer, carv, N, K_is, edges, pilot.pi_b, p_carv, seed + 17
+        )
         estimate = a.cv_estimator(state)  # applies the control only to plans that carry coefficients
         items = list(pols.items())
         at = [k for k, _ in items].index("+strat") + 1
@@ -230,7 +231,7 @@ def _checkpoint(
     measure_seconds = time.perf_counter() - t1
     base = reps["baseline"]
     rows = [_policy_row(k, v[0], reps[k], base, v[1], v[2], seed + 20 + i) for i, (k, v) in enumerate(pols.items())]
-    extra = {} if cv is None else {"control_variate": cv[1]}
+    extra = {} if cv is None else {"control_variate": {**cv[1], "paired": paired_cv(estimate, cv[0], s.replications)}}
     return {
         **extra,
         "pilot": _pilot_summary(pilot),
@@ -253,51 +254,6 @@ def _checkpoint(
         "variants": rows,
         "seconds": {"pilot": pilot_seconds, "iddpm_fill": fill_seconds, "replications": measure_seconds},
     }
-
-
-class ControlledEstimator(HierarchicalEstimator):
-    """A fixed policy whose plans carry fixed per-bin control-variate coefficients (docs/theory.md §14)."""
-
-    def __init__(self, proposal: Proposal, N: int, K: int, strat: str, seed: int, beta_b: Any, edges: Any) -> None:
-        super().__init__(proposal, N=N, K=K, stratification=resolve_stratification(strat, K), seed=seed)
-        self.beta_b, self.edges = beta_b, edges
-
-    def plan(self) -> Plan:
-        return with_coefficients(super().plan(), self.beta_b, self.edges)
-
-
-def control_variate_pilot(
-    a: WorkloadAdapter, state: dict, s: AblationSettings, proposal: Proposal, N: int, K: int, edges: Any,
-    pi_b: Any, p_b: Any, seed: int,
-) -> tuple[ControlledEstimator, dict[str, Any]]:  # fmt: skip
-    """Fit the per-bin coefficients of the "+CV" policy (the "+strat" one plus the control) on ``s.cv_pilot_outer``
-    outer draws of output-space contributions at frozen ``state``, drawn as that policy draws them; report per bin
-    the coefficient, the correlation of ``f - mu_g`` with the control, the variance removed per draw and the
-    uncontrolled second moment, and the share of the proposal's second moment ``sum pi^2/p m`` removed."""
-    draws = a.cv_draws(state)  # type: ignore[misc]
-    stats = ControlVariateStats(edges)
-    pol = policy_estimator(proposal, N, K, "stratified", seed)
-    t0 = time.perf_counter()
-    for _ in range(max(1, math.ceil(s.cv_pilot_outer / N))):
-        plan = pol.plan()
-        f, g, mu = draws(plan)
-        stats.apply(bin_index(plan.t, edges), None, f, g, mu)
-    est = stats.compute()
-    w = pi_b.double() ** 2 / p_b.double()
-    seen = est.counts > 0
-    share = float((w * est.removed)[seen].sum() / (w * est.m)[seen].sum()) if bool(seen.any()) else math.nan
-    report = {
-        "space": "output (latent), rho-free",
-        "pilot_draws": int(stats.count.sum()),
-        "pilot_seconds": time.perf_counter() - t0,
-        "beta": est.beta.tolist(),
-        "correlation": est.correlation.tolist(),
-        "removed_per_draw": est.removed.tolist(),
-        "m": est.m.tolist(),
-        "counts": est.counts.tolist(),
-        "share_of_second_moment_removed": share,
-    }
-    return ControlledEstimator(proposal, N, K, "stratified", seed + 1, est.beta, edges), report
 
 
 def _pilot_summary(p: PilotStats) -> dict[str, Any]:
