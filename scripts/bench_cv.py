@@ -44,6 +44,14 @@ def summary(out: dict) -> list[str]:
                 f"{100 * v['share_of_second_moment_removed']:.1f} %.",
                 "",
             ]
+            if "paired" in v:
+                pr = v["paired"]
+                lines += [
+                    f"Paired on identical draws ({pr['R']} estimates of the +CV policy, with and without the control): "
+                    f"final-space variance ratio {pr['variance_ratio']:.4f} (90 % CI "
+                    f"[{pr['variance_ratio_ci90'][0]:.4f}, {pr['variance_ratio_ci90'][1]:.4f}]).",
+                    "",
+                ]
             edges = c["pilot"]["edges"]
             rows = [
                 [f"[{edges[b]},{edges[b + 1] - 1}]", f"{v['counts'][b]:.0f}", _f(v["beta"][b]), _f(v["correlation"][b]),
@@ -68,7 +76,13 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--replications", type=int, default=30)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--summary-only", action="store_true", help="rewrite summary.md from an existing JSON")
     a = p.parse_args()
+    path = Path(a.out)
+    if a.summary_only:
+        out = json.loads((path / "ablation_sds3d.json").read_text())
+        (path / "summary.md").write_text("\n".join(summary(out)) + "\n")
+        return
     torch.set_num_threads(1)
     s = AblationSettings(
         steps=a.steps, seed=a.seed, checkpoints=(1.0,), replications=a.replications, pilot_outer=16,
@@ -78,7 +92,6 @@ def main() -> None:
     out = ablate("sds3d", s, progress=lambda m: print(f"[{time.perf_counter() - t0:7.1f} s] {m}", flush=True))
     out["command"] = f"python scripts/bench_cv.py --steps {a.steps} --replications {a.replications} --seed {a.seed}"
     out["wall_seconds"] = time.perf_counter() - t0
-    path = Path(a.out)
     path.mkdir(parents=True, exist_ok=True)
     (path / "ablation_sds3d.json").write_text(json.dumps(out, indent=1, default=float))
     (path / "summary.md").write_text("\n".join(summary(out)) + "\n")
