@@ -2,6 +2,7 @@
 
 from carv_adapt.allocation import k_star_continuous, optimal_allocation, optimal_k
 from carv_adapt.config import ControllerConfig
+from carv_adapt.control_variate import ControlVariate, check_control_variate, with_coefficients
 from carv_adapt.controller import AdaptiveController
 from carv_adapt.errors import CarvError, ConfigError, NonFiniteError, ShapeError, StateError
 from carv_adapt.estimator import Estimate, HierarchicalEstimator, hierarchical_estimate
@@ -50,4 +51,7 @@ __all__ = [
     "ShapeError",
     "StateError",
     "NonFiniteError",
+    "ControlVariate",
+    "check_control_variate",
+    "with_coefficients",
 ]

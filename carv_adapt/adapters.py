@@ -48,6 +48,10 @@ class WorkloadAdapter:
         curve_metric, higher_is_better: the name and direction of that metric.
         cost_clock: ``(path, say) -> (CostClock, raw medians)`` when the workload has a cost clock cheap enough
             to calibrate for a demo (cached at ``path``; docs/theory.md §3), else None.
+        cv_estimator, cv_draws: when the workload ships a control variate (docs/theory.md §14): an estimator like
+            ``estimator`` that applies the control to plans carrying ``cv_beta`` (and runs plain otherwise), its
+            upstream draws seeded by the plan (so a plan with and without coefficients is a paired comparison), and
+            ``state -> (plan -> (f, g, mu_g))``, the output-space contributions, surrogate and its exact mean.
     """
 
     wl: Any
@@ -66,6 +70,8 @@ class WorkloadAdapter:
     curve_metric: str = ""
     higher_is_better: bool = True
     cost_clock: Callable[[Any, Any], tuple[Any, dict[str, Any]]] | None = None
+    cv_estimator: Callable[[dict[str, Tensor]], Estimate] | None = None
+    cv_draws: Callable[[dict[str, Tensor]], Callable[[Plan], tuple[Tensor, Tensor, Tensor]]] | None = None
 
 
 def _per_draw_vjp(output: Tensor, params: list[Tensor], f: Tensor) -> Tensor:
@@ -123,6 +129,35 @@ def _sds3d(seed: int, quick: bool, **config: Any) -> WorkloadAdapter:
     def run_to_compute(step_cost: Any, budget: float, fractions: Any, **kw: Any) -> Any:
         return wl.run_to_compute(step_cost, budget, fractions, {"quality": wl.log_prob}, **kw)
 
+    # The same workload with the Gaussian control variate, sharing the teacher (its surrogate is fitted on first use).
+    cv_wl = wl if wl.config.control_variate == "gaussian" else None
+
+    def controlled() -> Any:
+        nonlocal cv_wl
+        if cv_wl is None:
+            cv_wl = SDS3DWorkload(wl.config.model_copy(update={"control_variate": "gaussian"}), teacher=wl.teacher)
+        _ = cv_wl.surrogate  # fitted now, outside any timed estimate
+        return cv_wl
+
+    def cv_estimator(state: dict[str, Tensor]) -> Estimate:
+        w = controlled()
+        scene = w.scene_from_state(state)
+        # Cameras seeded by the plan's noise seed: the same plan with and without coefficients runs on identical
+        # draws (a paired comparison), and independent plans on independent cameras.
+        return lambda p: w.gradient(scene, p, torch.Generator().manual_seed(p.noise_seed ^ 0xCA3E))
+
+    def cv_draws(state: dict[str, Tensor]) -> Callable[[Plan], tuple[Tensor, Tensor, Tensor]]:
+        w = controlled()
+        scene = w.scene_from_state(state)
+
+        def fn(plan: Plan) -> tuple[Tensor, Tensor, Tensor]:
+            with torch.no_grad():
+                _, lat = w.upstream(scene, plan.N, g)
+            eps = plan.noise(lat.shape[1:])
+            return (w.integrand(lat, plan.t, eps), *w.control(lat, plan.t, eps))
+
+        return fn
+
     def cost_clock(path: Any, say: Any = None) -> tuple[Any, dict[str, Any]]:
         from carv_adapt.bench.cost_clock import cached_calibration
 
@@ -142,6 +177,8 @@ def _sds3d(seed: int, quick: bool, **config: Any) -> WorkloadAdapter:
         run_to_compute=run_to_compute,
         curve_metric="log p(digit)",  # the mean over the 16 fixed views: it keeps resolving after p(digit) saturates
         cost_clock=cost_clock,
+        cv_estimator=cv_estimator,
+        cv_draws=cv_draws,
     )
 
 

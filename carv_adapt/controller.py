@@ -8,6 +8,7 @@ import math
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -23,6 +24,7 @@ from carv_adapt.plan import Plan, Refit, make_plan
 from carv_adapt.proposals import Proposal, bin_sums, resolve_prior
 from carv_adapt.record import policy_snapshot, refit_record, summary_line
 from carv_adapt.schedule import is_refit_step
+from carv_adapt.stats.control import ControlVariateStats
 from carv_adapt.stats.costs import CostTracker, StageRole, StageTimer
 from carv_adapt.stats.grouped import GroupedVariance
 from carv_adapt.stats.profile import TimestepProfile
@@ -30,7 +32,8 @@ from carv_adapt.stats.snapshot import Statistics
 
 __all__ = ["AdaptiveController", "derive_seed"]
 
-_TRACKERS = ("profile", "grouped", "param_grouped", "costs")
+_STATS = ("profile", "grouped", "param_grouped", "costs")  # what a decision reads, in Statistics.reduce's order
+_TRACKERS = (*_STATS, "control")
 
 
 class AdaptiveController:
@@ -88,6 +91,7 @@ class AdaptiveController:
         self.grouped = GroupedVariance(c.nonfinite)
         self.param_grouped = GroupedVariance(c.nonfinite)
         self.costs = CostTracker({**CostTracker(None).roles, **self._extra_roles}, c.nonfinite)
+        self.control = ControlVariateStats(self.edges, c.nonfinite)
         self.generator = torch.Generator().manual_seed(derive_seed(c.seed, self.rank))
         self._step = 0
         if pol.proposal.kind == "weighted" and self._prior_pmf is None:
@@ -95,11 +99,9 @@ class AdaptiveController:
         self.state: DecisionState = initial_state(c, self.edges, self._prior_pmf)
         self.history: list[Refit] = []
         self._pending: Plan | None = None
-        self._observed = False
+        self._observed, self._proposal_obj, self._last_probe = False, None, None
         self._timers: dict[str, StageTimer] = {}
         self._explicit_costs: dict[str, float] = {}
-        self._proposal_obj: Proposal | None = None
-        self._last_probe: int | None = None
         self._crn: CRNGroup | None = None
 
     def probe_due(self) -> bool:
@@ -116,9 +118,8 @@ class AdaptiveController:
     def to_policy(self, adaptive: bool = True, provenance: dict[str, Any] | None = None) -> Any:
         """The current allocation and proposal, with this controller's settings, as a
         :class:`~carv_adapt.policy.Policy`."""
-        return policy_snapshot(
-            self.config.policy, self.state, self.edges, adaptive, dict(provenance or {}, step=self._step)
-        )
+        provenance = dict(provenance or {}, step=self._step)
+        return policy_snapshot(self.config.policy, self.state, self.edges, adaptive, provenance)
 
     @property
     def proposal(self) -> Proposal:
@@ -140,11 +141,11 @@ class AdaptiveController:
 
     num_nonfinite = property(
         lambda self: int(sum(float(getattr(self, n).num_nonfinite) for n in _TRACKERS)),
-        doc="Observations dropped for NaN/Inf so far, over all statistics.",
+        doc="Observations dropped for NaN/Inf (and draws run without their non-finite control) so far.",
     )
 
     def plan(self) -> Plan:
-        """The allocation, timesteps, weights and noise seed for this step."""
+        """The allocation, timesteps, weights, noise seed and control-variate coefficients for this step."""
         if self._pending is not None:
             raise StateError(f"plan() called twice in step {self._step}; call step() after observe() first")
         pol, st = self.config.policy, self.state
@@ -152,7 +153,8 @@ class AdaptiveController:
             self.proposal, st.N, st.K, self.generator, step=self._step, stratification=pol.stratification,
             antithetic=pol.antithetic, edges=self.edges,
         )  # fmt: skip
-        self._pending = draw() if self._crn is None else self._crn.plan_for(self._step, draw)
+        p = draw() if self._crn is None else self._crn.plan_for(self._step, draw)
+        self._pending = replace(p, cv_beta=self.control.betas(p.bins, (st.N, st.K)))  # from earlier steps only
         self._observed = False
         return self._pending
 
@@ -178,6 +180,7 @@ class AdaptiveController:
         sq_norms: Tensor | None = None,
         costs: dict[str, float] | None = None,
         probe: tuple[Tensor, Tensor] | None = None,
+        control: tuple[Tensor, Tensor] | None = None,
     ) -> None:
         """Take what this step produced.
 
@@ -188,12 +191,17 @@ class AdaptiveController:
             costs: measured seconds per stage for this step (in addition to :meth:`timer` stages).
             probe: ``(g_A, g_B)``, ``N x P`` parameter-space gradients of two interleaved halves of each outer
                 draw's inner contributions (docs/theory.md §7 split-half probe).
+            control: ``(g, mu_g)``, a surrogate on the same draws and its exact conditional mean (``N x K x ...``,
+                e.g. :meth:`~carv_adapt.control_variate.ControlVariate.evaluate`); the statistics then track the
+                controlled ``plan.controlled(f, g, mu_g)`` and the coefficients are refitted (docs/theory.md §14).
         """
         if self._pending is None or plan is not self._pending:
             raise StateError("observe() needs the plan returned by this step's plan(); call plan() first")
         if self._observed:
             raise StateError(f"observe() called twice in step {self._step}; call step() to advance")
         plan.check_observation(contributions, sq_norms, probe)
+        if control is not None:  # the trackers below see the controlled integrand, i.e. what actually runs
+            contributions, sq_norms = self.control.apply(plan.bins, plan.cv_beta, contributions, *control), None
         if self._crn is not None:  # shared draws: the statistics see one folded observation per group (§18)
             contributions, sq_norms = self._crn.add(contributions, sq_norms, probe), None
         design = "stratified" if plan.stratification == "stratified" else "iid"
@@ -235,7 +243,7 @@ class AdaptiveController:
 
     def statistics(self) -> Statistics:
         """The statistics the next decision reads, summed over ranks under ``torch.distributed``."""
-        reduced = reduced_copies([getattr(self, n) for n in _TRACKERS], self.process_group)
+        reduced = reduced_copies([getattr(self, n) for n in _STATS], self.process_group)
         return Statistics.reduce(self.pi_b, *reduced)  # type: ignore[arg-type]
 
     def refit(self) -> Refit:
@@ -247,7 +255,7 @@ class AdaptiveController:
         for text in decision.warnings:
             warnings.warn(f"carv_adapt controller: {text}", RuntimeWarning, stacklevel=3)
         self.state, self._proposal_obj = decision.state, None
-        extra = {"num_nonfinite": self.num_nonfinite}
+        extra = {"num_nonfinite": self.num_nonfinite, **self.control.record()}
         record = refit_record(self._step, stats, before, decision, self.edges, self.target.num_timesteps, extra)
         self.history.append(record)
         for log in self.loggers:
@@ -277,19 +285,18 @@ class AdaptiveController:
         the saved one, as with PyTorch schedulers)."""
         if self._pending is not None:
             raise StateError("load_state_dict() in the middle of a step: call it between steps")
-        missing = set(self.state_dict()) - set(state) - {"crn"}  # the keys are declared once, by state_dict
+        missing = set(self.state_dict()) - set(state) - {"crn", "control"}  # keys declared once, by state_dict
         if missing:
             raise StateError(f"controller state is missing {sorted(missing)}")
-        self.config = parse_config(state["config"])
-        self._extra_roles = dict(state["stage_roles"])
+        self.config, self._extra_roles = parse_config(state["config"]), dict(state["stage_roles"])
         self._prior_pmf = None if state["prior_pmf"] is None else torch.as_tensor(state["prior_pmf"]).double()
         self.rank = int(state["rank"])
         self._build()
         self._step, self._last_probe = int(state["step"]), state["last_probe"]
         self.state = DecisionState.from_dict(state["decision_state"])
         self.generator.set_state(state["generator"])
-        for name in _TRACKERS:
-            getattr(self, name).load_state_dict(state[name])
+        for name in _TRACKERS:  # a checkpoint from before control variates has no "control": it starts empty
+            getattr(self, name).load_state_dict(state.get(name, getattr(self, name).state_dict()))
         self.history = [Refit(**r) for r in state["history"]]
         CRNGroup.restore_on(self, state.get("crn"))
 

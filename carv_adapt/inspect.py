@@ -122,6 +122,29 @@ def report_lines(policy: Policy | None, log: list[Refit]) -> list[str]:
             f"{_f(r.sigma_w2)} -> {_f(r.predicted_sigma_w2)}",
             f"last decision: {r.reason}",
         ]
+        lines += _control_variate_lines(r)
+    return lines
+
+
+def _control_variate_lines(r: Refit) -> list[str]:
+    """Per-bin control-variate coefficients, correlations and variance removed (docs/theory.md §14), when the run
+    observed a control."""
+    x = r.extra
+    if "cv_beta" not in x:
+        return []
+    e = r.bin_edges
+    lines = [
+        "control variate (output space, rho-free): per bin the coefficient, the correlation of f - mu_g with the "
+        "control, and the variance removed per draw (share of m_b = E||f||^2)",
+        f"{'bin':>12} {'draws':>8} {'beta':>8} {'corr':>7} {'removed':>10} {'% of m_b':>8}",
+    ]
+    for b in range(len(x["cv_beta"])):
+        m, removed = float(x["cv_m"][b]), float(x["cv_removed"][b])
+        share = _f(100 * removed / m) if m > 0 else "-"
+        lines.append(
+            f"{f'[{e[b]},{e[b + 1] - 1}]':>12} {float(x['cv_counts'][b]):8.1f} {_f(x['cv_beta'][b]):>8} "
+            f"{_f(x['cv_correlation'][b]):>7} {_f(removed):>10} {share:>8}"
+        )
     return lines
 
 

@@ -25,6 +25,8 @@ class Plan:
         noise_seed: seed of this step's noise stream (reuse it across items for common random numbers).
         antithetic: whether :meth:`noise` pairs ``(eps, -eps)`` along ``K``.
         stratification: how the timesteps were drawn.
+        cv_beta: ``N x K`` float64 control-variate coefficients fixed before the draw (docs/theory.md §14), set by
+            the controller; None: no control (:meth:`controlled` returns ``f``).
     """
 
     step: int
@@ -36,6 +38,7 @@ class Plan:
     antithetic: bool = False
     stratification: str = "iid"
     bins: Tensor | None = field(default=None, repr=False)
+    cv_beta: Tensor | None = field(default=None, repr=False)
 
     def noise(
         self,
@@ -89,6 +92,14 @@ class Plan:
             if g_a.shape != g_b.shape or g_a.dim() != 2 or g_a.shape[0] != self.N:
                 got = f"{tuple(g_a.shape)} and {tuple(g_b.shape)}"
                 raise ShapeError(f"probe: two N x P gradients with N={self.N} expected, got {got}")
+
+    def controlled(self, f: Tensor, g: Tensor, mu_g: Tensor) -> Tensor:
+        """``f - cv_beta (g - mu_g)``: the controlled ``N x K x ...`` contributions to estimate from, with ``g`` a
+        surrogate on the same draws and ``mu_g`` its exact conditional mean (docs/theory.md §14). A draw with a
+        non-finite ``g`` or ``mu_g`` keeps its ``f`` (``beta = 0``)."""
+        from carv_adapt.control import controlled_integrand
+
+        return controlled_integrand(f, g, mu_g, self.cv_beta)[0]
 
     def weighted_mean(self, f: Tensor) -> Tensor:
         """The hierarchical estimate ``1/(N K) sum_nk rho_nk f_nk`` of ``N x K x ...`` contributions (theory §2)."""

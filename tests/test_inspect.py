@@ -92,3 +92,32 @@ def test_inspect_log_with_a_broken_later_line_names_the_line(log_path, tmp_path)
     n = len(text.splitlines()) + 1
     with pytest.raises(ConfigError, match=f"{broken}:{n}:"):
         load_inspectable(broken)
+
+
+def test_inspect_shows_the_control_variate_per_bin(tmp_path):
+    """docs/theory.md §14: the refit log records the coefficients, and inspect prints them per bin with the
+    correlation and the variance removed."""
+    import torch
+
+    from carv_adapt import AdaptiveController
+    from carv_adapt.fit.logs import JsonlRefitLog, read_refit_log
+    from carv_adapt.inspect import report_lines
+    from carv_adapt.teachers import GaussianSurrogate, GaussianTeacher, sds_integrand
+
+    teacher = GaussianTeacher(torch.tensor([0.5, -1.0]), std=0.7)
+    cv = GaussianSurrogate(teacher.alphas_cumprod, torch.tensor([[0.4, -0.8]]), torch.tensor([[0.6, 0.9]]))
+    path = tmp_path / "refits.jsonl"
+    ctrl = AdaptiveController(num_bins=4, batch_size=2, warmup_steps=4, refit_every=4, logger=JsonlRefitLog(path))
+    g = torch.Generator().manual_seed(0)
+    for _ in range(8):
+        plan = ctrl.plan()
+        x = torch.randn(plan.N, 2, generator=g, dtype=torch.float64)
+        eps = plan.noise((2,), dtype=torch.float64)
+        ctrl.observe(plan, sds_integrand(teacher, x, plan.t, eps), control=cv.evaluate(x, plan.t, eps),
+                     costs={"upstream": 0.01, "teacher": 0.001 * plan.K})  # fmt: skip
+        ctrl.step()
+    (rec,) = read_refit_log(path)[-1:]
+    assert rec.extra["cv_beta"] == ctrl.history[-1].extra["cv_beta"] and len(rec.extra["cv_beta"]) == 4
+    lines = report_lines(None, [rec])
+    at = next(i for i, line in enumerate(lines) if line.startswith("control variate"))
+    assert len(lines) == at + 2 + 4 and "beta" in lines[at + 1]

@@ -2,7 +2,9 @@
 
 At every checkpoint the parameters are frozen and seven policies are measured side by side (interleaved
 replications, same estimate function): the baseline, improved-diffusion's resampler, reuse only, + IS,
-+ stratification, the adaptive controller as it stood at that step of the run, and the brute-force oracle.
++ stratification, the adaptive controller as it stood at that step of the run, and the brute-force oracle; where
+the workload ships a control variate (SDS-3D), "+CV" after "+ stratification": the same policy with the control,
+its per-bin coefficients fitted on an output-space pilot at the checkpoint (docs/theory.md §14).
 ``K`` and the proposal of the middle three and of the oracle come from a long pilot at the checkpoint
 (final-space statistics, :mod:`carv_adapt.bench.pilot`).
 """
@@ -17,6 +19,7 @@ from typing import Any
 import torch
 
 from carv_adapt.adapters import WorkloadAdapter, build_adapter
+from carv_adapt.bench.cv import control_variate_pilot, paired_cv
 from carv_adapt.bench.iddpm import LossSecondMomentResampler
 from carv_adapt.bench.pilot import EstimateCost, PilotStats, brute_force_oracle, fit_estimate_cost, run_pilot
 from carv_adapt.bench.replicate import Replications, ecm_interval, replicate
@@ -49,6 +52,8 @@ class AblationSettings:
     k_max: int = 64  # the uncapped oracle's range; every measured policy gets min(k_max, controller's k_max)
     num_bins: int = 20
     quick: bool = False
+    control_variate: bool = True  # measure "+CV" where the workload ships a control variate (docs/theory.md §14)
+    cv_pilot_outer: int = 48  # outer draws of the output-space pilot that fits the "+CV" coefficients
 
 
 class TimedController:
@@ -207,12 +212,28 @@ def _checkpoint(
             oracle.name,
         ),
     }
+    cv = None
+    if s.control_variate and a.cv_estimator is not None and a.cv_draws is not None:
+        cv = control_variate_pilot(
+            a.cv_draws, state, s.cv_pilot_outer, carv, N, K_is, edges, pilot.pi_b, p_carv, seed + 17
+        )
+        estimate = a.cv_estimator(state)  # applies the control only to plans that carry coefficients
+        items = list(pols.items())
+        at = [k for k, _ in items].index("+strat") + 1
+        # Predicted: the final-space within variance less the output-space share the pilot saw removed (the
+        # surrogate's own cost is not in the pilot's cost model; the measured W includes it).
+        keep, n_ = 1.0 - cv[1]["share_of_second_moment_removed"], pilot.cost.N
+        w_cv = max(pilot.sigma_b2, 0.0) / n_ + pilot.sigma_w2_for(p_carv) * keep / (n_ * K_is)
+        w_cv *= pilot.cost.seconds(K_is)
+        pols = dict(items[:at] + [("+CV", (cv[0], w_cv, "p* (alpha 0.1) + Gaussian CV"))] + items[at:])
     t1 = time.perf_counter()
     reps = replicate(estimate, {k: v[0] for k, v in pols.items()}, s.replications, fixed_seconds)
     measure_seconds = time.perf_counter() - t1
     base = reps["baseline"]
     rows = [_policy_row(k, v[0], reps[k], base, v[1], v[2], seed + 20 + i) for i, (k, v) in enumerate(pols.items())]
+    extra = {} if cv is None else {"control_variate": {**cv[1], "paired": paired_cv(estimate, cv[0], s.replications)}}
     return {
+        **extra,
         "pilot": _pilot_summary(pilot),
         "iddpm": {
             "history_per_term": s.iddpm_history,

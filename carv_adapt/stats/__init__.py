@@ -1,6 +1,7 @@
 """Streaming statistics the controller decides from (docs/theory.md §7)."""
 
 from carv_adapt.stats.base import NonFinitePolicy, SumStatistic
+from carv_adapt.stats.control import ControlVariateEstimate, ControlVariateStats
 from carv_adapt.stats.costs import CostEstimate, CostTracker, StageRole, StageTimer
 from carv_adapt.stats.grouped import BetweenWithin, GroupedVariance, split_half_within
 from carv_adapt.stats.profile import TimestepProfile
@@ -18,4 +19,6 @@ __all__ = [
     "CostEstimate",
     "StageRole",
     "Welford",
+    "ControlVariateStats",
+    "ControlVariateEstimate",
 ]

@@ -24,6 +24,7 @@ DEFAULT_ROLES: dict[str, StageRole] = {
     "backward": "outer",
     "teacher": "inner",
     "inner": "inner",
+    "surrogate": "inner",  # a control variate's surrogate runs once per inner draw (docs/theory.md §14)
     "overhead": "fixed",
     "probe": "measurement",
 }

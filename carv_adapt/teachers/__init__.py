@@ -14,6 +14,7 @@ from carv_adapt.teachers.gaussian import (
     sds_weight,
 )
 from carv_adapt.teachers.schedules import ddpm_alphas_cumprod
+from carv_adapt.teachers.surrogate import GaussianSurrogate
 
 __all__ = [
     "Teacher",
@@ -27,4 +28,5 @@ __all__ = [
     "exact_within_between",
     "WithinBetween",
     "ddpm_alphas_cumprod",
+    "GaussianSurrogate",
 ]

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["StepRecord", "RunResult", "Checkpoint", "ComputeRun", "drive_to_compute"]
+__all__ = ["StepRecord", "RunResult", "Checkpoint", "ComputeRun", "drive_to_compute", "observe_step"]
 
 
 @dataclass(frozen=True)
@@ -84,6 +84,17 @@ def descend(
     return probe, t1 - t0, time.perf_counter() - t1, grad_norm
 
 
+def observe_step(controller: Any, plan: Any, out: tuple) -> tuple[Tensor, dict[str, float], Any, float]:
+    """Hand one step's ``(f, seconds, probe, grad_norm[, control])`` to the controller (if any) and close the step;
+    a fifth element, ``(g, mu_g)`` from a control variate, goes to ``observe(..., control=)`` (docs/theory.md §14)."""
+    f, sec, probe, grad_norm = out[:4]
+    if controller is not None:
+        control = {"control": out[4]} if len(out) > 4 and out[4] is not None else {}
+        controller.observe(plan, f, costs=sec, probe=probe, **control)
+        controller.step()
+    return f, sec, probe, grad_norm
+
+
 def drive(
     steps: int,
     controller: Any,
@@ -108,11 +119,8 @@ def drive(
     compute = 0.0
     for step in range(steps):
         plan = controller.plan() if controller is not None else policy.plan()
-        f, sec, probe, grad_norm = one_step(plan, step)
+        f, sec, probe, grad_norm = observe_step(controller, plan, one_step(plan, step))
         compute += sum(sec.values())
-        if controller is not None:
-            controller.observe(plan, f, costs=sec, probe=probe)
-            controller.step()
         value = (
             score() if score is not None and score_every and (step % score_every == 0 or step == steps - 1) else None
         )
@@ -231,10 +239,7 @@ def drive_to_compute(
     step = 0
     while targets and step < max_steps:
         plan = controller.plan() if controller is not None else policy.plan()
-        f, sec, probe, grad_norm = one_step(plan, step)
-        if controller is not None:
-            controller.observe(plan, f, costs=sec, probe=probe)
-            controller.step()
+        f, sec, probe, grad_norm = observe_step(controller, plan, one_step(plan, step))
         measured = float(sum(sec.values()))
         cost = measured if step_cost is None else float(step_cost(plan.N, plan.K, probe is not None))
         compute += cost

@@ -27,6 +27,7 @@ from carv_adapt.controller import AdaptiveController
 from carv_adapt.estimator import HierarchicalEstimator
 from carv_adapt.plan import Plan
 from carv_adapt.teachers.gaussian import sds_integrand, sds_weight
+from carv_adapt.teachers.surrogate import GaussianSurrogate
 from carv_adapt.workloads.base import (
     ComputeRun,
     RunResult,
@@ -47,6 +48,18 @@ TEACHER_SIZE = 32
 EVAL_POSES: tuple[tuple[float, float], ...] = ((0.0, 0.0),) + tuple(
     (polar, 72.0 * i) for polar in (30.0, 60.0, 85.0) for i in range(5)
 )
+
+
+def digits_surrogate(teacher: Any, weight: Tensor, guidance_scale: float) -> GaussianSurrogate:
+    """The Gaussian latent surrogate of the digits teacher: per-class (and, for ``guidance_scale != 1``, unconditional)
+    diagonal Gaussians fitted to the VAE encodings of scikit-learn's digits (docs/theory.md §14)."""
+    from carv_adapt.teachers.tiny import digits_dataset
+
+    images, labels = digits_dataset(TEACHER_SIZE)
+    with torch.no_grad():
+        lat = torch.cat([teacher.encode(images[i : i + 256]) for i in range(0, len(images), 256)])
+    gs = None if guidance_scale == 1.0 else guidance_scale
+    return GaussianSurrogate.fit(lat, labels, teacher.alphas_cumprod, num_classes=10, weight=weight, guidance_scale=gs)
 
 
 def eval_cameras(poses: tuple[tuple[float, float], ...] = EVAL_POSES) -> Cameras:
@@ -92,6 +105,9 @@ class SDS3DConfig(BaseModel):
         0.0, ge=0.0, description="std of seeded Gaussian noise added to the scene's raw grids at initialization"
     )
     seed: int = 0
+    control_variate: Literal["none", "gaussian"] = Field(
+        "none", description="'gaussian': subtract the per-class Gaussian latent surrogate (docs/theory.md §14)"
+    )
 
 
 class SDS3DWorkload:
@@ -120,6 +136,20 @@ class SDS3DWorkload:
         self.teacher = teacher
         self.weight = sds_weight(teacher.alphas_cumprod, self.config.weight)
         self._classifier = None
+        self._surrogate: GaussianSurrogate | None = None
+
+    @property
+    def surrogate(self) -> GaussianSurrogate | None:
+        """The control variate when ``control_variate="gaussian"`` (fitted once, on first use, to the encoded
+        digits: per class, and unconditionally for the guidance), else None."""
+        if self.config.control_variate == "gaussian" and self._surrogate is None:
+            self._surrogate = digits_surrogate(self.teacher, self.weight, self.config.guidance_scale)
+        return self._surrogate
+
+    def control(self, latents: Tensor, t: Tensor, eps: Tensor) -> tuple[Tensor, Tensor]:
+        """``(g, mu_g)``, ``N x K x C x h x w``: the surrogate on the integrand's draws and its exact mean."""
+        labels = torch.full((latents.shape[0],), self.config.digit, dtype=torch.long)
+        return self.surrogate.evaluate(latents.detach(), t, eps, cond=labels)  # type: ignore[union-attr]
 
     # ------------------------------------------------------------------ the pipeline
     def new_scene(self) -> VoxelScene:
@@ -152,7 +182,10 @@ class SDS3DWorkload:
         """One hierarchical estimate of the SDS gradient w.r.t. the scene, flattened (``P``-dim)."""
         scene.zero_grad(set_to_none=True)
         _, lat = self.upstream(scene, plan.N, generator)
-        f = self.integrand(lat, plan.t, plan.noise(lat.shape[1:]))
+        eps = plan.noise(lat.shape[1:])
+        f = self.integrand(lat, plan.t, eps)
+        if self.surrogate is not None and plan.cv_beta is not None:
+            f = plan.controlled(f, *self.control(lat, plan.t, eps))
         lat.backward((plan.weights_like(f) * f).mean(dim=1) / plan.N)
         return torch.cat([p.grad.reshape(-1) for p in scene.parameters()]).detach().clone()
 
@@ -242,21 +275,28 @@ class SDS3DWorkload:
         g = torch.Generator().manual_seed(c.seed + 1)
         probing = controller is not None and controller.config.space == "parameter"
 
-        def one_step(plan: Plan, step: int) -> tuple[Tensor, dict[str, float], Any, float]:
+        def one_step(plan: Plan, step: int) -> tuple[Tensor, dict[str, float], Any, float, Any]:
             t0 = time.perf_counter()
             _, lat = self.upstream(scene, plan.N, g)
             t1 = time.perf_counter()
-            f = self.integrand(lat, plan.t, plan.noise(lat.shape[1:]))
+            eps = plan.noise(lat.shape[1:])
+            f = self.integrand(lat, plan.t, eps)
             t2 = time.perf_counter()
+            control = None if self.surrogate is None else self.control(lat, plan.t, eps)
+            used = f if control is None else plan.controlled(f, *control)
+            t3 = time.perf_counter()
             probe, t_probe, t_back, norm = descend(
                 plan,
                 lat,
-                f,
+                used,
                 params,
                 opt,
                 probing and (controller.probe_due() if probe_every is None else step % probe_every == 0),
             )
-            return f, {"upstream": t1 - t0, "teacher": t2 - t1, "probe": t_probe, "backward": t_back}, probe, norm
+            sec = {"upstream": t1 - t0, "teacher": t2 - t1, "probe": t_probe, "backward": t_back}
+            if control is not None:
+                sec["surrogate"] = t3 - t2
+            return f, sec, probe, norm, control
 
         return one_step
 
