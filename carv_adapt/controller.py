@@ -162,7 +162,7 @@ class AdaptiveController:
         pol, st = self.config.policy, self.state
         self._pending = make_plan(
             self.proposal, st.N, st.K, self.generator, step=self._step, stratification=pol.stratification,
-            antithetic=pol.antithetic, edges=self.edges,
+            antithetic=pol.antithetic, edges=self.edges, outer=pol.outer,
         )  # fmt: skip
         self._observed = False
         return self._pending
@@ -200,18 +200,18 @@ class AdaptiveController:
         if self._observed:
             raise StateError(f"observe() called twice in step {self._step}; call step() to advance")
         plan.check_observation(contributions, sq_norms, probe)
-        design = "stratified" if plan.stratification == "stratified" else "iid"
+        design, outer = ("stratified" if plan.stratification == "stratified" else "iid"), plan.outer_layout()
         if contributions is not None:
             # Reductions run in the contributions' own dtype; per-draw and per-group sums accumulate in float64.
             flat = contributions.detach().reshape(plan.N, plan.K, -1)
             if sq_norms is None:
                 sq_norms = torch.linalg.vector_norm(flat, dim=-1).double().pow(2)
-            self.grouped.update(flat, plan.rho, design=design)
+            self.grouped.update(flat, plan.rho, design=design, outer=outer)
         if sq_norms is not None:
             self.profile.update(plan.t, sq_norms, bins=plan.bins)
         scaled = None if probe is None else in_metric(probe, self._precond)
         if scaled is not None:
-            self.param_grouped.update_split_half(scaled[0], scaled[1], plan.K, design=design)
+            self.param_grouped.update_split_half(scaled[0], scaled[1], plan.K, design=design, outer=outer)
         self.skipped_probes += probe is not None and scaled is None  # no second moments yet: last estimates stay
         self._last_probe = self._step if scaled is not None else self._last_probe
         for stage, sec in (costs or {}).items():
