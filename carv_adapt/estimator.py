@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from carv_adapt.errors import ConfigError, ShapeError
+from carv_adapt.outer import check_outer_design
 from carv_adapt.plan import Plan, make_plan
 from carv_adapt.proposals.base import Proposal, TargetMeasure
 from carv_adapt.proposals.families import UniformProposal
@@ -84,6 +85,7 @@ class HierarchicalEstimator:
         N, K: outer and inner draws per estimate.
         stratification: ``"auto" | "iid" | "stratified" | "lattice" | "global"`` (docs/theory.md §6).
         antithetic: pair noises ``(eps, -eps)`` along ``K``.
+        outer: design of the plans' outer uniforms ``plan.outer_u`` (``"iid" | "stratified" | "antithetic"``, §15).
         seed: seeds this estimator's own generator (state in :meth:`state_dict`).
     """
 
@@ -96,6 +98,7 @@ class HierarchicalEstimator:
         K: int = 1,
         stratification: str = "auto",
         antithetic: bool = False,
+        outer: str = "iid",
         seed: int = 0,
     ) -> None:
         if N < 1 or K < 1:
@@ -103,6 +106,8 @@ class HierarchicalEstimator:
         self.proposal = proposal if proposal is not None else UniformProposal(target or TargetMeasure())
         self.N, self.K = N, K
         self.stratification, self.antithetic = stratification, antithetic
+        check_outer_design(outer)
+        self.outer = outer
         self.generator = torch.Generator().manual_seed(seed)
         self._step = 0
 
@@ -115,6 +120,7 @@ class HierarchicalEstimator:
             step=self._step,
             stratification=self.stratification,
             antithetic=self.antithetic,
+            outer=self.outer,
         )
         self._step += 1
         return p
