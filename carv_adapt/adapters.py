@@ -46,6 +46,8 @@ class WorkloadAdapter:
             carry the score ``"quality"``: the workload's quality metric ``curve_metric`` of the parameters there
             (docs/theory.md §10).
         curve_metric, higher_is_better: the name and direction of that metric.
+        outer_designs: whether ``estimator`` places its outer draws by the plan's outer uniforms ``plan.outer_u``
+            (docs/theory.md §15), so outer designs apply.
         cost_clock: ``(path, say) -> (CostClock, raw medians)`` when the workload has a cost clock cheap enough
             to calibrate for a demo (cached at ``path``; docs/theory.md §3), else None.
     """
@@ -66,6 +68,7 @@ class WorkloadAdapter:
     curve_metric: str = ""
     higher_is_better: bool = True
     cost_clock: Callable[[Any, Any], tuple[Any, dict[str, Any]]] | None = None
+    outer_designs: bool = False
 
 
 def _per_draw_vjp(output: Tensor, params: list[Tensor], f: Tensor) -> Tensor:
@@ -142,6 +145,7 @@ def _sds3d(seed: int, quick: bool, **config: Any) -> WorkloadAdapter:
         run_to_compute=run_to_compute,
         curve_metric="log p(digit)",  # the mean over the 16 fixed views: it keeps resolving after p(digit) saturates
         cost_clock=cost_clock,
+        outer_designs=True,
     )
 
 
