@@ -31,12 +31,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=300, help="training steps of the adaptive run")
     ap.add_argument("--checkpoints", type=float, nargs="+", default=[0.5, 1.0])
     ap.add_argument("--batch-size", type=int, default=2, help="outer draws N per step")
+    ap.add_argument("--replications", type=int, default=80, help="interleaved replications per policy")
+    ap.add_argument("--iddpm-history", type=int, default=10, help="losses per timestep of the IDDPM column's fill")
     ap.add_argument("--out", type=Path, default=Path("docs/bench/outer/sds3d_360.json"))
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     bench = BenchSettings(workloads=("sds3d",), quick=args.quick, steps={"sds3d": args.steps})
     config = {**CAMERAS_360, "batch_size": args.batch_size}
     s = replace(bench.ablation("sds3d"), checkpoints=tuple(args.checkpoints), config=config)
+    if not args.quick:
+        s = replace(s, replications=args.replications, iddpm_history=args.iddpm_history)
     t0 = time.perf_counter()
     res = ablate("sds3d", s, progress=lambda m: print(m, flush=True))
     result = {

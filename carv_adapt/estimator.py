@@ -45,7 +45,9 @@ class Estimate:
     def standard_error(self) -> float:
         """Standard error of ``value`` (root of the trace of its covariance) from the ``N`` outer means.
 
-        Valid because outer draws are independent and each outer mean is unbiased; NaN when ``N = 1``.
+        Valid because outer draws are independent and each outer mean is unbiased; NaN when ``N = 1``. Under a
+        stratified or antithetic outer design (docs/theory.md §15) the draws are dependent and this over- or
+        under-states it; use independent replications there.
         """
         n = self.plan.N
         if n < 2:

@@ -259,3 +259,19 @@ def test_antithetic_cameras_are_antipodal_on_the_sphere_and_orbits_stay_in_their
     same = sample_cameras(5, torch.Generator().manual_seed(4), 25.0)
     again = sample_cameras(5, torch.Generator().manual_seed(4), 25.0, min_angle_deg=0.0, axis="front")
     assert torch.equal(same.origins, again.origins)
+
+
+def test_sds3d_cameras_follow_the_plan_and_the_configured_zone():
+    from types import SimpleNamespace
+
+    from carv_adapt.teachers.gaussian import ddpm_alphas_cumprod
+    from carv_adapt.workloads.sds3d import SDS3DConfig, SDS3DWorkload, _outer_u
+
+    teacher = SimpleNamespace(alphas_cumprod=ddpm_alphas_cumprod(1000))  # only the weight w(t) reads the teacher
+    wl = SDS3DWorkload(SDS3DConfig(camera_axis="up", min_angle_deg=60.0, max_angle_deg=120.0), teacher=teacher)
+    est = HierarchicalEstimator(N=4, K=2, outer="antithetic", seed=0)
+    plan = est.plan()
+    cams = wl.cameras(plan.N, None, _outer_u(plan))
+    assert torch.allclose(cams.origins[1::2], -cams.origins[0::2], atol=1e-5)  # antipodal views
+    assert float(cams.origins[:, 1].abs().max()) <= 3.0 * 0.5 + 1e-5  # within 30 degrees of the horizon
+    assert _outer_u(HierarchicalEstimator(N=4, K=2, seed=0).plan()) is None  # iid: the workload's own stream
