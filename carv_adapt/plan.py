@@ -53,6 +53,8 @@ class Plan:
 
     def outer_layout(self) -> OuterLayout:
         """The design and draw order the statistics pair the outer draws by (docs/theory.md §15.2)."""
+        if self.outer == "iid":  # nothing to pair: skip drawing the uniforms (observe() asks every step)
+            return OuterLayout("iid", torch.arange(self.N))
         return layout_of(self.outer_uniforms(1), self.outer)
 
     def noise(
