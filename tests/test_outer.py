@@ -275,3 +275,16 @@ def test_sds3d_cameras_follow_the_plan_and_the_configured_zone():
     assert torch.allclose(cams.origins[1::2], -cams.origins[0::2], atol=1e-5)  # antipodal views
     assert float(cams.origins[:, 1].abs().max()) <= 3.0 * 0.5 + 1e-5  # within 30 degrees of the horizon
     assert _outer_u(HierarchicalEstimator(N=4, K=2, seed=0).plan()) is None  # iid: the workload's own stream
+
+
+def test_readme_outer_snippet_runs_and_gives_antipodal_pairs():
+    from pathlib import Path
+
+    text = Path(__file__).resolve().parents[1].joinpath("README.md").read_text()
+    start = text.index("**Outer-draw designs.**")
+    code = text[text.index("```python\n", start) + len("```python\n") :]
+    code = code[: code.index("```")]
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    eye = scope["eye"]
+    assert eye.shape == (4, 3) and torch.allclose(eye[1::2], -eye[0::2], atol=1e-6)
