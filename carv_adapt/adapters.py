@@ -46,6 +46,8 @@ class WorkloadAdapter:
             carry the score ``"quality"``: the workload's quality metric ``curve_metric`` of the parameters there
             (docs/theory.md §10).
         curve_metric, higher_is_better: the name and direction of that metric.
+        outer_designs: whether ``estimator`` places its outer draws by the plan's outer uniforms ``plan.outer_u``
+            (docs/theory.md §15), so outer designs apply.
         cost_clock: ``(path, say) -> (CostClock, raw medians)`` when the workload has a cost clock cheap enough
             to calibrate for a demo (cached at ``path``; docs/theory.md §3), else None.
         cv_estimator, cv_draws: when the workload ships a control variate (docs/theory.md §14): an estimator like
@@ -72,6 +74,7 @@ class WorkloadAdapter:
     cost_clock: Callable[[Any, Any], tuple[Any, dict[str, Any]]] | None = None
     cv_estimator: Callable[[dict[str, Tensor]], Estimate] | None = None
     cv_draws: Callable[[dict[str, Tensor]], Callable[[Plan], tuple[Tensor, Tensor, Tensor]]] | None = None
+    outer_designs: bool = False
 
 
 def _per_draw_vjp(output: Tensor, params: list[Tensor], f: Tensor) -> Tensor:
@@ -179,6 +182,7 @@ def _sds3d(seed: int, quick: bool, **config: Any) -> WorkloadAdapter:
         cost_clock=cost_clock,
         cv_estimator=cv_estimator,
         cv_draws=cv_draws,
+        outer_designs=True,
     )
 
 

@@ -151,7 +151,7 @@ class AdaptiveController:
         pol, st = self.config.policy, self.state
         draw = lambda: make_plan(  # noqa: E731
             self.proposal, st.N, st.K, self.generator, step=self._step, stratification=pol.stratification,
-            antithetic=pol.antithetic, edges=self.edges,
+            antithetic=pol.antithetic, edges=self.edges, outer=pol.outer,
         )  # fmt: skip
         p = draw() if self._crn is None else self._crn.plan_for(self._step, draw)
         self._pending = replace(p, cv_beta=self.control.betas(p.bins, (st.N, st.K)))  # from earlier steps only
@@ -204,18 +204,18 @@ class AdaptiveController:
             contributions, sq_norms = self.control.apply(plan.bins, plan.cv_beta, contributions, *control), None
         if self._crn is not None:  # shared draws: the statistics see one folded observation per group (§18)
             contributions, sq_norms = self._crn.add(contributions, sq_norms, probe), None
-        design = "stratified" if plan.stratification == "stratified" else "iid"
+        design, outer = ("stratified" if plan.stratification == "stratified" else "iid"), plan.outer_layout()
         if contributions is not None:
             # Reductions run in the contributions' own dtype; per-draw and per-group sums accumulate in float64.
             flat = contributions.detach().reshape(plan.N, plan.K, -1)
             if sq_norms is None:
                 sq_norms = torch.linalg.vector_norm(flat, dim=-1).double().pow(2)
-            self.grouped.update(flat, plan.rho, design=design)
+            self.grouped.update(flat, plan.rho, design=design, outer=outer)
         if sq_norms is not None:
             self.profile.update(plan.t, sq_norms, bins=plan.bins)
         scaled = None if probe is None else in_metric(probe, self._precond)
         if scaled is not None:
-            self.param_grouped.update_split_half(scaled[0], scaled[1], plan.K, design=design)
+            self.param_grouped.update_split_half(scaled[0], scaled[1], plan.K, design=design, outer=outer)
         self.skipped_probes += probe is not None and scaled is None  # no second moments yet: last estimates stay
         self._last_probe = self._step if scaled is not None else self._last_probe
         for stage, sec in (costs or {}).items():

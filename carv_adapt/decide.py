@@ -80,7 +80,9 @@ class Decision:
     new one-time warnings the caller should emit. ``G2`` is ``|G|^2`` in the decision's space and metric,
     ``noise_scale`` the gradient noise scale ``tr(Sigma_1)/|G|^2`` of one outer draw's estimate at the chosen K,
     ``v_over_g2`` the chosen estimator's ``V/|G|^2``, ``progress_gain`` its predicted progress per second over
-    the baseline (``K = 1``, ``p = pi``) (docs/theory.md §13).
+    the baseline (``K = 1``, ``p = pi``) (docs/theory.md §13). ``sigma_b2_design`` is the between variance ``K*``,
+    ``W`` and ``V`` used: the outer design's (docs/theory.md §15) where measured, else ``sigma_b2``; ``W_baseline``
+    always uses the i.i.d. ``sigma_b2``.
     """
 
     state: DecisionState
@@ -104,6 +106,7 @@ class Decision:
     noise_scale: float = math.nan
     v_over_g2: float = math.nan
     progress_gain: float = math.nan
+    sigma_b2_design: float = math.nan
 
     @property
     def reason(self) -> str:
@@ -202,6 +205,14 @@ def decide(
         from_profile = S_cur - M2 if math.isfinite(stats.proxy.M2) else math.nan
         sw_iid = from_profile if from_profile > 0 else sw_iid
     sb, sb_se = src.sigma_b2, src.sigma_b2_se
+    # §15: under an outer design K* and W read the design's between variance; the baseline keeps the i.i.d. one.
+    sb_d, sb_d_se = sb, sb_se
+    if pol.outer != "iid":
+        if math.isfinite(src.sigma_b2_design):
+            sb_d, sb_d_se = src.sigma_b2_design, src.sigma_b2_design_se
+            reasons.append(f"outer {pol.outer}: sigma_B^2 {sb_d:.4g} (i.i.d. {sb:.4g})")
+        else:
+            reasons.append(f"outer {pol.outer}: its sigma_B^2 is not measured yet, the i.i.d. one is used")
     r_w = src.sigma_w2_se / src.sigma_w2 if src.sigma_w2 > 0 else math.inf
     phi = stats.proxy.phi if math.isfinite(stats.proxy.phi) else 1.0
 
@@ -289,8 +300,8 @@ def decide(
             )
             return alloc.K, alloc.N
 
-        se_b = math.sqrt(sb_se**2 + signal_se**2) if math.isfinite(sb_se) else math.inf
-        sb_eff = sb + signal
+        se_b = math.sqrt(sb_d_se**2 + signal_se**2) if math.isfinite(sb_d_se) else math.inf
+        sb_eff = sb_d + signal
         K_lo = best(sb_eff + z * se_b, lo_w)[0] if math.isfinite(se_b) else k_min
         K_hi = best(sb_eff - z * se_b, hi_w)[0] if math.isfinite(se_b) else cap
         K_lo, K_hi = min(K_lo, K_hi), max(K_lo, K_hi)
@@ -311,9 +322,9 @@ def decide(
 
     # R8: predictions for the chosen policy.
     sw_uniform = sw_of(pi_b)
-    W = _W(sb, sw_at(sw_new, K_new), K_new, c_out_eff, c.c_in)
+    W = _W(sb_d, sw_at(sw_new, K_new), K_new, c_out_eff, c.c_in)
     W_base = _W(sb, sw_at(sw_uniform, 1), 1, c_out_eff, c.c_in)
-    V = (max(sb, 0.0) + sw_at(sw_new, K_new) / K_new) / N_new if math.isfinite(sb) else math.nan
+    V = (max(sb_d, 0.0) + sw_at(sw_new, K_new) / K_new) / N_new if math.isfinite(sb_d) else math.nan
     V0 = (max(sb, 0.0) + sw_at(sw_uniform, 1)) / N if math.isfinite(sb) else math.nan
     C, C0 = c.c_0 + N_new * (c.c_out + K_new * c.c_in), c.c_0 + N * (c.c_out + c.c_in)
     g2 = G2 if math.isfinite(G2) and G2 > 0 else math.nan
@@ -347,9 +358,10 @@ def decide(
         warnings=tuple(warnings),
         G2=G2,
         G2_se=G2_se,
-        noise_scale=(max(sb, 0.0) + sw_at(sw_new, K_new) / K_new) / g2 if math.isfinite(sb) else math.nan,
+        noise_scale=(max(sb_d, 0.0) + sw_at(sw_new, K_new) / K_new) / g2 if math.isfinite(sb_d) else math.nan,
         v_over_g2=V / g2,
         progress_gain=progress_gain,
+        sigma_b2_design=sb_d,
     )
 
 

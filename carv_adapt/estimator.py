@@ -11,6 +11,7 @@ from torch import Tensor
 
 from carv_adapt.crn import CRNGroup, plan_from_state, plan_state
 from carv_adapt.errors import ConfigError, ShapeError, StateError
+from carv_adapt.outer import check_outer_design
 from carv_adapt.plan import Plan, make_plan
 from carv_adapt.proposals.base import Proposal, TargetMeasure
 from carv_adapt.proposals.families import UniformProposal
@@ -45,7 +46,9 @@ class Estimate:
     def standard_error(self) -> float:
         """Standard error of ``value`` (root of the trace of its covariance) from the ``N`` outer means.
 
-        Valid because outer draws are independent and each outer mean is unbiased; NaN when ``N = 1``.
+        Valid because outer draws are independent and each outer mean is unbiased; NaN when ``N = 1``. Under a
+        stratified or antithetic outer design (docs/theory.md §15) the draws are dependent and this over- or
+        under-states it; use independent replications there.
         """
         n = self.plan.N
         if n < 2:
@@ -85,6 +88,7 @@ class HierarchicalEstimator:
         N, K: outer and inner draws per estimate.
         stratification: ``"auto" | "iid" | "stratified" | "lattice" | "global"`` (docs/theory.md §6).
         antithetic: pair noises ``(eps, -eps)`` along ``K``.
+        outer: design of the plans' outer uniforms ``plan.outer_u`` (``"iid" | "stratified" | "antithetic"``, §15).
         seed: seeds this estimator's own generator (state in :meth:`state_dict`).
     """
 
@@ -97,6 +101,7 @@ class HierarchicalEstimator:
         K: int = 1,
         stratification: str = "auto",
         antithetic: bool = False,
+        outer: str = "iid",
         seed: int = 0,
     ) -> None:
         if N < 1 or K < 1:
@@ -104,6 +109,8 @@ class HierarchicalEstimator:
         self.proposal = proposal if proposal is not None else UniformProposal(target or TargetMeasure())
         self.N, self.K = N, K
         self.stratification, self.antithetic = stratification, antithetic
+        check_outer_design(outer)
+        self.outer = outer
         self.generator = torch.Generator().manual_seed(seed)
         self._step = 0
         self._last: Plan | None = None
@@ -121,6 +128,7 @@ class HierarchicalEstimator:
                 step=self._step,
                 stratification=self.stratification,
                 antithetic=self.antithetic,
+                outer=self.outer,
             )
 
         p = draw() if self._crn is None else self._crn.plan_for(self._step, draw)

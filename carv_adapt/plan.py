@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from carv_adapt.errors import ShapeError
+from carv_adapt.outer import OuterLayout, check_outer_design, layout_of, outer_seed, outer_uniforms
 from carv_adapt.proposals.base import Proposal, bin_index
 
 __all__ = ["Plan", "Refit"]
@@ -27,6 +28,7 @@ class Plan:
         stratification: how the timesteps were drawn.
         cv_beta: ``N x K`` float64 control-variate coefficients fixed before the draw (docs/theory.md §14), set by
             the controller; None: no control (:meth:`controlled` returns ``f``).
+        outer: the outer-draw design of :meth:`outer_uniforms` (``"iid" | "stratified" | "antithetic"``, §15).
     """
 
     step: int
@@ -39,6 +41,24 @@ class Plan:
     stratification: str = "iid"
     bins: Tensor | None = field(default=None, repr=False)
     cv_beta: Tensor | None = field(default=None, repr=False)
+    outer: str = "iid"
+
+    def outer_uniforms(self, d: int = 2) -> Tensor:
+        """``N x d`` float64 uniforms in ``[0, 1)`` for the outer draws under the plan's ``outer`` design
+        (docs/theory.md §15): a camera sampler maps ``u[:, 0]`` to the azimuth (stratified or antipodal pairs) and
+        ``u[:, 1:]`` to the other coordinates. Every row is marginally uniform; deterministic in ``noise_seed``."""
+        return outer_uniforms(self.N, d, outer_seed(self.noise_seed), self.outer)
+
+    @property
+    def outer_u(self) -> Tensor:
+        """The ``N x 2`` outer uniforms (azimuth, polar) of :meth:`outer_uniforms`."""
+        return self.outer_uniforms(2)
+
+    def outer_layout(self) -> OuterLayout:
+        """The design and draw order the statistics pair the outer draws by (docs/theory.md §15.2)."""
+        if self.outer == "iid":  # nothing to pair: skip drawing the uniforms (observe() asks every step)
+            return OuterLayout("iid", torch.arange(self.N))
+        return layout_of(self.outer_uniforms(1), self.outer)
 
     def noise(
         self,
@@ -166,18 +186,23 @@ def make_plan(
     stratification: str = "auto",
     antithetic: bool = False,
     edges: Tensor | None = None,
+    outer: str = "iid",
 ) -> Plan:
     """Draw a :class:`Plan`: timesteps by (stratified) inverse CDF of ``proposal``, then a noise seed.
 
-    The one code path every sampler (controller, fixed policy, preview) goes through.
+    The one code path every sampler (controller, fixed policy, preview) goes through. ``outer`` is the design of
+    the plan's outer uniforms; their seed derives from the noise seed, so the generator's stream is the same for
+    every design.
     """
+    check_outer_design(outer)
     strat = resolve_stratification(stratification, K)
     t, rho = proposal.sample(N, K, generator, strat)  # type: ignore[arg-type]
     noise_seed = int(torch.randint(0, 2**62, (1,), generator=generator))
     bins = bin_index(t, edges) if edges is not None else None
     return Plan(
-        step=step, N=N, K=K, t=t, rho=rho, noise_seed=noise_seed, antithetic=antithetic, stratification=strat, bins=bins
-    )
+        step=step, N=N, K=K, t=t, rho=rho, noise_seed=noise_seed, antithetic=antithetic, stratification=strat,
+        bins=bins, outer=outer,
+    )  # fmt: skip
 
 
 __all__ += ["make_plan", "resolve_stratification"]

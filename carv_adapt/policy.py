@@ -15,6 +15,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from carv_adapt.errors import ConfigError
+from carv_adapt.outer import OuterDesign
 
 __all__ = [
     "Policy",
@@ -170,6 +171,7 @@ class Policy(_Strict):
     proposal: ProposalSpec = UniformSpec()
     stratification: StratificationMode = "auto"
     antithetic: bool = False
+    outer: OuterDesign = Field("iid", description="design of the plan's outer uniforms plan.outer_u (§15)")
     safeguards: Safeguards = Safeguards()
     schedule: ScheduleSpec = ScheduleSpec()
     adaptive: bool = True

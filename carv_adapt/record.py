@@ -56,6 +56,7 @@ def refit_record(
             "noise_scale": decision.noise_scale,
             "v_over_g2": decision.v_over_g2,
             "progress_gain": decision.progress_gain,
+            "sigma_b2_design": decision.sigma_b2_design,
             **(extra or {}),
         },
         num_timesteps=num_timesteps,

@@ -4,7 +4,9 @@ At every checkpoint the parameters are frozen and seven policies are measured si
 replications, same estimate function): the baseline, improved-diffusion's resampler, reuse only, + IS,
 + stratification, the adaptive controller as it stood at that step of the run, and the brute-force oracle; where
 the workload ships a control variate (SDS-3D), "+CV" after "+ stratification": the same policy with the control,
-its per-bin coefficients fitted on an output-space pilot at the checkpoint (docs/theory.md §14).
+its per-bin coefficients fitted on an output-space pilot at the checkpoint (docs/theory.md §14); where
+the workload places its outer draws by the plan's outer uniforms, also "+outer": the "+strat" policy with
+stratified and with antithetic outer draws (docs/theory.md §15), the better of the two measured.
 ``K`` and the proposal of the middle three and of the oracle come from a long pilot at the checkpoint
 (final-space statistics, :mod:`carv_adapt.bench.pilot`).
 """
@@ -13,7 +15,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -31,7 +33,8 @@ from carv_adapt.proposals.base import Proposal, bin_sums
 
 __all__ = ["AblationSettings", "TimedController", "ablate", "fill_iddpm", "pilot_at", "policy_estimator", "VARIANTS"]
 
-VARIANTS = ("baseline", "iddpm", "reuse", "+IS", "+strat", "adaptive", "oracle")
+VARIANTS = ("baseline", "iddpm", "reuse", "+IS", "+strat", "+outer", "adaptive", "oracle")
+OUTER_DESIGNS = ("stratified", "antithetic")  # the outer designs "+outer" is the better of
 _ESTIMATE_STAGES = ("upstream", "teacher", "backward", "probe")  # what estimate() itself runs, or controller cost
 
 
@@ -54,6 +57,7 @@ class AblationSettings:
     quick: bool = False
     control_variate: bool = True  # measure "+CV" where the workload ships a control variate (docs/theory.md §14)
     cv_pilot_outer: int = 48  # outer draws of the output-space pilot that fits the "+CV" coefficients
+    config: dict[str, Any] = field(default_factory=dict)  # workload config overrides (e.g. 360-degree cameras)
 
 
 class TimedController:
@@ -112,8 +116,12 @@ def fill_iddpm(
     return res, time.perf_counter() - t0
 
 
-def policy_estimator(proposal: Proposal, N: int, K: int, strat: str, seed: int) -> HierarchicalEstimator:
-    return HierarchicalEstimator(proposal, N=N, K=K, stratification=resolve_stratification(strat, K), seed=seed)
+def policy_estimator(
+    proposal: Proposal, N: int, K: int, strat: str, seed: int, outer: str = "iid"
+) -> HierarchicalEstimator:
+    return HierarchicalEstimator(
+        proposal, N=N, K=K, stratification=resolve_stratification(strat, K), outer=outer, seed=seed
+    )
 
 
 def _policy_row(
@@ -226,14 +234,27 @@ def _checkpoint(
         w_cv = max(pilot.sigma_b2, 0.0) / n_ + pilot.sigma_w2_for(p_carv) * keep / (n_ * K_is)
         w_cv *= pilot.cost.seconds(K_is)
         pols = dict(items[:at] + [("+CV", (cv[0], w_cv, "p* (alpha 0.1) + Gaussian CV"))] + items[at:])
+    if a.outer_designs and N >= 2:
+        # The pilot draws i.i.d. outer draws, so it predicts no design's W: NaN, kept out of the calibration.
+        for j, design in enumerate(OUTER_DESIGNS):
+            est = policy_estimator(carv, N, K_is, "stratified", seed + 17 + j, outer=design)
+            pols[f"+outer:{design}"] = (est, math.nan, "p* (alpha 0.1)")
     t1 = time.perf_counter()
     reps = replicate(estimate, {k: v[0] for k, v in pols.items()}, s.replications, fixed_seconds)
     measure_seconds = time.perf_counter() - t1
     base = reps["baseline"]
     rows = [_policy_row(k, v[0], reps[k], base, v[1], v[2], seed + 20 + i) for i, (k, v) in enumerate(pols.items())]
+    rows, outer = _outer_rows(rows, reps, seed + 40)
+    if outer is not None:
+        # At "+strat"'s K the between term's share of the estimator variance bounds any outer design's gain:
+        # removing it all gives 1 / (1 - share) (docs/theory.md §15.3). Pilot estimates; inner draws i.i.d.
+        sw_k = pilot.sigma_w2_for(p_carv) / K_is
+        share = pilot.sigma_b2 / (pilot.sigma_b2 + sw_k) if pilot.sigma_b2 + sw_k > 0 else math.nan
+        outer.update(K=K_is, between_share=share, gain_bound=1.0 / (1.0 - share) if share < 1 else math.inf)
     extra = {} if cv is None else {"control_variate": {**cv[1], "paired": paired_cv(estimate, cv[0], s.replications)}}
     return {
         **extra,
+        "outer": outer,
         "pilot": _pilot_summary(pilot),
         "iddpm": {
             "history_per_term": s.iddpm_history,
@@ -254,6 +275,28 @@ def _checkpoint(
         "variants": rows,
         "seconds": {"pilot": pilot_seconds, "iddpm_fill": fill_seconds, "replications": measure_seconds},
     }
+
+
+def _outer_rows(
+    rows: list[dict[str, Any]], reps: dict[str, Replications], seed: int
+) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """Fold the per-design rows into one "+outer" row (the design of lower measured W; choosing the better of two
+    measured W favours it slightly) placed after "+strat", and a summary: each design's ECM over "+strat" with a
+    bootstrap 90 % interval."""
+    by = {r["variant"]: r for r in rows}
+    designs = [d for d in OUTER_DESIGNS if f"+outer:{d}" in by]
+    if not designs:
+        return rows, None
+    best = min(designs, key=lambda d: by[f"+outer:{d}"]["W"])
+    summary: dict[str, Any] = {"chosen": best, "designs": {}}
+    for d in designs:
+        r = by[f"+outer:{d}"]
+        ratio = ecm_interval(reps["+strat"], reps[f"+outer:{d}"], seed=seed)
+        summary["designs"][d] = {"ecm": r["ecm"], "ecm_ci90": r["ecm_ci90"], "W": r["W"], "over_strat": list(ratio)}
+    kept = [r for r in rows if not r["variant"].startswith("+outer:")]
+    row = {**by[f"+outer:{best}"], "variant": "+outer", "outer": best}
+    i = next(i for i, r in enumerate(kept) if r["variant"] == "+strat") + 1
+    return kept[:i] + [row] + kept[i:], summary
 
 
 def _pilot_summary(p: PilotStats) -> dict[str, Any]:
@@ -294,7 +337,7 @@ def _controller_view(ctrl: Any) -> dict[str, Any]:
 def ablate(workload: str, s: AblationSettings, progress: Any = None) -> dict[str, Any]:
     """Train ``workload`` under the adaptive controller for ``s.steps`` steps, then measure every variant at
     the checkpoints (fractions of the run). Returns a JSON-ready dict."""
-    a = build_adapter(workload, s.seed, s.quick)
+    a = build_adapter(workload, s.seed, s.quick, **s.config)
     ctrl = demo_controller(a, s.steps, s.seed)
     timed = TimedController(ctrl)
     n_planned = a.controller_steps(s.steps)

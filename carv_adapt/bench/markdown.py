@@ -106,3 +106,24 @@ def _checked(name: str, lines: list[str]) -> str:
     if problems:
         raise ConfigError(f"generated block {name!r} has malformed markdown tables: " + "; ".join(problems))
     return text
+
+
+def outer_table(result: dict[str, Any]) -> list[str]:
+    """Markdown: per checkpoint with outer designs, each design's ECM over "+strat" [90 % CI] at "+strat"'s ``K``,
+    the between share of the variance there and the gain it bounds (docs/theory.md §15.3)."""
+    rows = []
+    for w in result["ablation"]:
+        for c in w["checkpoints"]:
+            o = c.get("outer")
+            if not o:
+                continue
+            cells = []
+            for d in ("stratified", "antithetic"):
+                r = o["designs"].get(d)
+                cells.append("-" if r is None else "{:.2f} [{:.2f}, {:.2f}]".format(*r["over_strat"]))
+            rows.append(
+                [w["workload"], f"{c['step']}/{w['training']['steps']}", o["K"], *cells]
+                + [f"{o['between_share']:.2f}", f"{o['gain_bound']:.2f}", o["chosen"]]
+            )
+    header = ["workload", "step", "K", "stratified / +strat", "antithetic / +strat", "between share", "bound"]
+    return md_table([*header, "+outer uses"], rows)

@@ -156,6 +156,7 @@ def _targets(result: dict[str, Any]) -> list[str]:
 
 def _calibration(result: dict[str, Any]) -> list[str]:
     ratios = [r["W_predicted"] / r["W"] for w in result["ablation"] for c in w["checkpoints"] for r in c["variants"]]
+    ratios = [x for x in ratios if math.isfinite(x)]  # no pilot prediction for outer designs
     ctl = "; ".join(
         f"{_name(w['workload'])} "
         + " / ".join(_f(c["controller"]["predicted_ecm"]) for c in w["checkpoints"])

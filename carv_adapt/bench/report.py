@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from carv_adapt.bench.ablation import VARIANTS
-from carv_adapt.bench.markdown import _checked, md_table
+from carv_adapt.bench.markdown import _checked, md_table, outer_table
 
 __all__ = ["markdown_report", "plot_ecm", "plot_sweep", "plot_calibration", "main"]
 
@@ -38,15 +38,21 @@ def ablation_table(
     without_k: Sequence[str] = (),
     ratio_w_b: Callable[[Any], str] | None = None,
 ) -> list[str]:
-    """Markdown: one row per workload x checkpoint, one column per variant (ECM [90 % CI], K unless the variant
-    is in ``without_k``), the adaptive / oracle ratio and the pilot's cost and variance ratios."""
+    """Markdown: one row per workload x checkpoint, one column per variant measured anywhere (ECM [90 % CI], K unless
+    the variant is in ``without_k``), the adaptive / oracle ratio and the pilot's cost and variance ratios."""
     fmt_w_b = ratio_w_b or (lambda x: _f(x, "{:.1f}"))
+    seen = {r["variant"] for w in result["ablation"] for c in w["checkpoints"] for r in c["variants"]}
+    variants = [v for v in variants if v in seen]  # e.g. "+outer" only in benches that measured it
     rows = []
     for w in result["ablation"]:
         for c in w["checkpoints"]:
             by = {r["variant"]: r for r in c["variants"]}
             cells = [
-                "-" if v not in by else _ecm_cell(by[v]) if v in without_k else f"{_ecm_cell(by[v])} (K={by[v]['K']})"
+                "-"
+                if v not in by
+                else _ecm_cell(by[v])
+                if v in without_k
+                else f"{_ecm_cell(by[v])} (K={by[v]['K']}" + (f", {by[v]['outer']})" if "outer" in by[v] else ")")
                 for v in variants
             ]
             p = c["pilot"]
@@ -167,6 +173,8 @@ def markdown_report(result: dict[str, Any]) -> str:
         "",
         *overhead_table(result),
     ]
+    if any(c.get("outer") for w in result["ablation"] for c in w["checkpoints"]):
+        parts += ["", "## Outer-draw designs", "", *outer_table(result)]
     if result.get("e2e"):
         parts += ["", "## End to end at equal compute", "", *e2e_table(result)]
     if result.get("sweep"):
@@ -191,7 +199,9 @@ def plot_ecm(result: dict[str, Any]) -> Any:
         for j, v in enumerate(VARIANTS):
             xs, ys, lo, hi = [], [], [], []
             for i, c in enumerate(w["checkpoints"]):
-                r = next(r for r in c["variants"] if r["variant"] == v)
+                r = next((r for r in c["variants"] if r["variant"] == v), None)
+                if r is None:  # "+outer" only where the workload places its outer draws by the plan
+                    continue
                 xs.append(i + (j - len(VARIANTS) / 2 + 0.5) * width)
                 ys.append(r["ecm"])
                 lo.append(max(r["ecm"] - r["ecm_ci90"][0], 0))

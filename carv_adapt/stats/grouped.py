@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from carv_adapt.errors import ShapeError
+from carv_adapt.outer import OuterLayout, design_between, successive_between
 from carv_adapt.stats.base import NonFinitePolicy, SumStatistic, all_finite, reliability_mean_se
 from carv_adapt.variance import group_sums
 
@@ -17,6 +18,8 @@ __all__ = ["GroupedVariance", "BetweenWithin", "split_half_within", "Design"]
 
 # How the K inner draws of one outer draw were placed: independent, or one per-draw stratum each.
 Design = Literal["iid", "stratified"]
+# Sums of the outer design's between estimates (docs/theory.md §15.2): weight, estimate, its square, weight^2.
+_DESIGN_SUMS = ("dof_bd", "sbd_num", "sbd_sq", "dof_bd2")
 
 
 @dataclass(frozen=True)
@@ -27,7 +30,9 @@ class BetweenWithin:
     ``sigma_w2_iid`` the timestep-marginal (i.i.d.) one; ``phi`` the share of ``sigma_w2_iid`` stratification
     cannot remove (NaN when no stratified step was seen); ``x_mean`` the window's mean design factor
     (``1/K^2`` for a stratified step, 1 for an i.i.d. one); ``M2 = E ||mu(xi)||^2``; ``G2 = |G|^2``, the squared
-    norm of the expected gradient, from products of independent draws (docs/theory.md §13).
+    norm of the expected gradient, from products of independent draws (docs/theory.md §13). ``sigma_b2_design``
+    is the between variance of the outer design that ran, ``N Var(mean_n mu(xi_n))`` (NaN when no step had a
+    stratified or antithetic outer design; docs/theory.md §15).
     """
 
     sigma_b2: float
@@ -41,6 +46,8 @@ class BetweenWithin:
     groups: float
     G2: float = math.nan
     G2_se: float = math.inf
+    sigma_b2_design: float = math.nan
+    sigma_b2_design_se: float = math.inf
 
 
 class GroupedVariance(SumStatistic):
@@ -65,8 +72,13 @@ class GroupedVariance(SumStatistic):
             self.add_state(name, torch.zeros(()))
         for name in ("dof_w2", "dof_b2", "g2_w2"):
             self.add_state(name, torch.zeros(()), decay="square")
+        for name in _DESIGN_SUMS:
+            self.add_state(name, torch.zeros(()), decay="square" if name == "dof_bd2" else "linear")
         # The last step's group mean when it had one outer draw: successive steps then pair up (N = 1, §13).
         self._prev: tuple[Tensor, float] | None = None
+        # The last outer-design step's mean, v = sw / K, N and design, when that step alone did not identify the
+        # design's between variance: successive steps pair up (§15.2).
+        self._prev_outer: tuple[Tensor, float, int, str] | None = None
 
     def _drop_nonfinite(self, what: str, *xs: Tensor) -> tuple[Tensor, ...] | None:
         if all(all_finite(x) for x in xs):
@@ -100,12 +112,14 @@ class GroupedVariance(SumStatistic):
         msq: float,
         ssb: float,
         mean: Tensor | None = None,
+        outer: OuterLayout | None = None,
     ) -> None:
         """Add one step: ``n`` groups of ``K`` draws, its within estimate ``sw`` (``dof_w`` degrees of freedom),
         its i.i.d. within estimate ``iid`` (None when the step cannot tell), design factor ``x``, and the group
         means' sums of squares. With ``n = 1`` the step's group ``mean`` pairs with the previous single-draw step's:
         ``||g_t - g_{t-1}||^2 / 2`` less the two group-mean variances estimates ``sigma_B^2``, ``<g_t, g_{t-1}>``
-        estimates ``|G|^2`` (both up to the drift between the two steps)."""
+        estimates ``|G|^2`` (both up to the drift between the two steps). Under a stratified or antithetic ``outer``
+        layout the between sums come from paired group means instead (:meth:`_outer_between`)."""
         names = ["dof_w", "dof_w2", "sw_num", "sw_sq", "x_num", "m2_num", "groups"]
         values = [dof_w, dof_w * dof_w, dof_w * sw, dof_w * sw * sw, dof_w * x, msq - n * sw / K, n]
         if iid is not None:
@@ -116,7 +130,17 @@ class GroupedVariance(SumStatistic):
             values += [dof_w * (sw - x * iid), dof_w * (1.0 - x) * iid]
         b = g2 = None
         d = w = 0.0
-        if n >= 2:
+        if outer is not None and not outer.is_iid:
+            est = self._outer_between(n, sw / K, ssb, mean, outer)
+            self._prev = None
+            if est is not None:
+                b_design, b, dof, d = est
+                names += list(_DESIGN_SUMS)
+                values += [dof, dof * b_design, dof * b_design * b_design, dof * dof]
+                # Draws of one design are dependent: sum_{n != m} Cov(mu_n, mu_m) = n (b_design - b_iid).
+                g2 = (n * (msq - ssb) - msq - n * (b_design - b)) / (n * (n - 1))
+                w = n * (n - 1) / 2.0
+        elif n >= 2:
             b, d = (ssb - (n - 1) * sw / K) / (n - 1), float(n - 1)
             # sum_{n != m} <g_n, g_m> = ||sum g||^2 - sum ||g||^2 = n (msq - ssb) - msq, over n (n - 1) ordered pairs.
             g2, w = (n * (msq - ssb) - msq) / (n * (n - 1)), n * (n - 1) / 2.0
@@ -137,9 +161,31 @@ class GroupedVariance(SumStatistic):
             values += [w, w * w, w * g2, w * g2 * g2]
         self._add(tuple(names), tuple(float(v) for v in values))
 
-    def update(self, x: Tensor, weights: Tensor | None = None, design: Design = "iid") -> None:
+    def _outer_between(
+        self, n: int, v: float, ssb: float, means: Tensor | None, outer: OuterLayout
+    ) -> tuple[float, float, float, float] | None:
+        """``(b_design, b_iid, dof of b_design, weight of b_iid)`` of a step under an outer design, from its own paired
+        group means or, when those do not identify it, paired with the previous step of the same design and ``N``."""
+        if means is None or n != outer.N:  # draws were dropped (non-finite): the pairing is broken
+            self._prev_outer = None
+            return None
+        est = design_between(means, v, ssb, outer)
+        if est is not None:
+            self._prev_outer = None
+            return est[0], est[1], est[2], float(n - 1)
+        cur = means.detach().reshape(n, -1).mean(0)
+        prev, self._prev_outer = self._prev_outer, (cur.clone(), v, n, outer.design)
+        if prev is None or (prev[2], prev[3]) != (n, outer.design) or prev[0].shape != cur.shape:
+            return None
+        b_design, b_iid, dof = successive_between(cur, prev[0].to(cur.device, cur.dtype), v, prev[1], n, ssb)
+        return b_design, b_iid, dof, 1.0
+
+    def update(
+        self, x: Tensor, weights: Tensor | None = None, design: Design = "iid", outer: OuterLayout | None = None
+    ) -> None:
         """Accumulate one step's ``N x K x ...`` weighted contributions ``rho f`` (or ``f`` with ``N x K``
-        ``weights`` ``rho``, which avoids materializing the product), drawn under ``design``.
+        ``weights`` ``rho``, which avoids materializing the product), drawn under ``design`` (inner) and the
+        ``outer`` layout (default i.i.d. outer draws; docs/theory.md §15).
 
         An outer draw with any non-finite entry is dropped whole (its group would be biased otherwise).
         """
@@ -168,12 +214,14 @@ class GroupedVariance(SumStatistic):
         if design == "stratified":
             sw = pair_f / pairs  # within-stratum variance: a group mean's variance is sw / K
             iid = (ssw_f / n + sw) / K  # E SSW_group = K sigma_iid - mean stratum variance
-            self._accumulate(n, K, sw, pairs, iid, 1.0 / (K * K), msq, ssb, means)
+            self._accumulate(n, K, sw, pairs, iid, 1.0 / (K * K), msq, ssb, means, outer)
         else:
             sw = ssw_f / (n * (K - 1))
-            self._accumulate(n, K, sw, float(n * (K - 1)), sw, 1.0, msq, ssb, means)
+            self._accumulate(n, K, sw, float(n * (K - 1)), sw, 1.0, msq, ssb, means, outer)
 
-    def update_split_half(self, g_a: Tensor, g_b: Tensor, K: int, design: Design = "iid") -> None:
+    def update_split_half(
+        self, g_a: Tensor, g_b: Tensor, K: int, design: Design = "iid", outer: OuterLayout | None = None
+    ) -> None:
         """Accumulate a parameter-space split-half probe (docs/theory.md §7): ``N x P`` gradients of the means of
         the even- and odd-indexed inner draws of each outer draw. Each outer draw gives one within degree of
         freedom, ``||g_A - g_B||^2 / (1/k_A + 1/k_B)`` (the per-draw variance of the design that ran); the
@@ -200,7 +248,7 @@ class GroupedVariance(SumStatistic):
         sw = tot[0] / n
         x = 1.0 / (K * K) if design == "stratified" else 1.0
         # The probe measures the design's variance only; its i.i.d. counterpart comes from the proxy's phi.
-        self._accumulate(n, K, sw, float(n), None, x, tot[2], tot[3], (k_a * a + k_b * b) / K)
+        self._accumulate(n, K, sw, float(n), None, x, tot[2], tot[3], (k_a * a + k_b * b) / K, outer)
 
     def compute(self, phi: float | None = None) -> BetweenWithin:
         """Current estimates; ``phi`` (default: this tracker's own) converts the design's within variance into
@@ -220,6 +268,7 @@ class GroupedVariance(SumStatistic):
             iid = math.nan
         m2 = float(self.m2_num / self.groups) if self.groups > 0 else math.nan
         g2, g2_se = reliability_mean_se(float(self.g2_w), float(self.g2_w2), float(self.g2_num), float(self.g2_sq))
+        bd, bd_se = reliability_mean_se(*(float(getattr(self, k)) for k in ("dof_bd", "dof_bd2", "sbd_num", "sbd_sq")))
         return BetweenWithin(
             sigma_b2=sb,
             sigma_b2_se=sb_se,
@@ -232,22 +281,35 @@ class GroupedVariance(SumStatistic):
             groups=float(self.groups),
             G2=g2,
             G2_se=g2_se,
+            sigma_b2_design=bd,
+            sigma_b2_design_se=bd_se,
         )
 
     def reset(self) -> None:
         super().reset()
-        self._prev = None
+        self._prev = self._prev_outer = None
 
     def state_dict(self) -> dict:
         out = super().state_dict()
         out["prev"] = None if self._prev is None else {"mean": self._prev[0].cpu().clone(), "var": self._prev[1]}
+        po = self._prev_outer
+        out["prev_outer"] = (
+            None if po is None else {"mean": po[0].cpu().clone(), "var": po[1], "N": po[2], "design": po[3]}
+        )
         return out
 
     def load_state_dict(self, state: dict) -> None:
         state = dict(state)
-        prev = state.pop("prev", None)
+        prev, po = state.pop("prev", None), state.pop("prev_outer", None)
+        for name in _DESIGN_SUMS:  # trackers saved before outer designs existed
+            state.setdefault(name, torch.zeros((), dtype=torch.float64))
         super().load_state_dict(state)
         self._prev = None if prev is None else (torch.as_tensor(prev["mean"]).clone(), float(prev["var"]))
+        self._prev_outer = (
+            None
+            if po is None
+            else (torch.as_tensor(po["mean"]).clone(), float(po["var"]), int(po["N"]), str(po["design"]))
+        )
 
 
 def split_half_within(g_a: Tensor, g_b: Tensor, K: int) -> float:

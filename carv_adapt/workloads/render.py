@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -138,32 +139,58 @@ def _check_pose(radius: float, fov_deg: float) -> None:
 
 def sample_cameras(
     n: int,
-    generator: torch.Generator,
+    generator: torch.Generator | None,
     max_angle_deg: float = 30.0,
     radius: float = 3.0,
     fov_deg: float = 40.0,
+    *,
+    u: Tensor | None = None,
+    min_angle_deg: float = 0.0,
+    axis: Literal["front", "up"] = "front",
 ) -> Cameras:
-    """``n`` cameras uniform on the spherical cap within ``max_angle_deg`` of ``+z``, looking at the origin.
+    """``n`` cameras uniform on the spherical zone between ``min_angle_deg`` and ``max_angle_deg`` of the axis,
+    looking at the origin.
 
     Args:
         n: number of cameras.
-        generator: the only source of randomness; tensors land on its device.
-        max_angle_deg: half-angle of the cone of viewpoints around the front view, in ``[0, 180]``.
+        generator: the source of randomness when ``u`` is not given; tensors land on its device.
+        max_angle_deg: half-angle of the cone of viewpoints around the axis, in ``[0, 180]`` (180: whole sphere).
         radius: distance of every camera from the origin.
         fov_deg: field of view of every camera.
+        u: optional ``n x 2`` uniforms in ``[0, 1)`` (e.g. a plan's ``outer_u``, docs/theory.md §15): the azimuth
+            is ``2 pi u[:, 0]``, the polar angle's cosine ``cos_min - u[:, 1] (cos_min - cos_max)`` (uniform in
+            area), so an antithetic pair ``(u_0 + 1/2, 1 - u_1)`` is the antipodal view on a zone symmetric about
+            the equator (and on the whole sphere).
+        min_angle_deg: the zone's inner polar angle (0: a cone).
+        axis: ``"front"``: polar angles from the front view ``+z``, the azimuth turning about it; ``"up"``: polar
+            angles from ``+y`` (up), the azimuth turning about the vertical from the front view, so
+            ``min_angle_deg=60, max_angle_deg=120`` is a 360 degree orbit within 30 degrees of the horizon.
     """
     if n < 1:
         raise ConfigError(f"n must be >= 1, got {n!r}")
-    if not 0.0 <= max_angle_deg <= 180.0:
-        raise ConfigError(f"max_angle_deg must lie in [0, 180], got {max_angle_deg!r}")
+    if not 0.0 <= min_angle_deg <= max_angle_deg <= 180.0:
+        raise ConfigError(f"need 0 <= min_angle_deg <= max_angle_deg <= 180, got {min_angle_deg!r}, {max_angle_deg!r}")
+    if axis not in ("front", "up"):
+        raise ConfigError(f"axis must be 'front' or 'up', got {axis!r}")
     _check_pose(radius, fov_deg)
-    device = generator.device
-    # cos(theta) uniform on [cos_max, 1] is uniform in area on the cap.
-    cos_max = math.cos(math.radians(max_angle_deg))
-    cos_t = 1 - torch.rand(n, generator=generator, device=device) * (1 - cos_max)
+    cos_min, cos_max = math.cos(math.radians(min_angle_deg)), math.cos(math.radians(max_angle_deg))
+    if u is None:
+        if generator is None:
+            raise ConfigError("sample_cameras needs a generator or outer uniforms u")
+        v = torch.rand(n, generator=generator, device=generator.device)
+        phi = torch.rand(n, generator=generator, device=generator.device) * (2 * math.pi)
+    else:
+        if u.dim() != 2 or u.shape[0] != n or u.shape[1] < 2:
+            raise ConfigError(f"u must be n x 2 (n={n}) outer uniforms, got shape {tuple(u.shape)}")
+        u = u.to(torch.float32)
+        v, phi = u[:, 1], u[:, 0] * (2 * math.pi)
+    # cos(theta) uniform on [cos_max, cos_min] is uniform in area on the zone.
+    cos_t = cos_min - v * (cos_min - cos_max)
     sin_t = (1 - cos_t**2).clamp_min(0).sqrt()
-    phi = torch.rand(n, generator=generator, device=device) * (2 * math.pi)
-    origins = radius * torch.stack([sin_t * torch.cos(phi), sin_t * torch.sin(phi), cos_t], dim=1)
+    a, b = sin_t * torch.cos(phi), sin_t * torch.sin(phi)
+    # "up": the local pole is +y and azimuth 0 at the horizon is the front view +z.
+    local = torch.stack([a, b, cos_t], dim=1) if axis == "front" else torch.stack([b, cos_t, a], dim=1)
+    origins = radius * local
     return Cameras(origins, _look_at(origins), fov_deg)
 
 

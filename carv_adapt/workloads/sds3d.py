@@ -61,6 +61,11 @@ def digits_surrogate(teacher: Any, weight: Tensor, guidance_scale: float) -> Gau
     gs = None if guidance_scale == 1.0 else guidance_scale
     return GaussianSurrogate.fit(lat, labels, teacher.alphas_cumprod, num_classes=10, weight=weight, guidance_scale=gs)
 
+def _outer_u(plan: Plan) -> Tensor | None:
+    """The plan's outer uniforms under a stratified or antithetic design; None under ``"iid"``, where the workload
+    keeps drawing cameras from its own generator (bit-identical to runs before outer designs)."""
+    return None if plan.outer == "iid" else plan.outer_u
+
 
 def eval_cameras(poses: tuple[tuple[float, float], ...] = EVAL_POSES) -> Cameras:
     """The fixed evaluation cameras (default: the 16 :data:`EVAL_POSES`)."""
@@ -93,6 +98,10 @@ class SDS3DConfig(BaseModel):
     grid_size: int = Field(20, ge=4)
     max_angle_deg: float = Field(
         25.0, ge=0.0, le=180.0, description="half-angle of the camera cone around the front view (180: whole sphere)"
+    )
+    min_angle_deg: float = Field(0.0, ge=0.0, le=180.0, description="inner polar angle of the camera zone (0: a cone)")
+    camera_axis: Literal["front", "up"] = Field(
+        "front", description="axis of the camera zone; 'up' with 60-120 degrees: 360 degree cameras about the vertical"
     )
     guidance_scale: float = Field(3.0, ge=0.0)
     weight: Literal["sigma2", "ones"] = "sigma2"
@@ -163,10 +172,20 @@ class SDS3DWorkload:
                     p.add_(torch.randn(p.shape, generator=g) * self.config.init_noise)
         return scene
 
-    def upstream(self, scene: VoxelScene, N: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-        """``N`` random-camera renders and their latents (both attached to the scene's graph)."""
+    def cameras(self, N: int, generator: torch.Generator | None, u: Tensor | None = None) -> Cameras:
+        """``N`` cameras in the configured zone, from ``generator`` or from ``N x 2`` outer uniforms ``u``."""
         c = self.config
-        img = render(scene, sample_cameras(N, generator, c.max_angle_deg), c.resolution, c.samples_per_ray)
+        return sample_cameras(
+            N, generator, c.max_angle_deg, u=u, min_angle_deg=c.min_angle_deg, axis=c.camera_axis
+        )  # fmt: skip
+
+    def upstream(
+        self, scene: VoxelScene, N: int, generator: torch.Generator, u: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """``N`` renders and their latents (both attached to the scene's graph), from random cameras or the cameras
+        of ``N x 2`` outer uniforms ``u`` (a plan's ``outer_u``, docs/theory.md §15)."""
+        c = self.config
+        img = render(scene, self.cameras(N, generator, u), c.resolution, c.samples_per_ray)
         if c.resolution != TEACHER_SIZE:
             img = F.interpolate(img, size=(TEACHER_SIZE, TEACHER_SIZE), mode="bilinear", align_corners=False)
         return img, self.teacher.encode(img)
@@ -181,7 +200,7 @@ class SDS3DWorkload:
     def gradient(self, scene: VoxelScene, plan: Plan, generator: torch.Generator) -> Tensor:
         """One hierarchical estimate of the SDS gradient w.r.t. the scene, flattened (``P``-dim)."""
         scene.zero_grad(set_to_none=True)
-        _, lat = self.upstream(scene, plan.N, generator)
+        _, lat = self.upstream(scene, plan.N, generator, _outer_u(plan))
         eps = plan.noise(lat.shape[1:])
         f = self.integrand(lat, plan.t, eps)
         if self.surrogate is not None and plan.cv_beta is not None:
@@ -195,7 +214,7 @@ class SDS3DWorkload:
         g = generator or torch.Generator().manual_seed(1234)
         c = self.config
         with torch.no_grad():
-            cams = sample_cameras(views, g, c.max_angle_deg)
+            cams = self.cameras(views, g)
             imgs = torch.cat(
                 [
                     render(scene, front_cameras(), TEACHER_SIZE, c.samples_per_ray),
@@ -277,7 +296,7 @@ class SDS3DWorkload:
 
         def one_step(plan: Plan, step: int) -> tuple[Tensor, dict[str, float], Any, float, Any]:
             t0 = time.perf_counter()
-            _, lat = self.upstream(scene, plan.N, g)
+            _, lat = self.upstream(scene, plan.N, g, _outer_u(plan))
             t1 = time.perf_counter()
             eps = plan.noise(lat.shape[1:])
             f = self.integrand(lat, plan.t, eps)
