@@ -153,11 +153,9 @@ class ScoreDistillation:
             )
         if text is None:
             raise ConfigError(f"{name}=None: pass the text or {name}_embeds=")
-        ids = tokenizer(
-            [text], padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
-        ).input_ids
-        with torch.no_grad():
-            return text_encoder(ids.to(text_encoder.device))[0]
+        from carv_adapt.teachers.text import encode_text
+
+        return encode_text(tokenizer, text_encoder, [text])
 
     @property
     def unet(self) -> Any:

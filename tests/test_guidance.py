@@ -8,51 +8,21 @@ import torch
 pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 
-from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel  # noqa: E402
+from diffusers import DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel  # noqa: E402
 
 from carv_adapt.errors import ConfigError, ShapeError  # noqa: E402
 from carv_adapt.guidance import ScoreDistillation, sds_weighting  # noqa: E402
 from carv_adapt.plan import Plan, make_plan  # noqa: E402
 from carv_adapt.proposals import TargetMeasure, UniformProposal, WeightedProposal  # noqa: E402
-from carv_adapt.teachers.sd_tiny import (  # noqa: E402
-    build_tokenizer,
-    make_pipeline,
-    make_scheduler,
-    make_text_encoder,
-)
+from carv_adapt.teachers.sd_tiny import make_pipeline  # noqa: E402
+from tests.sd_helpers import tiny_sd_parts  # noqa: E402
 
 PROMPT = "a photo of the digit three"
 
 
 @pytest.fixture(scope="module")
 def parts(tmp_path_factory):
-    torch.manual_seed(0)
-    tok = build_tokenizer(tmp_path_factory.mktemp("tok"))
-    te = make_text_encoder(tok, seed=0).eval()
-    unet = UNet2DConditionModel(
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        layers_per_block=1,
-        block_out_channels=(16, 32),
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        norm_num_groups=8,
-        cross_attention_dim=32,
-        attention_head_dim=8,
-    ).eval()
-    vae = AutoencoderKL(
-        in_channels=1,
-        out_channels=1,
-        latent_channels=4,
-        sample_size=16,
-        norm_num_groups=8,
-        layers_per_block=1,
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
-        block_out_channels=(8, 8),
-    ).eval()
-    return dict(vae=vae, text_encoder=te, tokenizer=tok, unet=unet, scheduler=make_scheduler())
+    return tiny_sd_parts(tmp_path_factory.mktemp("tok"))
 
 
 def _plan(N, K, t, seed=3, rho=None):

@@ -49,6 +49,7 @@ class AblationSettings:
     k_max: int = 64  # the uncapped oracle's range; every measured policy gets min(k_max, controller's k_max)
     num_bins: int = 20
     quick: bool = False
+    teacher: str | None = None  # sds3d: a shipped teacher's name or a diffusers folder (teachers.load)
 
 
 class TimedController:
@@ -273,7 +274,7 @@ def _controller_view(ctrl: Any) -> dict[str, Any]:
 def ablate(workload: str, s: AblationSettings, progress: Any = None) -> dict[str, Any]:
     """Train ``workload`` under the adaptive controller for ``s.steps`` steps, then measure every variant at
     the checkpoints (fractions of the run). Returns a JSON-ready dict."""
-    a = build_adapter(workload, s.seed, s.quick)
+    a = build_adapter(workload, s.seed, s.quick, teacher=s.teacher if workload == "sds3d" else None)
     ctrl = demo_controller(a, s.steps, s.seed)
     timed = TimedController(ctrl)
     n_planned = a.controller_steps(s.steps)

@@ -12,43 +12,22 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from carv_adapt.teachers.load import quiet_loading
+from carv_adapt.teachers.text import encode_text
+
 try:
-    import diffusers
-    import transformers
+    import diffusers  # noqa: F401
+    import transformers  # noqa: F401
 except ImportError as e:  # pragma: no cover - exercised only without the extra
     raise ImportError(
         "the sd-tiny pipeline needs diffusers and transformers: pip install 'carv_adapt[diffusers]'"
     ) from e
-
-
-@contextmanager
-def quiet_loading() -> Iterator[None]:
-    """Silence diffusers' and transformers' info logs and progress bars for the duration (restored after).
-
-    Loading a local folder otherwise prints progress bars and a notice that torchvision is missing (for an image
-    processor a Stable Diffusion pipeline imports but SDS never uses).
-    """
-    libs = (diffusers.utils.logging, transformers.utils.logging)
-    levels = [lib.get_verbosity() for lib in libs]
-    bars = [lib.is_progress_bar_enabled() for lib in libs]
-    for lib in libs:
-        lib.set_verbosity_error()
-        lib.disable_progress_bar()
-    try:
-        yield
-    finally:
-        for lib, level, bar in zip(libs, levels, bars):
-            lib.set_verbosity(level)
-            (lib.enable_progress_bar if bar else lib.disable_progress_bar)()
-
 
 with quiet_loading():
     from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
@@ -56,7 +35,6 @@ with quiet_loading():
 
 __all__ = [
     "SD_TINY_PATH",
-    "quiet_loading",
     "DIGIT_WORDS",
     "digit_prompt",
     "build_tokenizer",
@@ -198,13 +176,9 @@ def load_sd_tiny(
     return pipe
 
 
-@torch.no_grad()
 def encode_prompts(tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel, prompts: list[str]) -> Tensor:
     """``B x L x C`` ``encoder_hidden_states`` of ``prompts`` (padded to the tokenizer's max length)."""
-    ids = tokenizer(
-        prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
-    ).input_ids
-    return text_encoder(ids.to(text_encoder.device))[0]
+    return encode_text(tokenizer, text_encoder, prompts)
 
 
 @torch.no_grad()
