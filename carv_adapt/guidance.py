@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -211,16 +212,22 @@ class ScoreDistillation:
         images: Tensor | None = None,
         latents: Tensor | None = None,
         generator: torch.Generator | None = None,
+        timer: Callable[[str], AbstractContextManager[Any]] | None = None,
     ) -> SDSOutput:
         """One SDS estimate for ``plan`` from ``N`` renders (``images``, encoded by the VAE) or ``latents``.
 
-        Returns an :class:`SDSOutput`; ``loss.backward()`` adds ``(1 / N K) sum_nk rho_nk f_nk`` (pulled back
-        through the VAE and the renderer) to the scene's gradients.
+        ``timer``: e.g. ``controller.timer``; the VAE encode is timed as stage ``"upstream"`` and the UNet calls
+        as ``"teacher"`` (docs/theory.md §3's ``c_out`` and ``c_in``). Returns an :class:`SDSOutput`;
+        ``loss.backward()`` adds ``(1 / N K) sum_nk rho_nk f_nk`` (pulled back through the VAE and the renderer)
+        to the scene's gradients.
         """
         if (images is None) == (latents is None):
             raise ConfigError("pass exactly one of images= or latents=")
-        lat = self.encode(images, generator) if images is not None else latents
-        f = self.contributions(lat, plan)
+        dev = self.unet.device
+        with timer("upstream", dev) if timer is not None else nullcontext():
+            lat = self.encode(images, generator) if images is not None else latents
+        with timer("teacher", dev) if timer is not None else nullcontext():
+            f = self.contributions(lat, plan)
         grad = (plan.weights_like(f) * f).mean(dim=1) / plan.N
         grad = grad.to(device=lat.device, dtype=lat.dtype)
         return SDSOutput(latents=lat, contributions=f, grad=grad, loss=(lat * grad).sum())
