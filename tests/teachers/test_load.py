@@ -97,3 +97,19 @@ def test_cli_passes_teacher_to_demo_and_bench(monkeypatch):
     assert main(["demo", "--teacher", "sd-tiny", "--quick"]) == 2
     assert main(["bench", "--teacher", "/some/folder", "--quick"]) == 2
     assert seen == {"DemoSettings": "sd-tiny", "BenchSettings": "/some/folder"}
+
+
+@pytest.mark.slow
+def test_demo_runs_on_a_teacher_folder(unet_folder, tmp_path, monkeypatch):
+    import json
+
+    from carv_adapt.cli import main
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / "report"
+    argv = ["demo", "--teacher", str(unet_folder), "--steps", "4", "--replications", "3", "--quick", "--out", str(out)]
+    assert main(argv) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["baseline"]["steps"] >= 4 and summary["adaptive"]["steps"] >= 1
+    assert summary["quality_metric"] == "log p(digit)" and summary["baseline"]["quality"] < 0
+    assert (out / "views.png").stat().st_size > 1000
