@@ -201,3 +201,16 @@ def test_bad_inputs_are_one_line_errors_naming_the_value(parts):
     # Per-outer-draw prompts (e.g. view-dependent text) are one row each.
     s = ScoreDistillation(unet, sched, prompt_embeds=torch.zeros(2, 8, 32), guidance_scale=1.0)
     assert s.contributions(_latents(2), _plan(2, 1, [[5], [6]])).shape == (2, 1, 4, 8, 8)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_fp16_teacher_matches_cpu(parts):
+    kw = dict(text_encoder=parts["text_encoder"], tokenizer=parts["tokenizer"], prompt=PROMPT, guidance_scale=4.0)
+    plan = _plan(2, 2, [[50, 500], [700, 900]])
+    f_cpu = ScoreDistillation(parts["unet"], parts["scheduler"], **kw).contributions(_latents(2), plan)
+    unet = UNet2DConditionModel.from_config(parts["unet"].config)
+    unet.load_state_dict(parts["unet"].state_dict())
+    sds = ScoreDistillation(unet.to("cuda", torch.float16), parts["scheduler"], **kw)
+    f = sds.contributions(_latents(2).cuda(), plan)
+    assert f.device.type == "cuda" and f.dtype == torch.float32
+    assert float((f.cpu() - f_cpu).norm() / f_cpu.norm()) < 0.02

@@ -35,6 +35,7 @@ def test_tiny_digits_by_name_applies_the_config():
     assert isinstance(t, DiffusersTeacher) and t.guidance_scale == 2.0 and t.max_batch == 7 and t.null_class == 10
 
 
+@pytest.mark.slow
 def test_unet_folder_sets_the_scene_channels_and_render_size(unet_folder, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     wl = SDS3DWorkload(SDS3DConfig(teacher=str(unet_folder), guidance_scale=1.5, **SMALL))

@@ -84,3 +84,14 @@ def test_samples_are_recognisable_digits():
     assert acc >= ACCURACY_FLOOR, acc
     x, y = digits_dataset()
     assert clf.score(x.reshape(len(x), -1).numpy(), y.numpy()) > 0.95
+
+
+@pytest.mark.slow
+def test_sds3d_runs_on_sd_tiny():
+    from carv_adapt.adapters import build_adapter
+    from carv_adapt.teachers.text import TextConditionedTeacher
+
+    a = build_adapter("sds3d", 0, True, teacher="sd-tiny", grid_size=6, samples_per_ray=4, resolution=16)
+    assert isinstance(a.wl.teacher, TextConditionedTeacher) and (a.wl.channels, a.wl.image_size) == (1, 32)
+    res = a.run(2)
+    assert len(res.records) == 2 and res.records[-1].K >= 1
