@@ -124,8 +124,8 @@ def _sds3d(seed: int, quick: bool, **config: Any) -> WorkloadAdapter:
         with torch.no_grad():
             return torch.cat(
                 [
-                    render(sc, front_cameras(), 32, wl.config.samples_per_ray),
-                    render(sc, cams, 32, wl.config.samples_per_ray),
+                    render(sc, front_cameras(), wl.image_size, wl.config.samples_per_ray),
+                    render(sc, cams, wl.image_size, wl.config.samples_per_ray),
                 ]
             )
 
@@ -313,9 +313,19 @@ def _diffusion_head(seed: int, quick: bool, **config: Any) -> WorkloadAdapter:
 _BUILDERS = {"sds3d": _sds3d, "distill": _distill, "attribution": _attribution, "diffusion_head": _diffusion_head}
 
 
-def build_adapter(name: str, seed: int = 0, quick: bool = False, **config: Any) -> WorkloadAdapter:
+def build_adapter(
+    name: str, seed: int = 0, quick: bool = False, teacher: str | None = None, **config: Any
+) -> WorkloadAdapter:
     """The adapter of shipped workload ``name`` (``sds3d``, ``distill``, ``attribution`` or ``diffusion_head``);
-    ``config`` overrides fields of the workload's config (e.g. ``resolution=64`` for ``sds3d``)."""
+    ``config`` overrides fields of the workload's config (e.g. ``resolution=64`` for ``sds3d``). ``teacher``: a
+    name or a diffusers folder for :func:`~carv_adapt.teachers.load.load_teacher` (``sds3d`` only; ``None``: the
+    default)."""
     if name not in _BUILDERS:
         raise ValueError(f"unknown workload {name!r}; choose one of {list(WORKLOADS)}")
+    if teacher is not None:
+        if name != "sds3d":
+            from carv_adapt.errors import ConfigError
+
+            raise ConfigError(f"teacher={teacher!r} applies to the sds3d workload only, not {name!r}")
+        config = {**config, "teacher": str(teacher)}
     return _BUILDERS[name](seed, quick, **config)

@@ -12,6 +12,7 @@ from carv_adapt.errors import CarvError, ConfigError
 __all__ = ["main"]
 
 _WORKLOADS = ("sds3d", "distill", "attribution", "diffusion_head")
+_TEACHER_HELP = "sds3d's teacher: 'tiny-digits' (default), 'sd-tiny' or a local diffusers folder with a VAE"
 
 
 def _version() -> str:
@@ -51,6 +52,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         out=Path(args.out),
         replications=args.replications,
         quick=args.quick,
+        teacher=args.teacher,
     )
     console = Console(width=180)  # the table has 13 columns
     with Progress(
@@ -173,6 +175,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         scaling=not args.no_scaling,
         quick=args.quick,
         out=Path(args.out),
+        teacher=args.teacher,
     )
     console = Console(width=200)
     command = "carv-adapt " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else "carv-adapt bench"
@@ -202,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--replications", type=int, default=30, help="per policy, for the measured ECM")
     d.add_argument("--quick", action="store_true", help="a smaller scene and fewer ray samples (tests)")
     d.add_argument("--threads", type=int, default=1, help="torch intra-op threads (small models: 1 is fastest)")
+    d.add_argument("--teacher", default=None, help=_TEACHER_HELP)
     d.set_defaults(func=_cmd_demo)
     i = sub.add_parser("inspect", help="report and plots for a policy or a refit log (told apart by content)")
     i.add_argument(
@@ -242,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--quick", action="store_true", help="tiny sizes everywhere: a smoke test, not a measurement")
     b.add_argument("--out", default="bench_report", help="folder for bench.json, bench.md and the figures")
     b.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    b.add_argument("--teacher", default=None, help=_TEACHER_HELP)
     b.set_defaults(func=_cmd_bench)
     return p
 

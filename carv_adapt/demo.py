@@ -51,6 +51,7 @@ class DemoSettings:
     quick: bool = False
     curve_points: int = 10
     levels: tuple[float, ...] = (0.25, 0.5, 0.75)
+    teacher: str | None = None  # sds3d: a shipped teacher's name or a diffusers folder (teachers.load)
 
     def fractions(self) -> tuple[float, ...]:
         """The checkpoints, as fractions of the baseline's compute: 0, ``i / curve_points`` and the ``levels``."""
@@ -133,7 +134,7 @@ def run_demo(settings: DemoSettings, progress: Any = None) -> dict[str, Any]:
     if settings.workload not in WORKLOADS:
         raise ValueError(f"unknown workload {settings.workload!r}; choose one of {list(WORKLOADS)}")
     torch.manual_seed(settings.seed)
-    a = build_adapter(settings.workload, settings.seed, settings.quick)
+    a = build_adapter(settings.workload, settings.seed, settings.quick, teacher=settings.teacher)
     wl = a.wl
     c = wl.config
     out = Path(settings.out)

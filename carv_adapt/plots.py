@@ -98,7 +98,8 @@ def plot_cost_breakdown(runs: dict[str, dict[str, float]]) -> Figure:
 
 
 def plot_views(rows: dict[str, torch.Tensor]) -> Figure:
-    """Side-by-side rendered views: one row per named run, images ``V x 1 x H x W`` in ``[-1, 1]``."""
+    """Side-by-side rendered views: one row per named run, images ``V x C x H x W`` in ``[-1, 1]`` (``C = 3``: RGB,
+    else the first channel in grey)."""
     n_cols = max(v.shape[0] for v in rows.values())
     fig, axes = plt.subplots(len(rows), n_cols, figsize=(1.6 * n_cols, 1.7 * len(rows)), squeeze=False)
     for i, (name, imgs) in enumerate(rows.items()):
@@ -106,7 +107,11 @@ def plot_views(rows: dict[str, torch.Tensor]) -> Figure:
             ax = axes[i][j]
             ax.axis("off")
             if j < imgs.shape[0]:
-                ax.imshow(imgs[j, 0].detach().cpu().numpy(), cmap="gray", vmin=-1, vmax=1)
+                img = imgs[j].detach().cpu()
+                if img.shape[0] == 3:
+                    ax.imshow(((img.permute(1, 2, 0) + 1) / 2).clamp(0, 1).numpy())
+                else:
+                    ax.imshow(img[0].numpy(), cmap="gray", vmin=-1, vmax=1)
         axes[i][0].set_title(name, fontsize=8, loc="left")
     fig.tight_layout()
     return fig

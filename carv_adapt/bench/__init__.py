@@ -46,6 +46,7 @@ class BenchSettings:
     quick: bool = False
     out: Path = Path("bench_report")
     steps: dict[str, int] = field(default_factory=dict)
+    teacher: str | None = None  # replaces the sds3d teacher: a shipped name or a diffusers folder (teachers.load)
 
     def steps_for(self, workload: str) -> int:
         return self.steps.get(workload, (QUICK_STEPS if self.quick else DEFAULT_STEPS)[workload])
@@ -63,8 +64,11 @@ class BenchSettings:
                 iddpm_history=1,
                 k_max=16,
                 quick=True,
+                teacher=self.teacher,
             )
-        return AblationSettings(steps=self.steps_for(workload), seed=self.seed, replications=self.replications)
+        return AblationSettings(
+            steps=self.steps_for(workload), seed=self.seed, replications=self.replications, teacher=self.teacher
+        )
 
 
 def run_bench(s: BenchSettings, command: str = "carv-adapt bench", progress: Any = None) -> dict[str, Any]:
@@ -89,7 +93,7 @@ def run_bench(s: BenchSettings, command: str = "carv-adapt bench", progress: Any
         result["ablation"].append(ablate(w, s.ablation(w), progress))
     if s.e2e_seeds:
         result["e2e"] = [
-            equal_compute(w, E2ESettings(s.steps_for(w), s.e2e_seeds, s.quick), progress)
+            equal_compute(w, E2ESettings(s.steps_for(w), s.e2e_seeds, s.quick, teacher=s.teacher), progress)
             for w in s.e2e_workloads
             if w in s.workloads
         ]
@@ -103,9 +107,10 @@ def run_bench(s: BenchSettings, command: str = "carv-adapt bench", progress: Any
                 pilot_inner=4,
                 k_max=16,
                 quick=True,
+                teacher=s.teacher,
             )
             if s.quick
-            else SweepSettings(seed=s.seed)
+            else SweepSettings(seed=s.seed, teacher=s.teacher)
         )
         result["sweep"] = cost_sweep(sw, progress)
     if s.scaling:

@@ -58,6 +58,7 @@ class AblationSettings:
     control_variate: bool = True  # measure "+CV" where the workload ships a control variate (docs/theory.md §14)
     cv_pilot_outer: int = 48  # outer draws of the output-space pilot that fits the "+CV" coefficients
     config: dict[str, Any] = field(default_factory=dict)  # workload config overrides (e.g. 360-degree cameras)
+    teacher: str | None = None  # sds3d: a shipped teacher's name or a diffusers folder (teachers.load)
 
 
 class TimedController:
@@ -337,7 +338,7 @@ def _controller_view(ctrl: Any) -> dict[str, Any]:
 def ablate(workload: str, s: AblationSettings, progress: Any = None) -> dict[str, Any]:
     """Train ``workload`` under the adaptive controller for ``s.steps`` steps, then measure every variant at
     the checkpoints (fractions of the run). Returns a JSON-ready dict."""
-    a = build_adapter(workload, s.seed, s.quick, **s.config)
+    a = build_adapter(workload, s.seed, s.quick, teacher=s.teacher if workload == "sds3d" else None, **s.config)
     ctrl = demo_controller(a, s.steps, s.seed)
     timed = TimedController(ctrl)
     n_planned = a.controller_steps(s.steps)

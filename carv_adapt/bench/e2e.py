@@ -25,6 +25,7 @@ class E2ESettings:
     seeds: tuple[int, ...] = (0, 1, 2)
     quick: bool = False
     progress_arm: bool = True  # also run the controller with objective="progress" at the same compute
+    teacher: str | None = None  # sds3d: a shipped teacher's name or a diffusers folder (teachers.load)
 
 
 def equal_compute(workload: str, s: E2ESettings, progress: Any = None) -> dict[str, Any]:
@@ -34,7 +35,7 @@ def equal_compute(workload: str, s: E2ESettings, progress: Any = None) -> dict[s
     for seed in s.seeds:
         if progress is not None:
             progress(f"{workload}: equal-compute runs, seed {seed}")
-        a = build_adapter(workload, seed, s.quick)
+        a = build_adapter(workload, seed, s.quick, teacher=s.teacher if workload == "sds3d" else None)
         t0 = time.perf_counter()
         base, adapt, ctrl = equal_compute_runs(a, s.steps, seed)
         wall = time.perf_counter() - t0

@@ -35,6 +35,7 @@ class SweepSettings:
     k_max: int = 64
     num_bins: int = 20
     quick: bool = False
+    teacher: str | None = None  # sds3d: a shipped teacher's name or a diffusers folder (teachers.load)
 
 
 def predicted_ecm_curve(sb: float, sw_base: float, sw: float, ratio: float, k_max: int) -> tuple[float, int]:
@@ -47,13 +48,13 @@ def predicted_ecm_curve(sb: float, sw_base: float, sw: float, ratio: float, k_ma
 
 def cost_sweep(s: SweepSettings, progress: Any = None) -> dict[str, Any]:
     """Run the sweep; returns a JSON-ready dict with one row per render setting and the predicted curves."""
-    a0 = build_adapter("sds3d", s.seed, s.quick)
+    a0 = build_adapter("sds3d", s.seed, s.quick, teacher=s.teacher)
     state = a0.run(s.train_steps).final_state
     rows = []
     for i, (res, spr) in enumerate(s.settings):
         if progress is not None:
             progress(f"cost sweep: {res}x{res}, {spr} samples per ray ({i + 1}/{len(s.settings)})")
-        a = build_adapter("sds3d", s.seed, s.quick, resolution=res, samples_per_ray=spr)
+        a = build_adapter("sds3d", s.seed, s.quick, teacher=s.teacher, resolution=res, samples_per_ray=spr)
         seed = s.seed + 100 * (i + 1)
         target, estimate, _, pilot = pilot_at(
             a, state, s.pilot_outer, s.pilot_inner, s.num_bins, (1, 4, 16, 32), 3, seed

@@ -93,7 +93,7 @@ class SDS3DConfig(BaseModel):
 
     schema_version: Literal[1] = 1
     digit: int = Field(3, ge=0, le=9, description="the class the views should look like")
-    resolution: int = Field(32, ge=8, description="render resolution (resized to 32 for the VAE)")
+    resolution: int = Field(32, ge=8, description="render resolution (resized to the VAE's sample size)")
     samples_per_ray: int = Field(32, ge=2)
     grid_size: int = Field(20, ge=4)
     max_angle_deg: float = Field(
@@ -117,6 +117,9 @@ class SDS3DConfig(BaseModel):
     control_variate: Literal["none", "gaussian"] = Field(
         "none", description="'gaussian': subtract the per-class Gaussian latent surrogate (docs/theory.md §14)"
     )
+    teacher: str = Field(
+        "tiny-digits", description="'tiny-digits', 'sd-tiny' or a diffusers folder with a VAE (teachers.load)"
+    )
 
 
 class SDS3DWorkload:
@@ -124,25 +127,26 @@ class SDS3DWorkload:
 
     Args:
         config: workload settings.
-        teacher: a teacher with a VAE; default: the shipped tiny digits teacher.
+        teacher: a teacher with a VAE whose ``cond`` is a class label; default: ``config.teacher`` loaded with the
+            config's ``guidance_scale`` and ``max_inner_batch``. The scene's channels and the render size follow
+            the teacher's VAE (``in_channels``, ``sample_size``).
     """
 
     def __init__(self, config: SDS3DConfig | None = None, teacher: Any = None) -> None:
         self.config = config or SDS3DConfig()
         if teacher is None:
-            from carv_adapt.teachers.diffusers_teacher import DiffusersTeacher
-            from carv_adapt.teachers.tiny import NULL_CLASS, load_tiny_teacher
+            from carv_adapt.teachers.load import load_teacher
 
-            b = load_tiny_teacher()
-            teacher = DiffusersTeacher(
-                b.unet,
-                b.scheduler,
-                b.vae,
-                guidance_scale=self.config.guidance_scale,
-                null_class=NULL_CLASS,
-                max_batch=self.config.max_inner_batch,
+            teacher = load_teacher(
+                self.config.teacher, guidance_scale=self.config.guidance_scale, max_batch=self.config.max_inner_batch
             )
+        else:
+            _check_passed_teacher(teacher, self.config)
         self.teacher = teacher
+        vae = getattr(teacher, "vae", None)
+        size = TEACHER_SIZE if vae is None else vae.config.sample_size
+        self.image_size = int(size[0] if isinstance(size, (list, tuple)) else size)
+        self.channels = 1 if vae is None else int(vae.config.in_channels)
         self.weight = sds_weight(teacher.alphas_cumprod, self.config.weight)
         self._classifier = None
         self._surrogate: GaussianSurrogate | None = None
@@ -164,7 +168,7 @@ class SDS3DWorkload:
     def new_scene(self) -> VoxelScene:
         """The initial scene: a grey blob, plus ``init_noise`` Gaussian noise on its raw grids drawn from the seed."""
         torch.manual_seed(self.config.seed)
-        scene = VoxelScene(self.config.grid_size)
+        scene = VoxelScene(self.config.grid_size, channels=self.channels)
         if self.config.init_noise > 0:
             g = torch.Generator().manual_seed(self.config.seed)
             with torch.no_grad():
@@ -186,8 +190,8 @@ class SDS3DWorkload:
         of ``N x 2`` outer uniforms ``u`` (a plan's ``outer_u``, docs/theory.md §15)."""
         c = self.config
         img = render(scene, self.cameras(N, generator, u), c.resolution, c.samples_per_ray)
-        if c.resolution != TEACHER_SIZE:
-            img = F.interpolate(img, size=(TEACHER_SIZE, TEACHER_SIZE), mode="bilinear", align_corners=False)
+        if c.resolution != self.image_size:
+            img = F.interpolate(img, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
         return img, self.teacher.encode(img)
 
     def integrand(self, latents: Tensor, t: Tensor, eps: Tensor) -> Tensor:
@@ -217,11 +221,11 @@ class SDS3DWorkload:
             cams = self.cameras(views, g)
             imgs = torch.cat(
                 [
-                    render(scene, front_cameras(), TEACHER_SIZE, c.samples_per_ray),
-                    render(scene, cams, TEACHER_SIZE, c.samples_per_ray),
+                    render(scene, front_cameras(), self.image_size, c.samples_per_ray),
+                    render(scene, cams, self.image_size, c.samples_per_ray),
                 ]
             )
-        proba = self.classifier.predict_proba(imgs.reshape(len(imgs), -1).numpy())
+        proba = self.classifier.predict_proba(_as_digits(imgs).reshape(len(imgs), -1).numpy())
         return float(proba[:, c.digit].mean())
 
     @property
@@ -232,15 +236,16 @@ class SDS3DWorkload:
         return self._classifier
 
     def view_images(self, scene: VoxelScene, cameras: Cameras | None = None) -> Tensor:
-        """``n x 1 x 32 x 32`` renders of ``scene`` from ``cameras`` (default: :func:`eval_cameras`), no graph."""
+        """``n x C x S x S`` renders (the VAE's channels and size) of ``scene`` from ``cameras`` (default:
+        :func:`eval_cameras`), no graph."""
         with torch.no_grad():
-            return render(scene, cameras or eval_cameras(), TEACHER_SIZE, self.config.samples_per_ray)
+            return render(scene, cameras or eval_cameras(), self.image_size, self.config.samples_per_ray)
 
     def log_prob(self, scene: VoxelScene, cameras: Cameras | None = None) -> float:
         """Mean log-probability the real-digits classifier gives the target digit over the fixed views (higher is
         better; unlike the probability it keeps resolving once a view is already recognised)."""
         imgs = self.view_images(scene, cameras)
-        logp = self.classifier.predict_log_proba(imgs.reshape(len(imgs), -1).numpy())
+        logp = self.classifier.predict_log_proba(_as_digits(imgs).reshape(len(imgs), -1).numpy())
         return float(logp[:, self.config.digit].mean())
 
     def pixel_distance(self, scene: VoxelScene, reference: Tensor, cameras: Cameras | None = None) -> float:
@@ -351,6 +356,28 @@ class SDS3DWorkload:
         )
 
     def scene_from_state(self, state: dict[str, Tensor]) -> VoxelScene:
-        scene = VoxelScene(self.config.grid_size)
+        scene = VoxelScene(self.config.grid_size, channels=self.channels)
         scene.load_state_dict(state)
         return scene
+
+
+def _check_passed_teacher(teacher: Any, config: SDS3DConfig) -> None:
+    """A passed teacher must agree with the config, which would otherwise be silently ignored."""
+    from carv_adapt.errors import ConfigError
+
+    scale = getattr(teacher, "guidance_scale", None)
+    if scale is not None and float(scale) != config.guidance_scale:
+        raise ConfigError(
+            f"the passed teacher has guidance_scale={scale} but SDS3DConfig.guidance_scale={config.guidance_scale}; "
+            "make them equal, or pass no teacher and set SDS3DConfig.teacher"
+        )
+    if config.teacher != "tiny-digits":
+        raise ConfigError(f"pass either a teacher object or SDS3DConfig.teacher={config.teacher!r}, not both")
+
+
+def _as_digits(images: Tensor) -> Tensor:
+    """The real-digits classifier's input: ``n x 1 x 32 x 32`` (channels averaged, resized) from any renders."""
+    if images.shape[1:] == (1, TEACHER_SIZE, TEACHER_SIZE):
+        return images
+    gray = images.mean(dim=1, keepdim=True)
+    return F.interpolate(gray, size=(TEACHER_SIZE, TEACHER_SIZE), mode="bilinear", align_corners=False)
