@@ -1,6 +1,7 @@
 """The "+CV" ablation parts (docs/theory.md §14) on the analytic teacher: the pilot fits the coefficients and
 reports per bin; the paired comparison measures the variance removed on identical draws."""
 
+import pytest
 import torch
 
 from carv_adapt.bench.cv import ControlledEstimator, control_variate_pilot, paired_cv
@@ -37,3 +38,20 @@ def test_pilot_and_paired_comparison_on_the_analytic_teacher():
     paired = paired_cv(_estimate, pol, 200)
     lo, hi = paired["variance_ratio_ci90"]
     assert lo <= paired["variance_ratio"] <= hi < 1.0
+
+
+@pytest.mark.slow
+def test_quick_sds3d_ablation_measures_cv_after_strat():
+    pytest.importorskip("diffusers")
+    from carv_adapt.bench.ablation import AblationSettings, ablate
+
+    torch.set_num_threads(1)
+    s = AblationSettings(steps=6, replications=4, pilot_outer=4, pilot_inner=4, cost_Ks=(1, 4), cost_reps=1,
+                         iddpm_history=1, k_max=8, quick=True, checkpoints=(1.0,), cv_pilot_outer=4)  # fmt: skip
+    (c,) = ablate("sds3d", s)["checkpoints"]
+    names = [r["variant"] for r in c["variants"]]
+    assert names[names.index("+strat") + 1] == "+CV"
+    cv = next(r for r in c["variants"] if r["variant"] == "+CV")
+    assert cv["W"] > 0 and cv["ecm_ci90"][0] <= cv["ecm"] <= cv["ecm_ci90"][1]
+    v = c["control_variate"]
+    assert len(v["beta"]) == len(c["pilot"]["edges"]) - 1 and v["paired"]["R"] == 4
