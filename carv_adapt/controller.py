@@ -100,9 +100,7 @@ class AdaptiveController:
         self.history: list[Refit] = []
         self._pending: Plan | None = None
         self._observed, self._proposal_obj, self._last_probe = False, None, None
-        self._timers: dict[str, StageTimer] = {}
-        self._explicit_costs: dict[str, float] = {}
-        self._crn: CRNGroup | None = None
+        self._timers, self._explicit_costs, self._crn = {}, {}, None  # stage timers, seconds, CRN group (§18)
 
     def probe_due(self) -> bool:
         """Whether to probe this step: while the probe statistics are loose and within ``probe_budget``."""
@@ -133,12 +131,9 @@ class AdaptiveController:
     K = property(lambda self: self.state.K, doc="Inner draws per outer draw of the next plan.")
     N = property(lambda self: self.state.N, doc="Outer draws of the next plan.")
     in_warmup = property(lambda self: self._step < self.config.policy.schedule.warmup_steps)
-
-    estimated_ecm = property(
-        lambda self: self.history[-1].predicted_ecm if self.history else math.nan,
-        doc="The variance model's ECM for the current policy at the last refit (NaN before the first).",
+    estimated_ecm = property(  # the variance model's ECM for the current policy at the last refit
+        lambda self: self.history[-1].predicted_ecm if self.history else math.nan, doc="ECM at the last refit (or NaN)."
     )
-
     num_nonfinite = property(
         lambda self: int(sum(float(getattr(self, n).num_nonfinite) for n in _TRACKERS)),
         doc="Observations dropped for NaN/Inf (and draws run without their non-finite control) so far.",
