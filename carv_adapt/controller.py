@@ -149,7 +149,7 @@ class AdaptiveController:
             antithetic=pol.antithetic, edges=self.edges, outer=pol.outer,
         )  # fmt: skip
         p = draw() if self._crn is None else self._crn.plan_for(self._step, draw)
-        self._pending = replace(p, cv_beta=self.control.betas(p.bins, (st.N, st.K)))  # from earlier steps only
+        self._pending = replace(p, cv_beta=self.control.betas(p.bins, (p.N, p.K)))  # from earlier steps only
         self._observed = False
         return self._pending
 
