@@ -4,7 +4,8 @@ at K = 4 and the adaptive controller (variance, progress), over seeds; prints a 
     OMP_NUM_THREADS=1 python benchmarks/diffusion_head.py [--steps 800] [--seeds 0 1 2] [--quick]
         [--out docs/bench/diffusion_head.json]
 
-writes the JSON and a markdown report next to it (``.md``); ``--from-json FILE`` rewrites the report only.
+writes the JSON and a markdown report next to it (``.md``); ``--from-json FILE`` rewrites the report only
+(and the pilot's K* derived from its stored variances and clock).
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from pathlib import Path
 
 import torch
 
-from carv_adapt.bench.head import ARMS, HeadBenchSettings, run_head_bench
+from carv_adapt.bench.cost_clock import CostClock
+from carv_adapt.bench.head import ARMS, HeadBenchSettings, pilot_k_stars, run_head_bench
 
 
 def _ci(d: dict) -> str:
@@ -26,8 +28,11 @@ def _ci(d: dict) -> str:
 def table(result: dict) -> str:
     """The markdown table of a result: per arm, final scores with 95 % intervals over seeds."""
     summ = result["summary"]
-    head = "| arm | steps | mean K | val loss | val loss (curve mean) | FD | accuracy | val loss - K=4 | FD - K=4 |"
-    lines = [head, "|" + "---|" * 9]
+    head = (
+        "| arm | steps | mean K | val loss | val loss (curve mean) | FD | accuracy | val loss - K=4 | FD - K=4 "
+        "| accuracy - K=4 |"
+    )
+    lines = [head, "|" + "---|" * 10]
     for arm in ARMS:
         if arm not in summ:
             continue
@@ -36,7 +41,8 @@ def table(result: dict) -> str:
         lines.append(
             f"| {arm} | {a['steps']['mean']:.0f} | {a['mean_K']['mean']:.2f} | {_ci(a['val_loss'])} | "
             f"{_ci(a['val_loss_auc'])} | {_ci(a['fd'])} | {_ci(a['accuracy'])} | "
-            f"{_ci(diff['val_loss']) if diff else '-'} | {_ci(diff['fd']) if diff else '-'} |"
+            + " | ".join(_ci(diff[k]) if diff else "-" for k in ("val_loss", "fd", "accuracy"))
+            + " |"
         )
     return "\n".join(lines)
 
@@ -55,9 +61,14 @@ def report(result: dict) -> str:
         "",
         table(result),
         "",
-        "| seed | arm | K chosen (mean over steps) | final K | K path (refits) | pilot K* (continuous) "
-        "| pilot K* (<= k_max) |",
-        "|---|---|---|---|---|---|---|",
+        "The K the controller chose against the pilot's K* at the same seed's K=4 final parameters: K* = "
+        "sqrt(sigma_W^2 / sigma_B^2 * c_out' / c_in) (docs/theory.md §4) with c_out' = c_out + c_0 / N (at a fixed N "
+        "the step's fixed cost is paid once per outer batch; the pilot's integer K* counts it so) and, for reference, "
+        "with c_0 left out.",
+        "",
+        "| seed | arm | mean K over steps | final K | K after each refit | pilot sigma_B^2 | pilot sigma_W^2 "
+        "| K* | K* (integer <= k_max) | K* without c_0 |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     pilots = {r["seed"]: r["pilot"] for r in result["runs"] if "pilot" in r}
     for r in result["runs"]:
@@ -66,9 +77,13 @@ def report(result: dict) -> str:
         p = pilots.get(r["seed"], {})
         path = " ".join(str(k) for k in r["controller"]["K_path"])
         lines.append(
-            f"| {r['seed']} | {r['arm']} | {r['mean_K']:.2f} | {r['final_K']} | {path} | "
-            f"{p.get('K_star_continuous', math.nan):.1f} | {p.get('K_star', '-')} |"
+            f"| {r['seed']} | {r['arm']} | {r['mean_K']:.2f} | {r['final_K']} | {path} | {p['sigma_b2']:.3g} | "
+            f"{p['sigma_w2']:.3g} | {p['K_star_continuous']:.1f} | {p['K_star']} | {p['K_star_continuous_no_c0']:.1f} |"
         )
+    warm = [r["iddpm_warm_step"] for r in result["runs"] if r["arm"] == "iddpm K=4"]
+    lines += ["", f"The IDDPM resampler left the uniform proposal at steps {warm} (10 losses for every timestep)."]
+    wall, cpu = result["wall_seconds"], result.get("cpu_seconds")
+    lines.append(f"Wall time {wall / 60:.1f} min" + (f", CPU time {cpu / 60:.1f} min." if cpu else "."))
     return "\n".join(lines) + "\n"
 
 
@@ -82,6 +97,12 @@ def main() -> None:
     args = ap.parse_args()
     if args.from_json is not None:
         result = json.loads(args.from_json.read_text())
+        clock = CostClock.from_dict(result["clock"])
+        for r in result["runs"]:  # derived from the stored variances and clock: recomputed by the current formula
+            if "pilot" in r:
+                p = r["pilot"]
+                p.update(pilot_k_stars(p["sigma_b2"], p["sigma_w2"], clock, result["settings"]["batch_size"]))
+        args.from_json.write_text(json.dumps(result, indent=1))
         args.from_json.with_suffix(".md").write_text(report({**result, "source": args.from_json.name}))
         print(table(result))
         return
@@ -100,7 +121,7 @@ def main() -> None:
             p = r["pilot"]
             kc, ki = p["K_star_continuous"], p["K_star"]
             print(f"seed {r['seed']}: pilot at the K=4 final parameters: sigma_B^2 {p['sigma_b2']:.3g}, "
-                  f"sigma_W^2 {p['sigma_w2']:.3g}, K* {kc:.1f} (integer <= {s.k_max}: {ki})")  # fmt: skip
+                  f"sigma_W^2 {p['sigma_w2']:.3g}, K* {kc:.1f} (c_0/N in c_out; integer: {ki})")  # fmt: skip
         if "controller" in r:
             print(f"seed {r['seed']} {r['arm']}: K path {r['controller']['K_path']}")
     print(f"wrote {args.out} ({result['wall_seconds']:.0f} s)")

@@ -38,6 +38,7 @@ __all__ = [
     "IddpmPolicy",
     "head_controller",
     "run_head_bench",
+    "pilot_k_stars",
     "ARMS",
 ]
 
@@ -186,10 +187,24 @@ def _interval(xs: Sequence[float]) -> dict[str, float]:
     return {"mean": mean, "lo": mean - h, "hi": mean + h}
 
 
+def pilot_k_stars(sigma_b2: float, sigma_w2: float, clock: CostClock, N: int) -> dict[str, float]:
+    """The continuous ``K*`` of docs/theory.md §4 from a pilot's variances and the clock, two ways: with the
+    per-step ``c_0`` spread over the ``N`` outer draws (``c_out + c_0 / N``: at a fixed ``N`` the step's fixed cost is
+    paid once per outer batch, as the pilot's :meth:`~carv_adapt.bench.pilot.PilotStats.best_K` counts it) and with
+    ``c_0`` left out (§4's ``W``)."""
+    from carv_adapt.allocation import k_star_continuous
+
+    if not sigma_b2 > 0:
+        return {"K_star_continuous": math.inf, "K_star_continuous_no_c0": math.inf}
+    return {
+        "K_star_continuous": k_star_continuous(sigma_b2, sigma_w2, clock.c_out + clock.c_0 / N, clock.c_in),
+        "K_star_continuous_no_c0": k_star_continuous(sigma_b2, sigma_w2, clock.c_out, clock.c_in),
+    }
+
+
 def _pilot(wl: Any, state: dict, s: HeadBenchSettings, clock: CostClock, seed: int) -> dict[str, Any]:
     """The variance model at frozen parameters: final-space per-draw gradients of both networks, ``K*`` under the
     clock's costs (docs/theory.md §4)."""
-    from carv_adapt.allocation import k_star_continuous
     from carv_adapt.bench.pilot import EstimateCost, run_pilot
 
     m = wl.models_from_state(state)
@@ -199,11 +214,10 @@ def _pilot(wl: Any, state: dict, s: HeadBenchSettings, clock: CostClock, seed: i
     cost = EstimateCost(a=clock.c_0 + N * clock.c_out, b=N * clock.c_in, N=N)
     pilot = run_pilot(lambda plan, final: wl.per_draw_gradients(m, plan, g), target, s.pilot_outer, s.pilot_inner,
                       10, cost, seed=seed + 6)  # fmt: skip
-    sb2, sw2 = max(pilot.sigma_b2, 0.0), pilot.sigma_w2
     return {
         "sigma_b2": pilot.sigma_b2,
-        "sigma_w2": sw2,
-        "K_star_continuous": k_star_continuous(sb2, sw2, clock.c_out, clock.c_in) if sb2 > 0 else math.inf,
+        "sigma_w2": pilot.sigma_w2,
+        **pilot_k_stars(pilot.sigma_b2, pilot.sigma_w2, clock, N),
         "K_star": pilot.best_K(pilot.pi_b, s.k_max),
         "ecm_K_star_vs_K4": pilot.W(pilot.pi_b, 4) / pilot.W(pilot.pi_b, pilot.best_K(pilot.pi_b, s.k_max)),
         "draws": pilot.draws,
@@ -216,7 +230,7 @@ def run_head_bench(s: HeadBenchSettings, progress: Callable[[str], None] | None 
     from carv_adapt.workloads.diffusion_head import DiffusionHeadConfig, DiffusionHeadWorkload
 
     say = progress or (lambda msg: None)
-    t_start = time.perf_counter()
+    t_start, cpu_start = time.perf_counter(), time.process_time()
     say("calibrating the cost clock")
     wl0 = DiffusionHeadWorkload(DiffusionHeadConfig(batch_size=s.batch_size))
     clock, raw = calibrate_head(wl0, s.batch_size, reps=s.calibration_reps)
@@ -283,6 +297,7 @@ def run_head_bench(s: HeadBenchSettings, progress: Callable[[str], None] | None 
         "runs": runs,
         "summary": summarize(runs, s.seeds),
         "wall_seconds": time.perf_counter() - t_start,
+        "cpu_seconds": time.process_time() - cpu_start,
     }
 
 
