@@ -57,7 +57,7 @@ def attribution_sections(curve: dict[str, Any] | None) -> dict[str, str]:
         f"[{_signed(e['crn_gain_lo'])}, {_signed(e['crn_gain_hi'])}]"
         for e in gains
     ]
-    sentence = f"{', '.join(parts)} at {evals:.0f} teacher evaluations per example ({seeds} seeds)"
+    sentence = f"{', '.join(parts)} at {evals:.0f} teacher evaluations per example ({seeds} seeds, 95 % t-intervals)"
     return {"attribution_curve": _checked("attribution_curve", lines), "crn_gain": sentence}
 
 
