@@ -3,7 +3,10 @@
 the block says so instead of showing figures.
 
 - ``attribution_curve``: the table of :mod:`carv_adapt.bench.attribution_curve` (``attribution_curve.json``);
-- ``crn_gain``: one inline sentence, the paired gain of common random numbers per policy at the full budget.
+- ``crn_gain``: one inline sentence, the paired gain of common random numbers per policy at the full budget;
+- ``outer``: "+outer" against "+strat" from every ``outer/*.json`` (:func:`carv_adapt.bench.markdown.outer_table`);
+- ``control_variate``: "+CV" on SDS-3D from ``cv/ablation_sds3d.json`` (paired variance ratio, ECMs, correlation);
+- ``diffusion_head``: the equal-compute arms of ``diffusion_head.json`` (:mod:`carv_adapt.bench.head`).
 """
 
 from __future__ import annotations
@@ -12,11 +15,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from carv_adapt.bench.markdown import _checked
+from carv_adapt.bench.markdown import _checked, md_table, outer_table
 
 __all__ = ["EXTRA_SECTIONS", "extra_sections", "attribution_sections"]
 
-EXTRA_SECTIONS = ("attribution_curve", "crn_gain")
+EXTRA_SECTIONS = ("attribution_curve", "crn_gain", "outer", "control_variate", "diffusion_head")
 
 _SHORT = {
     "baseline": "baseline",
@@ -61,7 +64,106 @@ def attribution_sections(curve: dict[str, Any] | None) -> dict[str, str]:
     return {"attribution_curve": _checked("attribution_curve", lines), "crn_gain": sentence}
 
 
+def _interval(x: dict[str, float], fmt: str = "{:.3f}") -> str:
+    return f"{fmt.format(x['mean'])} [{fmt.format(x['lo'])}, {fmt.format(x['hi'])}]"
+
+
+def outer_section(results: list[tuple[str, dict[str, Any]]]) -> str:
+    """``outer``: one table per outer-design run (file name, outer draws per step ``N``)."""
+    if not results:
+        return "_Not measured: run `python benchmarks/outer_designs.py`._"
+    lines: list[str] = []
+    for name, r in results:
+        w = r["ablation"][0]
+        cfg = w["config"]
+        lines += [
+            f"`docs/bench/outer/{name}`: `N = {cfg['batch_size']}` views per step, cameras about the "
+            f"`{cfg.get('camera_axis', 'front')}` axis at {cfg.get('min_angle_deg', 0):g}-{cfg['max_angle_deg']:g} "
+            f"degrees, {r['settings']['replications']} replications per policy; cells: ECM of the design over "
+            "\"+strat\" at the same `K` [90 % bootstrap interval].",
+            "",
+            *outer_table(r),
+            "",
+        ]
+    return _checked("outer", lines[:-1])
+
+
+def control_variate_section(result: dict[str, Any] | None) -> str:
+    """``control_variate``: per checkpoint, the paired variance ratio with/without the control, "+strat" and "+CV"
+    ECM, the share of the latent second moment removed and the per-bin correlation at low/high timesteps."""
+    if result is None:
+        return "_Not measured: run `python scripts/bench_cv.py --out docs/bench/cv`._"
+    rows = []
+    for c in result["checkpoints"]:
+        cv, v = c["control_variate"], {x["variant"]: x for x in c["variants"]}
+        pr = cv["paired"]
+        corr = cv["correlation"]
+        rows.append(
+            [
+                f"{c['step']}/{result['training']['steps']}",
+                v["+strat"]["K"],
+                "{:.2f} [{:.2f}, {:.2f}]".format(v["+strat"]["ecm"], *v["+strat"]["ecm_ci90"]),
+                "{:.2f} [{:.2f}, {:.2f}]".format(v["+CV"]["ecm"], *v["+CV"]["ecm_ci90"]),
+                "{:.3f} [{:.3f}, {:.3f}]".format(pr["variance_ratio"], *pr["variance_ratio_ci90"]),
+                f"{cv['share_of_second_moment_removed']:.3f}",
+                f"{corr[0]:.2f} / {max(corr[len(corr) // 2:]):.2f}",
+            ]
+        )
+    header = ["step", "K", "+strat ECM", "+CV ECM", "variance with / without CV (paired)", "latent 2nd moment removed",
+              "correlation: first bin / max over t > 500"]  # fmt: skip
+    cfg = result["config"]
+    note = (
+        f"SDS-3D on the shipped digits teacher (CFG {cfg['guidance_scale']:g}, cameras within "
+        f"{cfg['max_angle_deg']:g} degrees, `N = {cfg['batch_size']}`), `{result['command']}`; independent "
+        f"replications ({result['checkpoints'][0]['control_variate']['paired']['R']} per policy) for the ECMs, and the "
+        "paired ratio from the same draws with and without the control. Raw numbers: `docs/bench/cv/`."
+    )
+    return _checked("control_variate", [*md_table(header, rows), "", note])
+
+
+_HEAD_ARMS = ("K=1", "K=4", "iddpm K=4", "adaptive (variance)", "adaptive (progress)")
+
+
+def diffusion_head_section(result: dict[str, Any] | None) -> str:
+    """``diffusion_head``: final validation loss, FD and accuracy per arm at equal compute, and the paired
+    difference to the fixed ``K = 4`` (95 % t-intervals over seeds)."""
+    if result is None:
+        return "_Not measured: run `python benchmarks/diffusion_head.py`._"
+    rows = []
+    for arm in [a for a in _HEAD_ARMS if a in result["summary"]] + [
+        a for a in result["summary"] if a not in _HEAD_ARMS
+    ]:
+        s = result["summary"][arm]
+        d = s.get("minus_K4")
+        fmts = (("val_loss", "{:+.3f}"), ("fd", "{:+.1f}"), ("accuracy", "{:+.3f}"))
+        diff = ["-", "-", "-"] if not d else [_interval(d[k], f) for k, f in fmts]
+        rows.append(
+            [arm, f"{s['mean_K']['mean']:.1f}", _interval(s["val_loss"]), _interval(s["fd"], "{:.1f}"),
+             _interval(s["accuracy"]), *diff]
+        )  # fmt: skip
+    st, clock = result["settings"], result["clock"]
+    header = ["arm", "mean K", "val loss", "FD", "accuracy", "val loss - K=4", "FD - K=4", "accuracy - K=4"]
+    note = (
+        f"Equal compute on the cost clock (budget: {st['steps']} `K = 1` steps of `N = {st['batch_size']}`; "
+        f"c_0 {clock['c_0'] * 1e3:.1f} ms, c_out {clock['c_out'] * 1e3:.2f} ms, c_in {clock['c_in'] * 1e3:.3f} ms per "
+        f"draw), seeds {st['seeds']}; means [95 % t-interval over seeds], differences paired by seed. "
+        "Full tables, the K chosen against the pilot's K*: `docs/bench/diffusion_head.md`."
+    )
+    return _checked("diffusion_head", [*md_table(header, rows), "", note])
+
+
 def extra_sections(bench_json: Path | str) -> dict[str, str]:
     """Every extra block, from the JSON files beside ``bench_json`` (``docs/bench/`` for the committed run)."""
-    path = Path(bench_json).parent / "attribution_curve.json"
-    return attribution_sections(json.loads(path.read_text()) if path.is_file() else None)
+    root = Path(bench_json).parent
+
+    def load(rel: str) -> dict[str, Any] | None:
+        path = root / rel
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    outer = [(p.name, json.loads(p.read_text())) for p in sorted((root / "outer").glob("*.json"))]
+    return {
+        **attribution_sections(load("attribution_curve.json")),
+        "outer": outer_section(outer),
+        "control_variate": control_variate_section(load("cv/ablation_sds3d.json")),
+        "diffusion_head": diffusion_head_section(load("diffusion_head.json")),
+    }
