@@ -117,6 +117,8 @@ def main() -> None:
     # Half precision on disk keeps the package small; load_sd_tiny casts back to float32.
     pipe = make_pipeline(vae.half(), text_encoder.eval().half(), tokenizer, unet.eval().half(), scheduler)
     pipe.save_pretrained(args.out, safe_serialization=True)
+    # The slow-tokenizer files too, so transformers versions that load CLIPTokenizer from them read the folder.
+    build_tokenizer(args.out / "tokenizer")
     print(f"saved to {args.out} in {time.perf_counter() - t0:.0f} s", flush=True)
 
 

@@ -81,7 +81,7 @@ def test_samples_are_recognisable_digits():
                           generator=torch.Generator().manual_seed(0))  # fmt: skip
     assert imgs.shape == (50, 1, 32, 32)
     acc = float((torch.tensor(clf.predict(imgs.reshape(50, -1).numpy())) == labels).float().mean())
-    assert acc >= ACCURACY_FLOOR, acc
+    assert acc >= 0.9, acc  # measured 1.00 (CFG 3; 0.84 at CFG 1) when the weights were trained
     x, y = digits_dataset()
     assert clf.score(x.reshape(len(x), -1).numpy(), y.numpy()) > 0.95
 
