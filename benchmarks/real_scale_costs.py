@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -48,6 +49,7 @@ def main() -> None:
     t0 = time.perf_counter()
     result = real_scale(s, json.loads(Path(a.bench).read_text()), say=lambda m: print(m, flush=True))
     result["wall_seconds"] = time.perf_counter() - t0
+    result["loadavg_1_5_15"] = list(os.getloadavg())  # a loaded machine inflates every stage's seconds
     result["bench"] = a.bench
     print(real_scale_markdown(result))
     fl = result["flops"]["full_width"]
