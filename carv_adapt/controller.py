@@ -104,7 +104,7 @@ class AdaptiveController:
 
     def probe_due(self) -> bool:
         """Whether to probe this step: while the probe statistics are loose and within ``probe_budget``."""
-        args = (self.K, self.param_grouped.compute(), self.costs.compute(), self.config)
+        args = (self.K, self.param_grouped.compute, self.costs.compute, self.config)  # reduced only if needed
         return probe_due(self._step, self._last_probe, *args)
 
     @classmethod

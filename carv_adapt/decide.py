@@ -377,17 +377,21 @@ def probe_due(
     """Whether to take a split-half probe this step (docs/theory.md §13.6): only in parameter space with
     ``K >= 2``; always for the first one and at least every ``probe_every_max`` steps; otherwise while the probe's
     between/within estimates are looser than ``probe_tolerance`` (relative standard error) and the probes' share
-    of the measured compute is below ``probe_budget``."""
+    of the measured compute is below ``probe_budget``. ``probe_stats`` and ``costs`` may be zero-argument callables
+    returning them: each is then reduced only when the rules before it have not decided (the controller asks every
+    step, and most steps are decided by the cheap rules)."""
     sched = config.policy.schedule
     if config.space != "parameter" or K < 2:
         return False
     if last_probe is None or step - last_probe >= sched.probe_every_max:
         return True
+    costs = costs() if callable(costs) else costs
     if costs.steps > 0:
         N = config.policy.allocation.N
         policy_cost = costs.c_0 + N * (costs.c_out + K * costs.c_in)
         if costs.measurement > sched.probe_budget * (policy_cost + costs.measurement):
             return False
+    probe_stats = probe_stats() if callable(probe_stats) else probe_stats
     rel = [
         se / abs(v) if v != 0 and math.isfinite(v) else math.inf
         for v, se in ((probe_stats.sigma_b2, probe_stats.sigma_b2_se), (probe_stats.sigma_w2, probe_stats.sigma_w2_se))

@@ -86,3 +86,15 @@ def test_tiny_teacher_runs_on_cuda_like_cpu():
         torch.testing.assert_close(out["cuda"].cpu(), out["cpu"], rtol=1e-4, atol=1e-4)
     finally:
         torch.backends.cudnn.allow_tf32 = True
+
+
+def test_real_scale_costs_fp16_on_cuda():
+    from carv_adapt.bench.real_scale import RealScaleSettings, measure_costs
+
+    s = RealScaleSettings(
+        device="cuda", dtype="float16", width_scale=1, samples_per_ray=16, Ns=(1, 2), Ks=(1, 2), reps=1
+    )
+    r = measure_costs(s)
+    fit = r["fits"]["all"]
+    assert fit["c_out"] > 0 and fit["c_in"] > 0
+    assert all(v > 0 for row in r["steps"] for v in row["stages"].values())

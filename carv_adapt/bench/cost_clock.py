@@ -33,6 +33,7 @@ __all__ = [
     "fit_quadratic",
     "median_seconds",
     "calibrate_sds3d",
+    "calibrate_distill",
     "cached_calibration",
     "machine_description",
     "config_key",
@@ -160,6 +161,66 @@ def calibrate_sds3d(
     # The probe repeats the upstream forward to have a graph; its own cost is the difference.
     fwd_t = {N: median_seconds(lambda N=N: wl.upstream(scene, N, g), reps) for N in outer_Ns}
     pr_t = {N: max(median_seconds(probe(N), reps) - fwd_t[N], 0.0) for N in outer_Ns}
+    return _clock_from_medians(out_t, in_t, pr_t, reps)
+
+
+def calibrate_distill(
+    wl: Any,
+    outer_Ns: Sequence[int] = (1, 2, 4),
+    inner_NKs: Sequence[int] = (2, 16, 32),
+    reps: int = 7,
+    seed: int = 0,
+) -> tuple[CostClock, dict[str, Any]]:
+    """Calibrate a :class:`~carv_adapt.workloads.distill.DistillWorkload`'s stages in isolation, on fresh models.
+
+    Outer (per ``N``): ``N`` generator samples, the backward through the generator, its Adam step and the fake
+    score's denoising updates on those ``N`` samples (they run once per step on the outer batch, so they scale with
+    ``N``, not with ``K``). Inner (per ``N K``): the real and the fake denoiser on ``N K`` noised samples. Probe (per
+    ``N``): the split-half probe's ``2 N`` vector-Jacobian products at ``K = 2``, fitted as a quadratic in ``N``.
+    Returns the clock and the raw medians."""
+    from carv_adapt.probe import split_half_probe
+
+    g = torch.Generator().manual_seed(seed)
+    gen, fake = wl.new_models()
+    params = list(gen.parameters())
+    opt = torch.optim.Adam(params, lr=wl.config.lr)
+    fake_opt = torch.optim.Adam(fake.parameters(), lr=wl.config.fake_lr)
+    c = wl.config
+
+    def outer(N: int) -> None:
+        opt.zero_grad(set_to_none=True)
+        x, y = wl.upstream(gen, N, g)
+        x.backward(torch.randn(x.shape, generator=g) * 1e-3)
+        opt.step()
+        for _ in range(c.fake_updates):
+            wl.fake_update(fake, fake_opt, x, y, g)
+
+    def inner(NK: int) -> Callable[[], Any]:
+        with torch.no_grad():
+            x, y = wl.upstream(gen, NK, g)
+        t = torch.randint(c.t_min, c.t_max + 1, (NK, 1), generator=g)
+        eps = torch.randn((NK, 1, *x.shape[1:]), generator=g)
+        return lambda: wl.integrand(fake, x, y, t, eps)
+
+    def probe(N: int) -> Callable[[], Any]:
+        def fn() -> None:
+            x, _ = wl.upstream(gen, N, g)
+            split_half_probe(x, params, torch.randn((N, 2, *x.shape[1:]), generator=g), g)
+
+        return fn
+
+    out_t = {N: median_seconds(lambda N=N: outer(N), reps) for N in outer_Ns}
+    in_t = {NK: median_seconds(inner(NK), reps) for NK in inner_NKs}
+    fwd_t = {N: median_seconds(lambda N=N: wl.upstream(gen, N, g), reps) for N in outer_Ns}
+    pr_t = {N: max(median_seconds(probe(N), reps) - fwd_t[N], 0.0) for N in outer_Ns}
+    return _clock_from_medians(out_t, in_t, pr_t, reps)
+
+
+def _clock_from_medians(
+    out_t: dict[int, float], in_t: dict[int, float], pr_t: dict[int, float], reps: int
+) -> tuple[CostClock, dict[str, Any]]:
+    """The §7.1 fit of per-stage medians (``T_out = a_out + c_out N``, ``T_in = a_in + c_in N K``, the probe's
+    quadratic in ``N``; ``c_0 = a_out + a_in``) and the raw medians."""
     a_out, c_out = fit_line(list(out_t), list(out_t.values()))
     a_in, c_in = fit_line(list(in_t), list(in_t.values()))
     p_0, p_out, p_quad = fit_quadratic(list(pr_t), list(pr_t.values()))

@@ -40,6 +40,9 @@ class SumStatistic:
     def __init__(self, nonfinite: NonFinitePolicy = "skip") -> None:
         self._defaults: dict[str, Tensor] = {}
         self._decay: dict[str, Decay] = {}
+        # Names by decay kind and the 0-dim states, kept as states are declared: read on every step.
+        self._by_decay: dict[Decay, list[str]] = {"linear": [], "square": [], "none": []}
+        self._scalar_names: list[str] = []
         self.nonfinite = nonfinite
         self._warned = False
         self.add_state("num_nonfinite", torch.zeros((), dtype=torch.float64), decay="none")
@@ -48,7 +51,13 @@ class SumStatistic:
         """Declare a summed state (float64) with its reset value and how it forgets."""
         self._defaults[name] = default.to(torch.float64).clone()
         setattr(self, name, default.to(torch.float64).clone())
+        if name in self._decay:  # re-declared: its old kind and shape no longer hold
+            self._by_decay[self._decay[name]].remove(name)
+            self._scalar_names = [n for n in self._scalar_names if n != name]
         self._decay[name] = decay
+        self._by_decay[decay].append(name)
+        if default.dim() == 0:
+            self._scalar_names.append(name)
 
     @property
     def state_names(self) -> list[str]:
@@ -65,9 +74,14 @@ class SumStatistic:
             return
         # One fused call per decay kind: the per-step cost of forgetting stays flat in the number of sums.
         for kind, factor in (("linear", gamma), ("square", gamma * gamma)):
-            names = [n for n, d in self._decay.items() if d == kind]
+            names = self._by_decay[kind]
             if names:
                 torch._foreach_mul_([getattr(self, n) for n in names], factor)
+
+    def scalars(self) -> dict[str, float]:
+        """Every 0-dim state as a Python float, from one host transfer (``compute`` reads many of them)."""
+        names = self._scalar_names
+        return dict(zip(names, torch.stack([getattr(self, n) for n in names]).tolist())) if names else {}
 
     def _add(self, names: tuple[str, ...], values: tuple[float, ...]) -> None:
         """Add Python floats to several states in one fused call (per-step updates are many tiny adds)."""

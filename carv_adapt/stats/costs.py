@@ -132,11 +132,10 @@ class CostTracker(SumStatistic):
         self._add(("measurement",), (totals["measurement"],))
 
     def compute(self) -> CostEstimate:
-        w = float(self.steps)
-        a_out, c_out = fit_linear_cost(
-            w, float(self.out_sx), float(self.out_sxx), float(self.out_sy), float(self.out_sxy)
-        )
-        a_in, c_in = fit_linear_cost(w, float(self.in_sx), float(self.in_sxx), float(self.in_sy), float(self.in_sxy))
-        fixed = float(self.fixed) / w if w > 0 else 0.0
-        measurement = float(self.measurement) / w if w > 0 else 0.0
+        v = self.scalars()  # one host transfer for all the 0-dim sums
+        w = v["steps"]
+        a_out, c_out = fit_linear_cost(w, v["out_sx"], v["out_sxx"], v["out_sy"], v["out_sxy"])
+        a_in, c_in = fit_linear_cost(w, v["in_sx"], v["in_sxx"], v["in_sy"], v["in_sxy"])
+        fixed = v["fixed"] / w if w > 0 else 0.0
+        measurement = v["measurement"] / w if w > 0 else 0.0
         return CostEstimate(c_0=a_out + a_in + fixed, c_out=c_out, c_in=c_in, steps=w, measurement=measurement)

@@ -253,22 +253,24 @@ class GroupedVariance(SumStatistic):
     def compute(self, phi: float | None = None) -> BetweenWithin:
         """Current estimates; ``phi`` (default: this tracker's own) converts the design's within variance into
         the i.i.d. one when this tracker only saw designs (probes) that cannot separate them."""
-        dof_w, dof_b = float(self.dof_w), float(self.dof_b)
-        sw, sw_se = reliability_mean_se(dof_w, float(self.dof_w2), float(self.sw_num), float(self.sw_sq))
-        sb, sb_se = reliability_mean_se(dof_b, float(self.dof_b2), float(self.sb_num), float(self.sb_sq))
-        own_phi = float(self.phi_num / self.phi_den) if float(self.phi_den) > 0 else math.nan
+        # Every state is a 0-dim float64 sum: one host transfer for all of them, not one per read.
+        v = self.scalars()
+        dof_w, dof_b = v["dof_w"], v["dof_b"]
+        sw, sw_se = reliability_mean_se(dof_w, v["dof_w2"], v["sw_num"], v["sw_sq"])
+        sb, sb_se = reliability_mean_se(dof_b, v["dof_b2"], v["sb_num"], v["sb_sq"])
+        own_phi = v["phi_num"] / v["phi_den"] if v["phi_den"] > 0 else math.nan
         use_phi = own_phi if phi is None else phi
-        x_mean = float(self.x_num) / dof_w if dof_w > 0 else math.nan
-        if float(self.iid_num) > 0 and phi is None:
-            iid = float(self.iid_num) / dof_w
+        x_mean = v["x_num"] / dof_w if dof_w > 0 else math.nan
+        if v["iid_num"] > 0 and phi is None:
+            iid = v["iid_num"] / dof_w
         elif dof_w > 0:
             f = 1.0 if math.isnan(use_phi) else min(max(use_phi, 0.0), 1.0)
             iid = sw / (f + (1.0 - f) * x_mean) if f + (1.0 - f) * x_mean > 0 else sw
         else:
             iid = math.nan
-        m2 = float(self.m2_num / self.groups) if self.groups > 0 else math.nan
-        g2, g2_se = reliability_mean_se(float(self.g2_w), float(self.g2_w2), float(self.g2_num), float(self.g2_sq))
-        bd, bd_se = reliability_mean_se(*(float(getattr(self, k)) for k in ("dof_bd", "dof_bd2", "sbd_num", "sbd_sq")))
+        m2 = v["m2_num"] / v["groups"] if v["groups"] > 0 else math.nan
+        g2, g2_se = reliability_mean_se(v["g2_w"], v["g2_w2"], v["g2_num"], v["g2_sq"])
+        bd, bd_se = reliability_mean_se(*(v[k] for k in ("dof_bd", "dof_bd2", "sbd_num", "sbd_sq")))
         return BetweenWithin(
             sigma_b2=sb,
             sigma_b2_se=sb_se,
@@ -278,7 +280,7 @@ class GroupedVariance(SumStatistic):
             phi=own_phi,
             x_mean=x_mean,
             M2=m2,
-            groups=float(self.groups),
+            groups=v["groups"],
             G2=g2,
             G2_se=g2_se,
             sigma_b2_design=bd,
