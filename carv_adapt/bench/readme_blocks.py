@@ -6,7 +6,10 @@ the block says so instead of showing figures.
 - ``crn_gain``: one inline sentence, the paired gain of common random numbers per policy at the full budget;
 - ``outer``: "+outer" against "+strat" from every ``outer/*.json`` (:func:`carv_adapt.bench.markdown.outer_table`);
 - ``control_variate``: "+CV" on SDS-3D from ``cv/ablation_sds3d.json`` (paired variance ratio, ECMs, correlation);
-- ``diffusion_head``: the equal-compute arms of ``diffusion_head.json`` (:mod:`carv_adapt.bench.head`).
+- ``diffusion_head``: the equal-compute arms of ``diffusion_head.json`` (:mod:`carv_adapt.bench.head`);
+- ``real_scale``: SD-2.1-sized stage costs and where they fall on the ECM curve (``real_scale.json``);
+- ``distill_ttq``: distillation at equal cost-clock compute, FD per seed (``distill_ttq.json``);
+- ``sd_tiny``: the shipped SD-shaped pipeline's classifier check (``sd_tiny.json``).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from carv_adapt.bench.markdown import _checked, md_table, outer_table
 __all__ = ["EXTRA_SECTIONS", "extra_sections", "attribution_sections"]
 
 EXTRA_SECTIONS = ("attribution_curve", "crn_gain", "outer", "control_variate", "diffusion_head")
+EXTRA_SECTIONS += ("real_scale", "distill_ttq", "sd_tiny")
 
 _SHORT = {
     "baseline": "baseline",
@@ -152,6 +156,59 @@ def diffusion_head_section(result: dict[str, Any] | None) -> str:
     return _checked("diffusion_head", [*md_table(header, rows), "", note])
 
 
+def real_scale_section(result: dict[str, Any] | None) -> str:
+    """``real_scale``: :func:`carv_adapt.bench.real_scale.real_scale_markdown` and what it was measured on."""
+    if result is None:
+        return "_Not measured: run `python benchmarks/real_scale_costs.py`._"
+    from carv_adapt.bench.real_scale import real_scale_markdown
+
+    st = result["settings"]
+    where = (
+        f"{st['device']} {st['dtype']}, UNet and VAE at width 1/{st['width_scale']}, {st['resolution']}x"
+        f"{st['resolution']} renders with {st['samples_per_ray']} samples per ray, fitted over N in {st['Ns']} and "
+        f"K in {st['Ks']}"
+    )
+    note = (
+        f"Measured by `benchmarks/real_scale_costs.py` ({result['wall_seconds'] / 60:.0f} min; {where}). "
+        "CPU seconds on a loaded machine are inflated; the ratios are what carry over. The full-width row scales "
+        "each network's per-draw cost by its FLOP ratio (counted by `torch.utils.flop_counter`) and keeps the "
+        "render as measured. Raw numbers: `docs/bench/real_scale.json`."
+    )
+    return _checked("real_scale", [real_scale_markdown(result), "", note])
+
+
+def distill_ttq_section(result: dict[str, Any] | None) -> str:
+    """``distill_ttq``: :func:`carv_adapt.bench.distill_ttq.distill_table` with its budget and clock."""
+    if result is None:
+        return "_Not measured: run `python benchmarks/distill_ttq.py`._"
+    from carv_adapt.bench.distill_ttq import distill_table
+
+    c = result["clock"]
+    note = (
+        f"Budget: {result['settings']['steps']} baseline steps on the cost clock (a step costs "
+        f"{c['c_0'] * 1e3:.0f} + N ({c['c_out'] * 1e3:.1f} + {c['c_in'] * 1e3:.1f} K) ms, probes charged as "
+        f"measured), seeds {result['settings']['seeds']}; FD of 200 generator samples in the digits classifier's "
+        "feature space (lower is better); differences paired by seed [95 % t-interval]. Raw numbers: "
+        "`docs/bench/distill_ttq.json`."
+    )
+    return _checked("distill_ttq", [distill_table(result), "", note])
+
+
+def sd_tiny_section(result: dict[str, Any] | None) -> str:
+    """``sd_tiny``: classifier accuracy of the SD-shaped pipeline's samples per guidance scale, and its size."""
+    if result is None:
+        return "_Not measured: run `python scripts/check_sd_tiny.py --out docs/bench/sd_tiny.json`._"
+    acc = result["accuracy_by_cfg"]
+    rows = [[f"CFG {k}", f"{v:.2f}"] for k, v in sorted(acc.items(), key=lambda kv: float(kv[0]))]
+    p = result["parameters"]
+    note = (
+        f"{result['samples']} samples ({result['ddim_steps']} DDIM steps, `{result['command']}`), scored by the "
+        f"logistic-regression digits classifier; UNet {p['unet']:,} parameters, VAE {p['vae']:,}, text encoder "
+        f"{p['text_encoder']:,}; weights {result['weights_bytes'] / 1e6:.1f} MB."
+    )
+    return _checked("sd_tiny", [*md_table(["guidance", "accuracy"], rows), "", note])
+
+
 def extra_sections(bench_json: Path | str) -> dict[str, str]:
     """Every extra block, from the JSON files beside ``bench_json`` (``docs/bench/`` for the committed run)."""
     root = Path(bench_json).parent
@@ -166,4 +223,7 @@ def extra_sections(bench_json: Path | str) -> dict[str, str]:
         "outer": outer_section(outer),
         "control_variate": control_variate_section(load("cv/ablation_sds3d.json")),
         "diffusion_head": diffusion_head_section(load("diffusion_head.json")),
+        "real_scale": real_scale_section(load("real_scale.json")),
+        "distill_ttq": distill_ttq_section(load("distill_ttq.json")),
+        "sd_tiny": sd_tiny_section(load("sd_tiny.json")),
     }

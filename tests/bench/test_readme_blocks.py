@@ -13,6 +13,7 @@ from carv_adapt.bench.readme_blocks import (
     diffusion_head_section,
     extra_sections,
     outer_section,
+    sd_tiny_section,
 )
 
 BENCH = Path(__file__).resolve().parents[2] / "docs" / "bench"
@@ -21,7 +22,7 @@ BENCH = Path(__file__).resolve().parents[2] / "docs" / "bench"
 def test_every_block_renders_from_the_committed_outputs_with_well_formed_tables():
     blocks = extra_sections(BENCH / "bench.json")
     assert set(blocks) == set(EXTRA_SECTIONS)
-    for name in ("outer", "control_variate", "diffusion_head"):
+    for name in ("outer", "control_variate", "diffusion_head", "real_scale", "distill_ttq", "sd_tiny"):
         assert "Not measured" not in blocks[name], name
         assert check_markdown_tables(blocks[name]) == [], name
 
@@ -37,10 +38,14 @@ def test_the_blocks_carry_the_committed_figures():
     text = outer_section(runs)
     for name, r in runs:
         assert f"docs/bench/outer/{name}" in text and f"`N = {r['ablation'][0]['config']['batch_size']}`" in text
+    sd = json.loads((BENCH / "sd_tiny.json").read_text())
+    assert all(f"| CFG {k} | {v:.2f} |" in sd_tiny_section(sd) for k, v in sd["accuracy_by_cfg"].items())
 
 
 def test_missing_outputs_say_so_instead_of_showing_figures(tmp_path):
     shutil.copy(BENCH / "bench.json", tmp_path / "bench.json")
     blocks = extra_sections(tmp_path / "bench.json")
-    for name in ("outer", "control_variate", "diffusion_head", "attribution_curve"):
+    for name in EXTRA_SECTIONS:
+        if name == "crn_gain":
+            continue
         assert blocks[name].startswith("_Not measured"), name
