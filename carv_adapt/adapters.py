@@ -138,7 +138,9 @@ def _sds3d(seed: int, quick: bool, **config: Any) -> WorkloadAdapter:
     def controlled() -> Any:
         nonlocal cv_wl
         if cv_wl is None:
-            cv_wl = SDS3DWorkload(wl.config.model_copy(update={"control_variate": "gaussian"}), teacher=wl.teacher)
+            # The same teacher object, already loaded from wl.config.teacher: the copy is told it is passed in.
+            cfg = wl.config.model_copy(update={"control_variate": "gaussian", "teacher": "tiny-digits"})
+            cv_wl = SDS3DWorkload(cfg, teacher=wl.teacher)
         _ = cv_wl.surrogate  # fitted now, outside any timed estimate
         return cv_wl
 

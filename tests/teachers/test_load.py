@@ -114,3 +114,15 @@ def test_demo_runs_on_a_teacher_folder(unet_folder, tmp_path, monkeypatch):
     assert summary["baseline"]["steps"] >= 4 and summary["adaptive"]["steps"] >= 1
     assert summary["quality_metric"] == "log p(digit)" and summary["baseline"]["quality"] < 0
     assert (out / "views.png").stat().st_size > 1000
+
+
+def test_the_control_variate_estimator_reuses_a_named_teacher(monkeypatch):
+    """The ablation's "+CV" estimator copies the workload with the control on: with a teacher named in the config
+    (``--teacher sd-tiny``) the copy takes the loaded teacher object instead of loading it again or refusing."""
+    import carv_adapt.workloads.sds3d as sds3d
+
+    monkeypatch.setattr(sds3d, "digits_surrogate", lambda *a, **k: object())  # the fit itself is tested elsewhere
+    a = build_adapter("sds3d", 0, True, teacher="sd-tiny")
+    assert a.wl.config.teacher == "sd-tiny"
+    estimate = a.cv_estimator({k: v.detach() for k, v in a.wl.new_scene().state_dict().items()})
+    assert callable(estimate)
