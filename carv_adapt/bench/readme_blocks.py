@@ -9,7 +9,9 @@ the block says so instead of showing figures.
 - ``diffusion_head``: the equal-compute arms of ``diffusion_head.json`` (:mod:`carv_adapt.bench.head`);
 - ``real_scale``: SD-2.1-sized stage costs and where they fall on the ECM curve (``real_scale.json``);
 - ``distill_ttq``: distillation at equal cost-clock compute, FD per seed (``distill_ttq.json``);
-- ``sd_tiny``: the shipped SD-shaped pipeline's classifier check (``sd_tiny.json``).
+- ``sd_tiny``: the shipped SD-shaped pipeline's classifier check (``sd_tiny.json``);
+- ``ablation_more``: the ECM ablation rows of runs kept apart from ``bench.json`` (``*_ablation/bench.json``: the
+  diffusion-head workload, SDS-3D on the SD-shaped teacher), rendered like the main table.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from carv_adapt.bench.markdown import _checked, md_table, outer_table
 __all__ = ["EXTRA_SECTIONS", "extra_sections", "attribution_sections"]
 
 EXTRA_SECTIONS = ("attribution_curve", "crn_gain", "outer", "control_variate", "diffusion_head")
-EXTRA_SECTIONS += ("real_scale", "distill_ttq", "sd_tiny")
+EXTRA_SECTIONS += ("real_scale", "distill_ttq", "sd_tiny", "ablation_more")
 
 _SHORT = {
     "baseline": "baseline",
@@ -209,6 +211,19 @@ def sd_tiny_section(result: dict[str, Any] | None) -> str:
     return _checked("sd_tiny", [*md_table(["guidance", "accuracy"], rows), "", note])
 
 
+def ablation_more_section(runs: list[tuple[str, dict[str, Any]]]) -> str:
+    """``ablation_more``: one ablation table per separate run, with the command that produced it."""
+    if not runs:
+        return "_Not measured: run `carv-adapt bench --workloads diffusion_head --seeds 0 --no-sweep --no-scaling`._"
+    from carv_adapt.bench.report import ablation_table
+
+    lines: list[str] = []
+    for name, r in runs:
+        teacher = (r.get("settings") or {}).get("teacher") or "the shipped digits teacher"
+        lines += [f"`docs/bench/{name}/bench.json` (`{r['command']}`; teacher: {teacher}):", "", *ablation_table(r), ""]
+    return _checked("ablation_more", lines[:-1])
+
+
 def extra_sections(bench_json: Path | str) -> dict[str, str]:
     """Every extra block, from the JSON files beside ``bench_json`` (``docs/bench/`` for the committed run)."""
     root = Path(bench_json).parent
@@ -226,4 +241,7 @@ def extra_sections(bench_json: Path | str) -> dict[str, str]:
         "real_scale": real_scale_section(load("real_scale.json")),
         "distill_ttq": distill_ttq_section(load("distill_ttq.json")),
         "sd_tiny": sd_tiny_section(load("sd_tiny.json")),
+        "ablation_more": ablation_more_section(
+            [(p.parent.name, json.loads(p.read_text())) for p in sorted(root.glob("*_ablation/bench.json"))]
+        ),
     }

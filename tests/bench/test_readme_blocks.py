@@ -22,7 +22,7 @@ BENCH = Path(__file__).resolve().parents[2] / "docs" / "bench"
 def test_every_block_renders_from_the_committed_outputs_with_well_formed_tables():
     blocks = extra_sections(BENCH / "bench.json")
     assert set(blocks) == set(EXTRA_SECTIONS)
-    for name in ("outer", "control_variate", "diffusion_head", "real_scale", "distill_ttq", "sd_tiny"):
+    for name in ("outer", "control_variate", "diffusion_head", "real_scale", "distill_ttq", "sd_tiny", "ablation_more"):
         assert "Not measured" not in blocks[name], name
         assert check_markdown_tables(blocks[name]) == [], name
 
