@@ -31,6 +31,7 @@ from carv_adapt.variance import (
     work_normalized_variance,
 )
 
+_MAX_LOG = math.log(1e6)  # the widest log-scale band of a variance (R5)
 __all__ = ["DecisionState", "Decision", "decide", "initial_state", "scheduled_k", "k_cap", "proposal_of", "probe_due"]
 
 
@@ -281,11 +282,11 @@ def decide(
             reasons.append("objective: progress, but |G|^2 is not estimated yet: deciding by variance")
     if keep_reason is None:
         cap, k_min = k_cap(config, N), min(a.k_min, k_cap(config, N))
-        lo_w = max(1.0 - z * r_w, 1e-6) if math.isfinite(r_w) else 1e-6
-        hi_w = 1.0 + z * r_w if math.isfinite(r_w) else 1e6
+        # R5: log-scale bands sigma^2 e^(+-z r), positive at both ends: noise widens K's band around the point estimate.
+        x_w = min(z * r_w, _MAX_LOG) if math.isfinite(r_w) else _MAX_LOG
 
-        def best(sb_: float, scale: float) -> tuple[int, int]:
-            curve = [sw_at(sw_new * scale, K) for K in range(1, cap + 1)]
+        def best(sb_: float, log_scale: float) -> tuple[int, int]:
+            curve = [sw_at(sw_new * math.exp(log_scale), K) for K in range(1, cap + 1)]
             alloc = optimal_allocation(
                 max(sb_, 0.0),
                 curve,
@@ -302,10 +303,14 @@ def decide(
 
         se_b = math.sqrt(sb_d_se**2 + signal_se**2) if math.isfinite(sb_d_se) else math.inf
         sb_eff = sb_d + signal
-        K_lo = best(sb_eff + z * se_b, lo_w)[0] if math.isfinite(se_b) else k_min
-        K_hi = best(sb_eff - z * se_b, hi_w)[0] if math.isfinite(se_b) else cap
-        K_lo, K_hi = min(K_lo, K_hi), max(K_lo, K_hi)
-        band = (K_lo, K_hi)
+        if math.isfinite(se_b) and sb_eff > 0:
+            x_b = min(z * se_b / sb_eff, _MAX_LOG)
+            K_lo, K_hi = best(sb_eff * math.exp(x_b), -x_w)[0], best(sb_eff * math.exp(-x_b), x_w)[0]
+        elif math.isfinite(se_b):  # no positive point estimate: sigma_B^2 +- z se (the upper end gives k_cap)
+            K_lo, K_hi = best(sb_eff + z * se_b, -x_w)[0], best(sb_eff - z * se_b, x_w)[0]
+        else:
+            K_lo, K_hi = k_min, cap
+        band = K_lo, K_hi = min(K_lo, K_hi), max(K_lo, K_hi)
         if K_cur < K_lo or K_cur > K_hi:
             K_new = K_lo if K_cur < K_lo else K_hi
             reasons.append(f"K {K_cur} -> {K_new} (K* in [{K_lo}, {K_hi}] at z={z:g})")

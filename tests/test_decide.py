@@ -390,3 +390,25 @@ def test_offline_fit_keeps_the_confidence_band():
     assert band.state.K < 64 and band.k_interval[1] == 64
     point = fit_from_record(noisy, confidence=0.0)
     assert point.state.K > band.state.K
+
+
+def test_a_loose_between_estimate_does_not_hold_k_at_the_cap():
+    """Issue 12 (SDS-3D, 360-degree cameras, N = 4): the statistics of the step-300 refit (sigma_B^2 = 0.088
+    +- 0.065, sigma_W^2 = 0.59 +- 0.09, c_out / c_in = 0.106 / 0.037, K* ~ 4) with K at the cap 16. The additive
+    band [sigma_B^2 - 2 se, sigma_B^2 + 2 se] reached 0, so its optimistic end was k_cap and K = 16 was kept
+    against a point estimate of 4 (adaptive/oracle 0.69). The log-scale band stays around the point estimate."""
+    cfg = parse_config(None, num_timesteps=T, num_bins=B, batch_size=4, k_max=16)
+    st = stats_of(0.088, 0.065, 0.59, 0.09, c_out=0.106, c_in=0.037)
+    k_point = decide(stats_of(0.088, 1e-12, 0.59, 1e-12, c_out=0.106, c_in=0.037), state_of(4), cfg).state.K
+    d = decide(st, state_of(16), cfg)
+    lo, hi = d.k_interval
+    assert k_point == 4 and lo <= k_point <= hi < 16
+    assert d.state.K == hi  # from above, K moves to the band's near end, toward the point estimate
+    assert decide(st, state_of(k_point), cfg).state.K == k_point  # inside the band: kept
+    # As the evidence grows the band closes on the point estimate and K follows it down from the cap.
+    bands = [
+        decide(stats_of(0.088, r * 0.088, 0.59, r * 0.59, c_out=0.106, c_in=0.037), state_of(16), cfg)
+        for r in (0.7, 0.3, 0.1, 0.01)
+    ]
+    assert [b.state.K for b in bands] == sorted([b.state.K for b in bands], reverse=True)
+    assert bands[-1].k_interval == (k_point, k_point) and bands[-1].state.K == k_point
