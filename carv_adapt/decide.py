@@ -379,12 +379,9 @@ def _W(sigma_b2: float, sigma_w2: float, K: int, c_out: float, c_in: float) -> f
 def probe_due(
     step: int, last_probe: int | None, K: int, probe_stats: Any, costs: Any, config: ControllerConfig
 ) -> bool:
-    """Whether to take a split-half probe this step (docs/theory.md §13.6): only in parameter space with
-    ``K >= 2``; always for the first one and at least every ``probe_every_max`` steps; otherwise while the probe's
-    between/within estimates are looser than ``probe_tolerance`` (relative standard error) and the probes' share
-    of the measured compute is below ``probe_budget``. ``probe_stats`` and ``costs`` may be zero-argument callables
-    returning them: each is then reduced only when the rules before it have not decided (the controller asks every
-    step, and most steps are decided by the cheap rules)."""
+    """Whether to probe this step (docs/theory.md §13.6): in parameter space with ``K >= 2``, the first time, every
+    ``probe_every_max`` steps, and while the probe's estimates are looser than ``probe_tolerance`` within
+    ``probe_budget`` of compute. ``probe_stats`` / ``costs`` may be callables, reduced only if still undecided."""
     sched = config.policy.schedule
     if config.space != "parameter" or K < 2:
         return False
@@ -392,8 +389,7 @@ def probe_due(
         return True
     costs = costs() if callable(costs) else costs
     if costs.steps > 0:
-        N = config.policy.allocation.N
-        policy_cost = costs.c_0 + N * (costs.c_out + K * costs.c_in)
+        policy_cost = costs.c_0 + config.policy.allocation.N * (costs.c_out + K * costs.c_in)
         if costs.measurement > sched.probe_budget * (policy_cost + costs.measurement):
             return False
     probe_stats = probe_stats() if callable(probe_stats) else probe_stats
