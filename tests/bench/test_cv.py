@@ -50,7 +50,7 @@ def test_quick_sds3d_ablation_measures_cv_after_strat():
                          iddpm_history=1, k_max=8, quick=True, checkpoints=(1.0,), cv_pilot_outer=4)  # fmt: skip
     (c,) = ablate("sds3d", s)["checkpoints"]
     names = [r["variant"] for r in c["variants"]]
-    assert names[names.index("+strat") + 1] == "+CV"
+    assert names.index("+CV") > names.index("+strat")  # "+outer" may sit between them
     cv = next(r for r in c["variants"] if r["variant"] == "+CV")
     assert cv["W"] > 0 and cv["ecm_ci90"][0] <= cv["ecm"] <= cv["ecm_ci90"][1]
     v = c["control_variate"]
