@@ -65,12 +65,14 @@ class SDSOutput:
             ``controller.observe(plan, contributions)``.
         grad: ``N x c x h x w`` ``(1 / N K) sum_k rho_nk f_nk``, the estimate's gradient w.r.t. each latent.
         loss: scalar surrogate ``sum(latents * grad)``: ``loss.backward()`` sends ``grad`` into the renderer.
+        control: with a control variate, ``(g, mu_g)`` on the same draws, for ``observe(plan, f, control=...)``.
     """
 
     latents: Tensor
     contributions: Tensor
     grad: Tensor
     loss: Tensor
+    control: tuple[Tensor, Tensor] | None = None
 
 
 class ScoreDistillation:
@@ -89,6 +91,10 @@ class ScoreDistillation:
         max_teacher_batch: at most this many rows per UNet call, counting the doubled CFG batch.
         encode_mode: ``"mean"`` (deterministic posterior mean) or ``"sample"`` of the VAE (then pass
             ``generator=`` to the call).
+        control_variate: optional :class:`~carv_adapt.control_variate.ControlVariate` on the latents (e.g. a
+            :class:`~carv_adapt.teachers.surrogate.GaussianSurrogate` fitted with this ``weight``), evaluated on the
+            same ``(t, eps)``; ``control_cond`` is its per-outer-draw conditioning (e.g. the prompt's class index).
+            The gradient then uses ``plan.controlled(f, g, mu_g)`` (docs/theory.md §14).
     """
 
     def __init__(
@@ -107,6 +113,8 @@ class ScoreDistillation:
         weighting: Weighting | Callable[[Tensor], Tensor] | Tensor = "sds",
         max_teacher_batch: int | None = None,
         encode_mode: Literal["mean", "sample"] = "mean",
+        control_variate: Any = None,
+        control_cond: Any = None,
     ) -> None:
         from diffusers import UNet2DConditionModel
 
@@ -134,6 +142,7 @@ class ScoreDistillation:
         )
         self.prompt_embeds = self.prompt_embeds.to(device=unet.device, dtype=unet.dtype)
         self.weight = sds_weighting(self.teacher.alphas_cumprod, weighting)
+        self.control_variate, self.control_cond = control_variate, control_cond
 
     @classmethod
     def from_pipeline(cls, pipe: Any, prompt: str | None = None, **kwargs: Any) -> ScoreDistillation:
@@ -219,7 +228,8 @@ class ScoreDistillation:
         ``timer``: e.g. ``controller.timer``; the VAE encode is timed as stage ``"upstream"`` and the UNet calls
         as ``"teacher"`` (docs/theory.md §3's ``c_out`` and ``c_in``). Returns an :class:`SDSOutput`;
         ``loss.backward()`` adds ``(1 / N K) sum_nk rho_nk f_nk`` (pulled back through the VAE and the renderer)
-        to the scene's gradients.
+        to the scene's gradients; with a control variate, of the controlled ``f`` (coefficients ``plan.cv_beta``,
+        the surrogate timed as stage ``"surrogate"``), and ``out.control`` goes to ``observe(..., control=)``.
         """
         if (images is None) == (latents is None):
             raise ConfigError("pass exactly one of images= or latents=")
@@ -228,9 +238,16 @@ class ScoreDistillation:
             lat = self.encode(images, generator) if images is not None else latents
         with timer("teacher", dev) if timer is not None else nullcontext():
             f = self.contributions(lat, plan)
-        grad = (plan.weights_like(f) * f).mean(dim=1) / plan.N
+        used, control = f, None
+        if self.control_variate is not None:
+            with timer("surrogate", dev) if timer is not None else nullcontext():
+                eps = plan.noise(lat.shape[1:], device=f.device, dtype=torch.float32)  # the draws f was taken on
+                g, mu = self.control_variate.evaluate(lat.detach().float(), plan.t.to(f.device), eps, self.control_cond)
+                control = (g.float(), mu.float())
+                used = plan.controlled(f, *control)
+        grad = (plan.weights_like(used) * used).mean(dim=1) / plan.N
         grad = grad.to(device=lat.device, dtype=lat.dtype)
-        return SDSOutput(latents=lat, contributions=f, grad=grad, loss=(lat * grad).sum())
+        return SDSOutput(latents=lat, contributions=f, grad=grad, loss=(lat * grad).sum(), control=control)
 
 
 def _embeds(e: Tensor, name: str, dim: int, allow_batch: bool = False) -> Tensor:

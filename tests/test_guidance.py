@@ -214,3 +214,38 @@ def test_cuda_fp16_teacher_matches_cpu(parts):
     f = sds.contributions(_latents(2).cuda(), plan)
     assert f.device.type == "cuda" and f.dtype == torch.float32
     assert float((f.cpu() - f_cpu).norm() / f_cpu.norm()) < 0.02
+
+
+def test_a_control_variate_rides_along_on_the_same_draws(parts):
+    from carv_adapt import AdaptiveController
+    from carv_adapt.control_variate import with_coefficients
+    from carv_adapt.teachers.surrogate import GaussianSurrogate
+
+    base = ScoreDistillation(
+        parts["unet"], parts["scheduler"], text_encoder=parts["text_encoder"], tokenizer=parts["tokenizer"],
+        prompt=PROMPT, guidance_scale=1.0,
+    )  # fmt: skip
+    cv = GaussianSurrogate.fit(_latents(64, seed=5), None, base.teacher.alphas_cumprod, weight=base.weight)
+    sds = ScoreDistillation(
+        parts["unet"], parts["scheduler"], text_encoder=parts["text_encoder"], tokenizer=parts["tokenizer"],
+        prompt=PROMPT, guidance_scale=1.0, control_variate=cv,
+    )  # fmt: skip
+    edges = torch.tensor([0, 500, 1000])
+    plan = with_coefficients(_plan(2, 3, [[10, 400, 990], [250, 600, 999]]), torch.tensor([0.5, 0.9]), edges)
+    x = _latents(2)
+    out = sds(plan, latents=x)
+    f = base.contributions(x, plan)
+    torch.testing.assert_close(out.contributions, f)  # observe() gets the raw f and applies the control itself
+    g, mu = cv.evaluate(x, plan.t, plan.noise(x.shape[1:]))
+    torch.testing.assert_close(out.control[0], g.float())
+    beta = torch.tensor([[0.5, 0.5, 0.9], [0.5, 0.9, 0.9]]).reshape(2, 3, 1, 1, 1)
+    torch.testing.assert_close(out.grad, (f - beta * (g - mu)).mean(dim=1) / 2, rtol=1e-5, atol=1e-6)
+    assert sds(_plan(2, 3, [[10, 400, 990], [250, 600, 999]]), latents=x).grad.allclose(f.mean(dim=1) / 2)
+
+    ctrl = AdaptiveController(batch_size=2, t_min=20, t_max=980, warmup_steps=2, refit_every=2, seed=0)
+    for _ in range(4):
+        p = ctrl.plan()
+        o = sds(p, latents=_latents(2, seed=p.step), timer=ctrl.timer)
+        ctrl.observe(p, o.contributions, control=o.control)
+        ctrl.step()
+    assert "surrogate" in ctrl.costs.roles and "cv_beta" in ctrl.history[-1].extra
