@@ -36,6 +36,7 @@ __all__ = [
     "calibrate_distill",
     "cached_calibration",
     "machine_description",
+    "clock_from_medians",
     "config_key",
 ]
 
@@ -161,7 +162,7 @@ def calibrate_sds3d(
     # The probe repeats the upstream forward to have a graph; its own cost is the difference.
     fwd_t = {N: median_seconds(lambda N=N: wl.upstream(scene, N, g), reps) for N in outer_Ns}
     pr_t = {N: max(median_seconds(probe(N), reps) - fwd_t[N], 0.0) for N in outer_Ns}
-    return _clock_from_medians(out_t, in_t, pr_t, reps)
+    return clock_from_medians(out_t, in_t, pr_t, reps)
 
 
 def calibrate_distill(
@@ -213,14 +214,14 @@ def calibrate_distill(
     in_t = {NK: median_seconds(inner(NK), reps) for NK in inner_NKs}
     fwd_t = {N: median_seconds(lambda N=N: wl.upstream(gen, N, g), reps) for N in outer_Ns}
     pr_t = {N: max(median_seconds(probe(N), reps) - fwd_t[N], 0.0) for N in outer_Ns}
-    return _clock_from_medians(out_t, in_t, pr_t, reps)
+    return clock_from_medians(out_t, in_t, pr_t, reps)
 
 
-def _clock_from_medians(
+def clock_from_medians(
     out_t: dict[int, float], in_t: dict[int, float], pr_t: dict[int, float], reps: int
 ) -> tuple[CostClock, dict[str, Any]]:
-    """The §7.1 fit of per-stage medians (``T_out = a_out + c_out N``, ``T_in = a_in + c_in N K``, the probe's
-    quadratic in ``N``; ``c_0 = a_out + a_in``) and the raw medians."""
+    """Every workload calibration's §7.1 fit of per-stage medians (``T_out = a_out + c_out N``,
+    ``T_in = a_in + c_in N K``, the probe's quadratic in ``N``; ``c_0 = a_out + a_in``) and the raw medians."""
     a_out, c_out = fit_line(list(out_t), list(out_t.values()))
     a_in, c_in = fit_line(list(in_t), list(in_t.values()))
     p_0, p_out, p_quad = fit_quadratic(list(pr_t), list(pr_t.values()))

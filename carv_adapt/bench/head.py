@@ -18,14 +18,7 @@ from typing import Any
 
 import torch
 
-from carv_adapt.bench.cost_clock import (
-    CostClock,
-    config_key,
-    fit_line,
-    fit_quadratic,
-    machine_description,
-    median_seconds,
-)
+from carv_adapt.bench.cost_clock import CostClock, clock_from_medians, config_key, machine_description, median_seconds
 from carv_adapt.bench.iddpm import LossSecondMomentResampler
 from carv_adapt.estimator import HierarchicalEstimator
 from carv_adapt.plan import Plan
@@ -106,18 +99,8 @@ def calibrate_head(wl: Any, N: int, outer_Ns: Sequence[int] = (4, 8, 16), inner_
     out_t = {n: median_seconds(lambda n=n: outer(n), reps) for n in outer_Ns}
     in_t = {nk: median_seconds(inner(nk), reps) for nk in inner_NKs}
     pr_t = {n: median_seconds(probe(n), reps) for n in outer_Ns}
-    a_out, c_out = fit_line(list(out_t), list(out_t.values()))
-    a_in, c_in = fit_line(list(in_t), list(in_t.values()))
-    p_0, p_out, p_quad = fit_quadratic(list(pr_t), list(pr_t.values()))
-    clock = CostClock(c_0=a_out + a_in, c_out=c_out, c_in=c_in, probe_0=p_0, probe_out=p_out, probe_quad=p_quad)
-    raw = {
-        "outer_seconds": {str(k): v for k, v in out_t.items()},
-        "inner_seconds": {str(k): v for k, v in in_t.items()},
-        "probe_seconds": {str(k): v for k, v in pr_t.items()},
-        "reps": reps,
-        "machine": machine_description(),
-    }
-    return clock, raw
+    clock, raw = clock_from_medians(out_t, in_t, pr_t, reps)
+    return clock, {**raw, "machine": machine_description()}
 
 
 def cached_head_calibration(
