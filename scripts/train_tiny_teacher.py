@@ -18,17 +18,7 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DModel
 
 from carv_adapt.teachers.tiny import NULL_CLASS, digits_dataset
-
-
-def augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    """Random shifts of up to 2 pixels and small scalings (keeps digits recognisable)."""
-    n = x.shape[0]
-    theta = torch.zeros(n, 2, 3)
-    s = 1 + (torch.rand(n, generator=g) - 0.5) * 0.15
-    theta[:, 0, 0], theta[:, 1, 1] = s, s
-    theta[:, :, 2] = (torch.rand(n, 2, generator=g) - 0.5) * 0.25
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    return F.grid_sample(x + 1, grid, align_corners=False, padding_mode="zeros") - 1
+from carv_adapt.teachers.tiny import augment_digits as augment
 
 
 def make_vae() -> AutoencoderKL:

@@ -24,6 +24,7 @@ __all__ = [
     "TinyTeacherBundle",
     "load_tiny_teacher",
     "digits_dataset",
+    "augment_digits",
     "train_digit_classifier",
     "sample_digits",
 ]
@@ -66,6 +67,18 @@ def digits_dataset(size: int = IMAGE_SIZE) -> tuple[Tensor, Tensor]:
     x = torch.tensor(d.images, dtype=torch.float32)[:, None] / 16.0
     x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
     return x.clamp(0, 1) * 2 - 1, torch.tensor(d.target, dtype=torch.long)
+
+
+def augment_digits(x: Tensor, g: torch.Generator) -> Tensor:
+    """Random shifts of up to 2 pixels and small scalings of ``n x c x h x w`` digits in ``[-1, 1]`` (keeps them
+    recognisable); the teachers' training scripts use it."""
+    n = x.shape[0]
+    theta = torch.zeros(n, 2, 3)
+    s = 1 + (torch.rand(n, generator=g) - 0.5) * 0.15
+    theta[:, 0, 0], theta[:, 1, 1] = s, s
+    theta[:, :, 2] = (torch.rand(n, 2, generator=g) - 0.5) * 0.25
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x + 1, grid, align_corners=False, padding_mode="zeros") - 1
 
 
 def train_digit_classifier(seed: int = 0):  # -> sklearn LogisticRegression
