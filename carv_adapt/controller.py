@@ -149,8 +149,8 @@ class AdaptiveController:
             antithetic=pol.antithetic, edges=self.edges, outer=pol.outer,
         )  # fmt: skip
         p = draw() if self._crn is None else self._crn.plan_for(self._step, draw)
-        self._pending = replace(p, cv_beta=self.control.betas(p.bins, (p.N, p.K)))  # from earlier steps only
-        self._observed = False
+        beta = self.control.betas(p.bins, (p.N, p.K))  # from earlier steps only; None before any control
+        self._pending, self._observed = (p if beta is None else replace(p, cv_beta=beta)), False
         return self._pending
 
     def crn_group(self, items: int, *, center: bool = True) -> CRNGroup:

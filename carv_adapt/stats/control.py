@@ -61,10 +61,11 @@ class ControlVariateStats(SumStatistic):
         raw = cv_beta(self.s_fh, self.s_hh)
         return raw * cv_shrinkage(raw, self.s_hh, self.s_aa, self.s_ab, self.s_bb, self.count, self.count_sq)
 
-    def betas(self, bins: Tensor | None, shape: tuple[int, ...]) -> Tensor:
-        """``N x K`` float64 coefficients for draws in ``bins`` (``N x K`` bin indices; None: all 0)."""
-        if bins is None:
-            return torch.zeros(shape, dtype=torch.float64)
+    def betas(self, bins: Tensor | None, shape: tuple[int, ...]) -> Tensor | None:
+        """``N x K`` float64 coefficients for draws in ``bins`` (``N x K`` bin indices); None (every coefficient 0)
+        without bins or before any controlled draw, so a run without a control pays nothing per step."""
+        if bins is None or not bool(self.count.any()):
+            return None
         return self.beta()[bins.cpu()].reshape(shape)
 
     def apply(self, bins: Tensor | None, beta: Tensor | None, f: Tensor | None, g: Tensor, mu_g: Tensor) -> Tensor:
