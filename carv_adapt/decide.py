@@ -18,6 +18,7 @@ from torch import Tensor
 from carv_adapt.allocation import budget_outer_batch, memory_k_max, optimal_allocation
 from carv_adapt.config import ControllerConfig
 from carv_adapt.plan import resolve_stratification
+from carv_adapt.probing import probe_due
 from carv_adapt.proposals.base import PmfProposal, Proposal, TargetMeasure, bin_sums
 from carv_adapt.proposals.families import BinnedProposal, UniformProposal
 from carv_adapt.proposals.shaping import capped_move, is_gain, regularized_profile
@@ -207,10 +208,10 @@ def decide(
         sw_iid = from_profile if from_profile > 0 else sw_iid
     sb, sb_se = src.sigma_b2, src.sigma_b2_se
     # §15: under an outer design K* and W read the design's between variance; the baseline keeps the i.i.d. one.
-    sb_d, sb_d_se = sb, sb_se
+    sb_d, sb_d_se, sb_d_n = sb, sb_se, src.sigma_b2_steps
     if pol.outer != "iid":
         if math.isfinite(src.sigma_b2_design):
-            sb_d, sb_d_se = src.sigma_b2_design, src.sigma_b2_design_se
+            sb_d, sb_d_se, sb_d_n = src.sigma_b2_design, src.sigma_b2_design_se, src.sigma_b2_design_steps
             reasons.append(f"outer {pol.outer}: sigma_B^2 {sb_d:.4g} (i.i.d. {sb:.4g})")
         else:
             reasons.append(f"outer {pol.outer}: its sigma_B^2 is not measured yet, the i.i.d. one is used")
@@ -302,18 +303,22 @@ def decide(
             return alloc.K, alloc.N
 
         se_b = math.sqrt(sb_d_se**2 + signal_se**2) if math.isfinite(sb_d_se) else math.inf
-        sb_eff = sb_d + signal
+        sb_eff, z_b = sb_d + signal, t_quantile(z, sb_d_n)
+        K_hat = None
         if math.isfinite(se_b) and sb_eff > 0:
-            x_b = min(z * se_b / sb_eff, _MAX_LOG)
+            x_b = min(z_b * se_b / sb_eff, _MAX_LOG)
             K_lo, K_hi = best(sb_eff * math.exp(x_b), -x_w)[0], best(sb_eff * math.exp(-x_b), x_w)[0]
+            K_hat = best(sb_eff, 0.0)[0]
         elif math.isfinite(se_b):  # no positive point estimate: sigma_B^2 +- z se (the upper end gives k_cap)
-            K_lo, K_hi = best(sb_eff + z * se_b, -x_w)[0], best(sb_eff - z * se_b, x_w)[0]
+            K_lo, K_hi = best(sb_eff + z_b * se_b, -x_w)[0], best(sb_eff - z_b * se_b, x_w)[0]
         else:
             K_lo, K_hi = k_min, cap
         band = K_lo, K_hi = min(K_lo, K_hi), max(K_lo, K_hi)
         if K_cur < K_lo or K_cur > K_hi:
-            K_new = K_lo if K_cur < K_lo else K_hi
-            reasons.append(f"K {K_cur} -> {K_new} (K* in [{K_lo}, {K_hi}] at z={z:g})")
+            # Out of the band: to the point estimate, which the log band contains; without a positive sigma_B^2
+            # the point estimate is k_cap on noise alone, so only to the band's near end.
+            K_new = min(max(K_hat, K_lo), K_hi) if K_hat is not None else K_lo if K_cur < K_lo else K_hi
+            reasons.append(f"K {K_cur} -> {K_new} (K* in [{K_lo}, {K_hi}] at z={z:g}, t={z_b:.3g})")
         else:
             reasons.append(f"K kept at {K_cur} (K* in [{K_lo}, {K_hi}] at z={z:g})")
         if a.mode == "fixed_budget":
@@ -370,31 +375,17 @@ def decide(
     )
 
 
+def t_quantile(z: float, n_eff: float) -> float:
+    """The Student-t quantile with ``n_eff - 1`` degrees of freedom at the two-sided level of ``z`` (R5): a mean of
+    ``n_eff`` per-step estimates with a standard error from their spread; ``z`` itself where ``n_eff`` is unknown."""
+    if not math.isfinite(n_eff) or z <= 0:
+        return z
+    from scipy.stats import norm, t
+
+    return float(t.ppf(norm.cdf(z), max(n_eff - 1.0, 1.0)))
+
+
 def _W(sigma_b2: float, sigma_w2: float, K: int, c_out: float, c_in: float) -> float:
     if math.isnan(sigma_b2) or math.isnan(sigma_w2):
         return math.nan
     return work_normalized_variance(max(sigma_b2, 0.0), max(sigma_w2, 0.0), K, c_out, c_in)
-
-
-def probe_due(
-    step: int, last_probe: int | None, K: int, probe_stats: Any, costs: Any, config: ControllerConfig
-) -> bool:
-    """Whether to probe this step (docs/theory.md §13.6): in parameter space with ``K >= 2``, the first time, every
-    ``probe_every_max`` steps, and while the probe's estimates are looser than ``probe_tolerance`` within
-    ``probe_budget`` of compute. ``probe_stats`` / ``costs`` may be callables, reduced only if still undecided."""
-    sched = config.policy.schedule
-    if config.space != "parameter" or K < 2:
-        return False
-    if last_probe is None or step - last_probe >= sched.probe_every_max:
-        return True
-    costs = costs() if callable(costs) else costs
-    if costs.steps > 0:
-        policy_cost = costs.c_0 + config.policy.allocation.N * (costs.c_out + K * costs.c_in)
-        if costs.measurement > sched.probe_budget * (policy_cost + costs.measurement):
-            return False
-    probe_stats = probe_stats() if callable(probe_stats) else probe_stats
-    rel = [
-        se / abs(v) if v != 0 and math.isfinite(v) else math.inf
-        for v, se in ((probe_stats.sigma_b2, probe_stats.sigma_b2_se), (probe_stats.sigma_w2, probe_stats.sigma_w2_se))
-    ]
-    return max(rel) > sched.probe_tolerance

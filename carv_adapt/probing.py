@@ -1,0 +1,34 @@
+"""When to take a split-half probe (docs/theory.md §13.6): a pure rule on the probe statistics and costs."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from carv_adapt.config import ControllerConfig
+
+__all__ = ["probe_due"]
+
+
+def probe_due(
+    step: int, last_probe: int | None, K: int, probe_stats: Any, costs: Any, config: ControllerConfig
+) -> bool:
+    """Whether to probe this step (docs/theory.md §13.6): in parameter space with ``K >= 2``, the first time, every
+    ``probe_every_max`` steps, and while the probe's estimates are looser than ``probe_tolerance`` within
+    ``probe_budget`` of compute. ``probe_stats`` / ``costs`` may be callables, reduced only if still undecided."""
+    sched = config.policy.schedule
+    if config.space != "parameter" or K < 2:
+        return False
+    if last_probe is None or step - last_probe >= sched.probe_every_max:
+        return True
+    costs = costs() if callable(costs) else costs
+    if costs.steps > 0:
+        policy_cost = costs.c_0 + config.policy.allocation.N * (costs.c_out + K * costs.c_in)
+        if costs.measurement > sched.probe_budget * (policy_cost + costs.measurement):
+            return False
+    probe_stats = probe_stats() if callable(probe_stats) else probe_stats
+    rel = [
+        se / abs(v) if v != 0 and math.isfinite(v) else math.inf
+        for v, se in ((probe_stats.sigma_b2, probe_stats.sigma_b2_se), (probe_stats.sigma_w2, probe_stats.sigma_w2_se))
+    ]
+    return max(rel) > sched.probe_tolerance
