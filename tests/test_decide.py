@@ -418,7 +418,8 @@ def test_a_loose_between_estimate_does_not_hold_k_at_the_cap():
 def test_k_out_of_its_band_moves_to_the_point_estimate_not_the_near_end():
     """Issue 12 (SD-shaped teacher and diffusion head): after a refit K moved only to the near end of the band, so
     it trailed a rising K* (K = 4 and 8 against the oracle's 12 and 16). Out of the band it now takes the point
-    estimate; without a positive sigma_B^2 the point estimate is k_cap on noise alone, so there it keeps the near end."""
+    estimate; without a positive sigma_B^2 the point estimate is k_cap on noise alone, so there it keeps the near
+    end."""
     cfg = parse_config(None, num_timesteps=T, num_bins=B, batch_size=4, k_max=64)
     exact = decide(stats_of(0.05, 1e-12, 2.0, 1e-12, c_out=0.02, c_in=0.001), state_of(2), cfg)
     k_point = exact.state.K
