@@ -35,13 +35,21 @@ def _cmd_schedule(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo_config(args: argparse.Namespace, defaults: dict[str, dict]) -> dict | None:
+    if args.max_angle_deg is None:
+        return None
+    if args.workload != "sds3d":
+        raise ConfigError(f"--max-angle-deg applies to the sds3d workload only, not {args.workload!r}")
+    return {**defaults["sds3d"], "max_angle_deg": args.max_angle_deg}
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     import torch
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
-    from carv_adapt.demo import DemoSettings, format_table, run_demo
+    from carv_adapt.demo import DEMO_CONFIG, DemoSettings, format_table, run_demo
 
     torch.set_num_threads(args.threads)
 
@@ -53,6 +61,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         replications=args.replications,
         quick=args.quick,
         teacher=args.teacher,
+        config=_demo_config(args, DEMO_CONFIG),
     )
     console = Console(width=180)  # the table has 13 columns
     with Progress(
@@ -206,6 +215,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--quick", action="store_true", help="a smaller scene and fewer ray samples (tests)")
     d.add_argument("--threads", type=int, default=1, help="torch intra-op threads (small models: 1 is fastest)")
     d.add_argument("--teacher", default=None, help=_TEACHER_HELP)
+    d.add_argument(
+        "--max-angle-deg",
+        type=float,
+        default=None,
+        help="sds3d: the training cameras' cone around the front view (default 90; 25 saturates both runs early)",
+    )
     d.set_defaults(func=_cmd_demo)
     i = sub.add_parser("inspect", help="report and plots for a policy or a refit log (told apart by content)")
     i.add_argument(

@@ -110,5 +110,20 @@ def test_demo_runs_end_to_end_and_writes_report(tmp_path):
     clock = summary["clock"]
     assert clock["kind"] == "cost_clock" and clock["costs"]["c_in"] > 0 and (out / "calibration.json").exists()
     assert summary["quality_metric"] == "log p(digit)" and summary["baseline"]["quality"] < 0
+    assert summary["config"]["max_angle_deg"] == 90.0 and summary["config"]["init_noise"] == 0.1  # DEMO_CONFIG
     for name in ("proposal.png", "k.png", "costs.png", "views.png"):
         assert (out / name).stat().st_size > 1000
+
+
+def test_demo_config_defaults_per_workload_and_the_camera_option(tmp_path, capsys):
+    from carv_adapt.cli import main
+    from carv_adapt.demo import DEMO_CONFIG, DemoSettings
+
+    assert DemoSettings().workload_config() == {"max_angle_deg": 90.0, "init_noise": 0.1}
+    assert DemoSettings(workload="distill").workload_config() == {}
+    assert DemoSettings(config={"max_angle_deg": 25.0}).workload_config() == {"max_angle_deg": 25.0}
+    assert DEMO_CONFIG["sds3d"]["max_angle_deg"] == 90.0
+    code = main(["demo", "--workload", "distill", "--max-angle-deg", "25", "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert code == 2 and err == "carv-adapt: error: --max-angle-deg applies to the sds3d workload only, not 'distill'\n"
+    assert not (tmp_path / "r").exists()  # refused before any work

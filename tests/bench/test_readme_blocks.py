@@ -13,6 +13,7 @@ from carv_adapt.bench.readme_blocks import (
     diffusion_head_section,
     extra_sections,
     outer_section,
+    demo_section,
     sd_tiny_section,
 )
 
@@ -22,7 +23,7 @@ BENCH = Path(__file__).resolve().parents[2] / "docs" / "bench"
 def test_every_block_renders_from_the_committed_outputs_with_well_formed_tables():
     blocks = extra_sections(BENCH / "bench.json")
     assert set(blocks) == set(EXTRA_SECTIONS)
-    for name in ("outer", "control_variate", "diffusion_head", "real_scale", "distill_ttq", "sd_tiny", "ablation_more"):
+    for name in EXTRA_SECTIONS[2:]:
         assert "Not measured" not in blocks[name], name
         assert check_markdown_tables(blocks[name]) == [], name
 
@@ -38,6 +39,9 @@ def test_the_blocks_carry_the_committed_figures():
     text = outer_section(runs)
     for name, r in runs:
         assert f"docs/bench/outer/{name}" in text and f"`N = {r['ablation'][0]['config']['batch_size']}`" in text
+    demo = json.loads((BENCH.parent / "demo" / "summary.json").read_text())
+    steps = (demo["baseline"]["steps"], demo["adaptive"]["steps"])
+    assert f"| baseline | {steps[0]} |" in demo_section(demo) and f"| adaptive | {steps[1]} |" in demo_section(demo)
     sd = json.loads((BENCH / "sd_tiny.json").read_text())
     assert all(f"| CFG {k} | {v:.2f} |" in sd_tiny_section(sd) for k, v in sd["accuracy_by_cfg"].items())
 
