@@ -4,8 +4,9 @@
 
 For each workload it expects ``DIR/<workload>/refits.jsonl`` (written by ``carv-adapt demo --workload W
 [--max-angle-deg 25 for sds3d] --out DIR/W``), fits ``policies/<workload>.json`` with ``carv-adapt fit``,
-measures the policy against the baseline at the workload's initial parameters (``benchmarks/policy_ecm.py``'s measurement), and writes every
-number to ``policies/fits.json`` and the table between the markers of ``policies/README.md``.
+measures the policy against the baseline at the workload's initial parameters (``benchmarks/policy_ecm.py``'s
+measurement), and writes every number to ``policies/fits.json`` and the table between the markers of
+``policies/README.md``.
 """
 
 from __future__ import annotations
