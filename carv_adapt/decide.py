@@ -208,10 +208,10 @@ def decide(
         sw_iid = from_profile if from_profile > 0 else sw_iid
     sb, sb_se = src.sigma_b2, src.sigma_b2_se
     # §15: under an outer design K* and W read the design's between variance; the baseline keeps the i.i.d. one.
-    sb_d, sb_d_se, sb_d_n = sb, sb_se, src.sigma_b2_steps
+    sb_d, sb_d_se = sb, sb_se
     if pol.outer != "iid":
         if math.isfinite(src.sigma_b2_design):
-            sb_d, sb_d_se, sb_d_n = src.sigma_b2_design, src.sigma_b2_design_se, src.sigma_b2_design_steps
+            sb_d, sb_d_se = src.sigma_b2_design, src.sigma_b2_design_se
             reasons.append(f"outer {pol.outer}: sigma_B^2 {sb_d:.4g} (i.i.d. {sb:.4g})")
         else:
             reasons.append(f"outer {pol.outer}: its sigma_B^2 is not measured yet, the i.i.d. one is used")
@@ -303,14 +303,14 @@ def decide(
             return alloc.K, alloc.N
 
         se_b = math.sqrt(sb_d_se**2 + signal_se**2) if math.isfinite(sb_d_se) else math.inf
-        sb_eff, z_b = sb_d + signal, t_quantile(z, sb_d_n)
+        sb_eff = sb_d + signal
         K_hat = None
         if math.isfinite(se_b) and sb_eff > 0:
-            x_b = min(z_b * se_b / sb_eff, _MAX_LOG)
+            x_b = min(z * se_b / sb_eff, _MAX_LOG)
             K_lo, K_hi = best(sb_eff * math.exp(x_b), -x_w)[0], best(sb_eff * math.exp(-x_b), x_w)[0]
             K_hat = best(sb_eff, 0.0)[0]
         elif math.isfinite(se_b):  # no positive point estimate: sigma_B^2 +- z se (the upper end gives k_cap)
-            K_lo, K_hi = best(sb_eff + z_b * se_b, -x_w)[0], best(sb_eff - z_b * se_b, x_w)[0]
+            K_lo, K_hi = best(sb_eff + z * se_b, -x_w)[0], best(sb_eff - z * se_b, x_w)[0]
         else:
             K_lo, K_hi = k_min, cap
         band = K_lo, K_hi = min(K_lo, K_hi), max(K_lo, K_hi)
@@ -318,7 +318,7 @@ def decide(
             # Out of the band: to the point estimate, which the log band contains; without a positive sigma_B^2
             # the point estimate is k_cap on noise alone, so only to the band's near end.
             K_new = min(max(K_hat, K_lo), K_hi) if K_hat is not None else K_lo if K_cur < K_lo else K_hi
-            reasons.append(f"K {K_cur} -> {K_new} (K* in [{K_lo}, {K_hi}] at z={z:g}, t={z_b:.3g})")
+            reasons.append(f"K {K_cur} -> {K_new} (K* in [{K_lo}, {K_hi}] at z={z:g})")
         else:
             reasons.append(f"K kept at {K_cur} (K* in [{K_lo}, {K_hi}] at z={z:g})")
         if a.mode == "fixed_budget":
@@ -373,16 +373,6 @@ def decide(
         progress_gain=progress_gain,
         sigma_b2_design=sb_d,
     )
-
-
-def t_quantile(z: float, n_eff: float) -> float:
-    """The Student-t quantile with ``n_eff - 1`` degrees of freedom at the two-sided level of ``z`` (R5): a mean of
-    ``n_eff`` per-step estimates with a standard error from their spread; ``z`` itself where ``n_eff`` is unknown."""
-    if not math.isfinite(n_eff) or z <= 0:
-        return z
-    from scipy.stats import norm, t
-
-    return float(t.ppf(norm.cdf(z), max(n_eff - 1.0, 1.0)))
 
 
 def _W(sigma_b2: float, sigma_w2: float, K: int, c_out: float, c_in: float) -> float:

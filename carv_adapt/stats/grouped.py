@@ -32,9 +32,7 @@ class BetweenWithin:
     (``1/K^2`` for a stratified step, 1 for an i.i.d. one); ``M2 = E ||mu(xi)||^2``; ``G2 = |G|^2``, the squared
     norm of the expected gradient, from products of independent draws (docs/theory.md §13). ``sigma_b2_design``
     is the between variance of the outer design that ran, ``N Var(mean_n mu(xi_n))`` (NaN when no step had a
-    stratified or antithetic outer design; docs/theory.md §15). ``sigma_b2_steps`` / ``sigma_b2_design_steps`` are
-    the effective numbers of per-step estimates behind the two between variances, ``(sum w)^2 / sum w^2`` (Kish),
-    which size their Student-t bands (R5).
+    stratified or antithetic outer design; docs/theory.md §15).
     """
 
     sigma_b2: float
@@ -50,8 +48,6 @@ class BetweenWithin:
     G2_se: float = math.inf
     sigma_b2_design: float = math.nan
     sigma_b2_design_se: float = math.inf
-    sigma_b2_steps: float = math.nan
-    sigma_b2_design_steps: float = math.nan
 
 
 class GroupedVariance(SumStatistic):
@@ -289,8 +285,6 @@ class GroupedVariance(SumStatistic):
             G2_se=g2_se,
             sigma_b2_design=bd,
             sigma_b2_design_se=bd_se,
-            sigma_b2_steps=_kish(dof_b, v["dof_b2"]),
-            sigma_b2_design_steps=_kish(v["dof_bd"], v["dof_bd2"]),
         )
 
     def reset(self) -> None:
@@ -334,8 +328,3 @@ def split_half_within(g_a: Tensor, g_b: Tensor, K: int) -> float:
     d = (g_a.double() - g_b.double()).pow(2).sum(dim=1).mean()
     k_a, k_b = (K + 1) // 2, K // 2
     return float(d) / (1.0 / k_a + 1.0 / k_b)
-
-
-def _kish(s_w: float, s_w2: float) -> float:
-    """Effective number of weighted estimates, ``(sum w)^2 / sum w^2`` (NaN before the first)."""
-    return s_w * s_w / s_w2 if s_w2 > 0 else math.nan

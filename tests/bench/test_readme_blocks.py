@@ -10,10 +10,10 @@ from carv_adapt.bench.markdown import check_markdown_tables
 from carv_adapt.bench.readme_blocks import (
     EXTRA_SECTIONS,
     control_variate_section,
+    demo_section,
     diffusion_head_section,
     extra_sections,
     outer_section,
-    demo_section,
     sd_tiny_section,
 )
 
