@@ -61,6 +61,7 @@ def digits_surrogate(teacher: Any, weight: Tensor, guidance_scale: float) -> Gau
     gs = None if guidance_scale == 1.0 else guidance_scale
     return GaussianSurrogate.fit(lat, labels, teacher.alphas_cumprod, num_classes=10, weight=weight, guidance_scale=gs)
 
+
 def _outer_u(plan: Plan) -> Tensor | None:
     """The plan's outer uniforms under a stratified or antithetic design; None under ``"iid"``, where the workload
     keeps drawing cameras from its own generator (bit-identical to runs before outer designs)."""
