@@ -10,8 +10,8 @@ the block says so instead of showing figures.
 - ``real_scale``: SD-2.1-sized stage costs and where they fall on the ECM curve (``real_scale.json``);
 - ``distill_ttq``: distillation at equal cost-clock compute, FD per seed (``distill_ttq.json``);
 - ``sd_tiny``: the shipped SD-shaped pipeline's classifier check (``sd_tiny.json``);
-- ``ablation_more``: the ECM ablation rows of runs kept apart from ``bench.json`` (``*_ablation/bench.json``: the
-  diffusion-head workload, SDS-3D on the SD-shaped teacher), rendered like the main table.
+- ``ablation_more``: the ECM ablation rows of runs kept apart from ``bench.json`` (``*_ablation/bench.json``: SDS-3D
+  on the SD-shaped teacher), rendered like the main table.
 """
 
 from __future__ import annotations
@@ -214,7 +214,8 @@ def sd_tiny_section(result: dict[str, Any] | None) -> str:
 def ablation_more_section(runs: list[tuple[str, dict[str, Any]]]) -> str:
     """``ablation_more``: one ablation table per separate run, with the command that produced it."""
     if not runs:
-        return "_Not measured: run `carv-adapt bench --workloads diffusion_head --seeds 0 --no-sweep --no-scaling`._"
+        cmd = "carv-adapt bench --workloads sds3d --teacher sd-tiny --seeds 0 --no-sweep --no-scaling"
+        return f"_Not measured: run `{cmd}`._"
     from carv_adapt.bench.report import ablation_table
 
     lines: list[str] = []
