@@ -157,12 +157,7 @@ def calibrate_sds3d(
 
         return fn
 
-    out_t = {N: median_seconds(lambda N=N: outer(N), reps) for N in outer_Ns}
-    in_t = {NK: median_seconds(inner(NK), reps) for NK in inner_NKs}
-    # The probe repeats the upstream forward to have a graph; its own cost is the difference.
-    fwd_t = {N: median_seconds(lambda N=N: wl.upstream(scene, N, g), reps) for N in outer_Ns}
-    pr_t = {N: max(median_seconds(probe(N), reps) - fwd_t[N], 0.0) for N in outer_Ns}
-    return clock_from_medians(out_t, in_t, pr_t, reps)
+    return _time_stages(outer, inner, lambda N: wl.upstream(scene, N, g), probe, outer_Ns, inner_NKs, reps)
 
 
 def calibrate_distill(
@@ -210,11 +205,41 @@ def calibrate_distill(
 
         return fn
 
+    return _time_stages(outer, inner, lambda N: wl.upstream(gen, N, g), probe, outer_Ns, inner_NKs, reps)
+
+
+def _time_stages(
+    outer: Callable[[int], Any],
+    inner: Callable[[int], Callable[[], Any]],
+    upstream: Callable[[int], Any],
+    probe: Callable[[int], Callable[[], Any]],
+    outer_Ns: Sequence[int],
+    inner_NKs: Sequence[int],
+    reps: int,
+) -> tuple[CostClock, dict[str, Any]]:
+    """Median seconds of each stage at each size, fitted by :func:`clock_from_medians`. The probe repeats the
+    upstream forward to have a graph, so its own cost is the difference from ``upstream(N)`` alone."""
     out_t = {N: median_seconds(lambda N=N: outer(N), reps) for N in outer_Ns}
     in_t = {NK: median_seconds(inner(NK), reps) for NK in inner_NKs}
-    fwd_t = {N: median_seconds(lambda N=N: wl.upstream(gen, N, g), reps) for N in outer_Ns}
+    fwd_t = {N: median_seconds(lambda N=N: upstream(N), reps) for N in outer_Ns}
     pr_t = {N: max(median_seconds(probe(N), reps) - fwd_t[N], 0.0) for N in outer_Ns}
     return clock_from_medians(out_t, in_t, pr_t, reps)
+
+
+def run_counts(run: Any, clock: CostClock) -> dict[str, Any]:
+    """What a compute-driven run (:class:`~carv_adapt.workloads.base.ComputeRun`) counted inside its budget: steps
+    (a last step that crossed the budget is recorded but not counted), final and mean ``K``, probed steps, and the
+    compute the probes were charged beyond the step cost."""
+    counted = run.checkpoints[-1].step
+    recs = run.records[:counted]
+    probed = run.probed[:counted]
+    return {
+        "steps": counted,
+        "final_K": recs[-1].K if recs else None,
+        "mean_K": sum(r.K for r in recs) / max(len(recs), 1),
+        "probed_steps": int(sum(probed)),
+        "probe_compute": sum(c - clock.step_cost(r.N, r.K) for r, c, p in zip(recs, run.costs[:counted], probed) if p),
+    }
 
 
 def clock_from_medians(

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from carv_adapt.bench.cost_clock import CostClock, calibrate_distill, machine_description
+from carv_adapt.bench.cost_clock import CostClock, calibrate_distill, machine_description, run_counts
 
 __all__ = ["DISTILL_ARMS", "DistillTTQSettings", "distill_ttq", "distill_table", "merge_results", "analyze"]
 
@@ -73,18 +73,10 @@ def _scorers(wl: Any, n_per_class: int) -> dict[str, Callable[[Any], float]]:
 
 
 def _run_row(arm: str, seed: int, run: Any, wall: float, clock: CostClock) -> dict[str, Any]:
-    counted = run.checkpoints[-1].step  # the step that crossed the budget is recorded but not counted
-    recs = run.records[:counted]
     return {
         "arm": arm,
         "seed": seed,
-        "steps": counted,
-        "final_K": recs[-1].K if recs else None,
-        "mean_K": sum(r.K for r in recs) / max(len(recs), 1),
-        "probed_steps": int(sum(run.probed[:counted])),
-        "probe_compute": sum(
-            c - clock.step_cost(r.N, r.K) for r, c, p in zip(recs, run.costs[:counted], run.probed[:counted]) if p
-        ),
+        **run_counts(run, clock),
         "run_wall_seconds": wall,
         "exhausted": run.exhausted,
         "refits": [{"step": r.step, "K": r.K, "reason": r.reason} for r in run.history],

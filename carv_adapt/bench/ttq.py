@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from carv_adapt.bench.cost_clock import CostClock, cached_calibration, config_key, machine_description
+from carv_adapt.bench.cost_clock import CostClock, cached_calibration, config_key, machine_description, run_counts
 from carv_adapt.bench.ttq_analysis import analyze, markdown, plot
 
 __all__ = ["ARMS", "TTQSettings", "time_to_quality", "main"]
@@ -175,19 +175,10 @@ def _refit_row(r: Any) -> dict[str, Any]:
 
 def _run_row(arm: str, seed: int, run: Any, wall: float, clock: CostClock) -> dict[str, Any]:
     last = run.checkpoints[-1]
-    counted = last.step  # steps inside the budget; a last crossing step is recorded but not counted
-    recs = run.records[:counted]
-    probe_compute = sum(
-        c - clock.step_cost(r.N, r.K) for r, c, p in zip(recs, run.costs[:counted], run.probed[:counted]) if p
-    )
     return {
         "arm": arm,
         "seed": seed,
-        "steps": counted,
-        "final_K": recs[-1].K if recs else None,
-        "mean_K": sum(r.K for r in recs) / max(len(recs), 1),
-        "probed_steps": int(sum(run.probed[:counted])),
-        "probe_compute": probe_compute,
+        **run_counts(run, clock),
         "compute": last.compute,
         "measured_seconds": last.seconds,
         "wall_seconds": last.wall,
