@@ -38,6 +38,7 @@ __all__ = [
     "machine_description",
     "clock_from_medians",
     "config_key",
+    "ClockedController",
 ]
 
 
@@ -63,12 +64,36 @@ class CostClock:
         cost = self.c_0 + N * (self.c_out + K * self.c_in)
         return cost + (self.probe_0 + N * self.probe_out + N * N * self.probe_quad if probed else 0.0)
 
+    def stage_seconds(self, N: int, K: int, probed: bool = False) -> dict[str, float]:
+        """:meth:`step_cost` split into the controller's default stages (``overhead`` fixed, ``upstream`` outer,
+        ``teacher`` inner, ``probe`` measurement); the values sum to the charge."""
+        stages = {"overhead": self.c_0, "upstream": N * self.c_out, "teacher": N * K * self.c_in}
+        if probed:
+            stages["probe"] = self.probe_0 + N * self.probe_out + N * N * self.probe_quad
+        return stages
+
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> CostClock:
         return cls(**{k: float(d[k]) for k in ("c_0", "c_out", "c_in", "probe_0", "probe_out", "probe_quad") if k in d})
+
+
+class ClockedController:
+    """Wraps a controller so that it observes each step's cost-clock charge (:meth:`CostClock.stage_seconds`)
+    instead of the stage seconds the workload timed: an arm charged by the clock then decides ``K`` on the same
+    costs it is charged, not on timers a neighbour's load moves. Everything else is delegated."""
+
+    def __init__(self, controller: Any, clock: CostClock) -> None:
+        self._c, self.clock = controller, clock
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._c, name)
+
+    def observe(self, plan: Any, *args: Any, costs: dict[str, float] | None = None, **kw: Any) -> None:
+        charged = self.clock.stage_seconds(plan.N, plan.K, kw.get("probe") is not None)
+        self._c.observe(plan, *args, costs=charged, **kw)
 
 
 def fit_line(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float]:

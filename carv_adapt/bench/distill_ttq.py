@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from carv_adapt.bench.cost_clock import CostClock, calibrate_distill, machine_description, run_counts
+from carv_adapt.bench.cost_clock import ClockedController, CostClock, calibrate_distill, machine_description, run_counts
 
 __all__ = ["DISTILL_ARMS", "DistillTTQSettings", "distill_ttq", "distill_table", "merge_results", "analyze"]
 
@@ -178,8 +178,10 @@ def distill_ttq(
             ctrl = (
                 None
                 if arm == "baseline"
-                else demo_controller(a, s.steps, seed, objective=arm.removeprefix("adaptive_"))
-            )
+                else ClockedController(
+                    demo_controller(a, s.steps, seed, objective=arm.removeprefix("adaptive_")), clock
+                )
+            )  # the controller decides on the costs it is charged
             t0 = time.perf_counter()
             run = a.wl.run_to_compute(
                 clock.step_cost, budget, s.fractions, scores, controller=ctrl, max_steps=8 * s.steps

@@ -28,7 +28,14 @@ from typing import Any
 
 import torch
 
-from carv_adapt.bench.cost_clock import CostClock, cached_calibration, config_key, machine_description, run_counts
+from carv_adapt.bench.cost_clock import (
+    ClockedController,
+    CostClock,
+    cached_calibration,
+    config_key,
+    machine_description,
+    run_counts,
+)
 from carv_adapt.bench.ttq_analysis import analyze, markdown, plot
 
 __all__ = ["ARMS", "TTQSettings", "time_to_quality", "main"]
@@ -228,6 +235,7 @@ def time_to_quality(settings: TTQSettings, progress: Callable[[str], None] | Non
         for arm in s.arms:
             say(f"seed {seed}: {arm}")
             ctrl, pol = _arm(arm, s, a, seed)
+            ctrl = None if ctrl is None else ClockedController(ctrl, clock)  # decides on the costs it is charged
             t0 = time.perf_counter()
             run = wl.run_to_compute(
                 clock.step_cost, budget, fractions, scores, controller=ctrl, policy=pol, max_steps=2 * s.steps + 10

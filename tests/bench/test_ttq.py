@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from carv_adapt.bench.cost_clock import CostClock, fit_line, fit_quadratic
+from carv_adapt.bench.cost_clock import ClockedController, CostClock, fit_line, fit_quadratic
 from carv_adapt.bench.ttq_analysis import compute_to_reach, envelope, interval
 from carv_adapt.controller import AdaptiveController
 from carv_adapt.estimator import HierarchicalEstimator
@@ -70,6 +70,23 @@ def test_drive_to_compute_charges_exactly_the_clock_under_a_controller():
         assert c.compute <= c.fraction * budget + 1e-9  # never past its fraction
         assert c.compute + run.costs[c.step] > c.fraction * budget  # the next step would have crossed it
     assert run.checkpoints[0].step == 0 and not run.exhausted
+
+
+def test_a_clocked_controller_fits_exactly_the_costs_it_is_charged():
+    for N, K, probed in [(1, 1, False), (2, 8, True), (4, 16, False), (3, 5, True)]:
+        assert sum(CLOCK.stage_seconds(N, K, probed).values()) == pytest.approx(CLOCK.step_cost(N, K, probed))
+    ctrl = AdaptiveController(batch_size=2, warmup_steps=6, refit_every=3, k_max=8, seed=0, space="parameter")
+    clocked = ClockedController(ctrl, CLOCK)
+    # The step's own timings (1 ms a stage) are replaced by the clock's charge, whatever they say.
+    run = drive_to_compute(clocked, None, _fake_step(probe_every=2), CLOCK.step_cost, 30.0, (1.0,), lambda: {})
+    assert len({r.K for r in run.records}) > 1 and any(run.probed)
+    est = ctrl.costs.compute()
+    assert (est.c_0, est.c_out, est.c_in) == pytest.approx((CLOCK.c_0, CLOCK.c_out, CLOCK.c_in), rel=1e-9)
+    gamma, n = ctrl.config.policy.safeguards.forgetting, len(run.records)
+    probe = [c - CLOCK.step_cost(r.N, r.K) for r, c in zip(run.records, run.costs)]  # 0 where it did not probe
+    booked = sum(gamma ** (n - i) * p for i, p in enumerate(probe))  # forgetting-weighted, as every sum
+    assert est.measurement * est.steps == pytest.approx(booked, rel=1e-9) and booked > 0  # the probe, apart
+    assert clocked.history is ctrl.history and clocked.K == ctrl.K
 
 
 def test_drive_to_compute_takes_exact_checkpoints_of_a_fixed_policy():
