@@ -120,7 +120,7 @@ def within_variance_for_proposal(
 
 def group_sums(
     x: Tensor, weights: Tensor | None = None, chunk_elements: int = 1 << 20
-) -> tuple[Tensor, Tensor, Tensor, float]:
+) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor], float]:
     """One step's grouped sums of squares (docs/theory.md §7) of ``N x K x ...`` contributions.
 
     Args:
@@ -129,24 +129,24 @@ def group_sums(
         chunk_elements: outer draws are processed in chunks of about this many elements, bounding temporaries.
 
     Returns:
-        ``(ssw, means, ss_pair, pairs)``: the within sum of squares ``sum_nk ||x_nk - xbar_n||^2`` (0-dim), the
-        ``N x D`` group means, the within-stratum sum of :func:`stratum_within_from_groups` (0-dim) and its
-        count. Reductions stay on ``x``'s device and dtype.
+        ``(ssw, means, (split, pairs), groups)``: the within sum of squares ``sum_nk ||x_nk - xbar_n||^2``
+        (0-dim), the ``N x D`` group means, the two stratified within sums of :func:`stratum_within_from_groups`
+        (0-dim) and their count. Reductions stay on ``x``'s device and dtype.
     """
     n, K = x.shape[0], x.shape[1]
     flat = x.reshape(n, K, -1)
     step = max(1, chunk_elements // max(1, K * flat.shape[-1]))
     chunks = []
     ssw = torch.zeros((), dtype=flat.dtype, device=flat.device)
-    ss_pair, pairs = torch.zeros_like(ssw), 0.0
+    ss_split, ss_pairs, groups = torch.zeros_like(ssw), torch.zeros_like(ssw), 0.0
     for i in range(0, n, step):
         xi = flat[i : i + step] if weights is None else flat[i : i + step] * weights[i : i + step, :, None]
         mi = xi.mean(dim=1)
         chunks.append(mi)
         ssw = ssw + (xi - mi[:, None]).pow_(2).sum()
-        sp, pc = stratum_within_from_groups(xi)
-        ss_pair, pairs = ss_pair + sp, pairs + pc
-    return ssw, (chunks[0] if len(chunks) == 1 else torch.cat(chunks)), ss_pair, pairs
+        sa, sb, gc = stratum_within_from_groups(xi)
+        ss_split, ss_pairs, groups = ss_split + sa, ss_pairs + sb, groups + gc
+    return ssw, (chunks[0] if len(chunks) == 1 else torch.cat(chunks)), (ss_split, ss_pairs), groups
 
 
 def stratified_within(sigma_w2_iid: float, phi: float, K: int) -> float:
@@ -160,24 +160,30 @@ def stratified_within(sigma_w2_iid: float, phi: float, K: int) -> float:
     return sigma_w2_iid * (phi + (1.0 - phi) / (K * K))
 
 
-def stratum_within_from_groups(x: Tensor) -> tuple[Tensor, float]:
-    """Within-stratum variance from adjacent strata: ``(sum of squared differences / their variance factor, count)``.
+def stratum_within_from_groups(x: Tensor) -> tuple[Tensor, Tensor, float]:
+    """Two estimates of the stratified within variance ``sbar^2`` (a group mean's variance is ``sbar^2 / K``) from
+    one draw per stratum: ``(split sum, pair sum, groups)``, each sum over the ``N`` groups (docs/theory.md §7.4).
 
-    For ``K >= 3`` the second differences ``d_k = x_{k-1} - 2 x_k + x_{k+1}`` (``E ||d_k||^2 = 6 sigma^2`` when the
-    strata share a variance and the stratum means are linear in ``k``); for ``K = 2`` the first difference
-    (``E ||x_0 - x_1||^2 = 2 sigma^2`` plus the squared difference of the two stratum means). Second differences
-    cancel the trend of the conditional mean across strata, which first differences would count as variance
-    (docs/theory.md §7.4). Unbiased for ``sigma_w2`` under i.i.d. draws. ``x`` is ``N x K x ...``; the sum is a
-    0-dim Tensor on ``x``'s device (no host transfer, so callers can batch theirs).
+    Both weight every stratum's variance equally and exceed ``sbar^2`` only by a non-negative part of the stratum
+    means' spread. *Split*: the even- and odd-indexed strata as two halves, ``||a - b||^2 / (1/k_a + 1/k_b)``;
+    its excess is the squared difference of the halves' means, small when the stratum means are rough (their
+    adjacent differences cancel) but growing as ``1/K`` for a linear trend. *Pairs*: first differences
+    ``d_j = x_2j - x_{2j+1}`` with ``mean_j ||d_j||^2 / 2 - mean_j <d_j, d_{j+1}> / 2``; the cross term removes
+    a smooth trend's excess exactly for a linear one (for ``K < 4``: ``||d_0||^2 / 2``). ``x`` is ``N x K x ...``;
+    the sums are 0-dim Tensors on ``x``'s device (no host transfer, so callers can batch theirs).
     """
     n, k = x.shape[0], x.shape[1]
+    zero = torch.zeros((), dtype=x.dtype, device=x.device)
     if k < 2:
-        return torch.zeros((), dtype=x.dtype, device=x.device), 0.0
+        return zero, zero, 0.0
     flat = x.reshape(n, k, -1)
-    if k == 2:
-        return (flat[:, 0] - flat[:, 1]).pow_(2).sum() / 2.0, float(n)
-    d = flat[:, :-2] - 2.0 * flat[:, 1:-1] + flat[:, 2:]
-    return d.pow_(2).sum() / 6.0, float(n * (k - 2))
+    k_a, k_b = (k + 1) // 2, k // 2
+    split = (flat[:, 0::2].mean(1) - flat[:, 1::2].mean(1)).pow_(2).sum() / (1.0 / k_a + 1.0 / k_b)
+    d = flat[:, 0 : 2 * k_b : 2] - flat[:, 1 : 2 * k_b : 2]
+    pairs = d.pow(2).sum() / (2.0 * k_b)
+    if k_b >= 2:
+        pairs = pairs - (d[:, :-1] * d[:, 1:]).sum() / (2.0 * (k_b - 1))
+    return split, pairs, float(n)
 
 
 def fit_linear_cost(

@@ -20,6 +20,8 @@ __all__ = ["GroupedVariance", "BetweenWithin", "split_half_within", "Design"]
 Design = Literal["iid", "stratified"]
 # Sums of the outer design's between estimates (docs/theory.md §15.2): weight, estimate, its square, weight^2.
 _DESIGN_SUMS = ("dof_bd", "sbd_num", "sbd_sq", "dof_bd2")
+# Per-group sums of the split and the pair estimates of the stratified within variance (docs/theory.md §7.4).
+_STRAT_SUMS = ("strat_split", "strat_pairs")
 
 
 @dataclass(frozen=True)
@@ -54,7 +56,8 @@ class GroupedVariance(SumStatistic):
     """Accumulates grouped sums of squares across steps; ``K``, the design and the proposal may change.
 
     Each step gives one within estimate ``sw_s`` (effective per-draw variance of its design: the pooled
-    within-group estimate for i.i.d. draws, the adjacent-strata one for stratified draws) and one between estimate
+    within-group estimate for i.i.d. draws, the smaller pooled of two one-draw-per-stratum estimates for stratified
+    draws) and one between estimate
     ``b_s = (ssb_s - (n - 1) sw_s / K_s) / (n - 1)``: the variance of a group mean is ``sw_s / K_s`` for either
     design, so the between term is not biased by an i.i.d.-style correction under stratification. Both are
     pooled with reliability weights (degrees of freedom), and their standard errors come from the spread of the
@@ -69,6 +72,9 @@ class GroupedVariance(SumStatistic):
         for name in ("dof_b", "sb_num", "sb_sq", "m2_num", "groups"):
             self.add_state(name, torch.zeros(()))
         for name in ("g2_w", "g2_num", "g2_sq"):
+            self.add_state(name, torch.zeros(()))
+        # The two stratified within estimates, pooled (docs/theory.md §7.4): each step uses the smaller so far.
+        for name in _STRAT_SUMS:
             self.add_state(name, torch.zeros(()))
         for name in ("dof_w2", "dof_b2", "g2_w2"):
             self.add_state(name, torch.zeros(()), decay="square")
@@ -95,11 +101,12 @@ class GroupedVariance(SumStatistic):
         return kept if kept[0].shape[0] > 0 else None
 
     @staticmethod
-    def _totals(ssw: Tensor, means: Tensor, ss_pair: Tensor) -> list[float]:
-        """``[ssw, ss_pair, sum_n ||mean_n||^2, sum_n ||mean_n - mean||^2]``: one host transfer per step."""
+    def _totals(ssw: Tensor, means: Tensor, strat: tuple[Tensor, Tensor]) -> list[float]:
+        """``[ssw, split, pairs, sum_n ||mean_n||^2, sum_n ||mean_n - mean||^2]``: one host transfer per step."""
         msq = means.pow(2).sum()
         ssb = (means - means.mean(0)).pow_(2).sum() if means.shape[0] >= 2 else torch.zeros_like(msq)
-        return torch.stack([ssw.reshape(()), ss_pair.reshape(()).to(msq.dtype), msq, ssb]).double().tolist()
+        sums = [ssw.reshape(()), *(t.reshape(()).to(msq.dtype) for t in strat), msq, ssb]
+        return torch.stack(sums).double().tolist()
 
     def _accumulate(
         self,
@@ -199,22 +206,26 @@ class GroupedVariance(SumStatistic):
         if K < 2:
             self._drop_nonfinite("contribution", *((x,) if w is None else (x, w)))
             return
-        ssw, means, ss_pair, pairs = group_sums(x, w)
-        totals = self._totals(ssw, means, ss_pair)
+        ssw, means, strat, groups = group_sums(x, w)
+        totals = self._totals(ssw, means, strat)
         # A NaN or an infinity anywhere makes a total non-finite: only then pay the per-draw filter.
         if not all(math.isfinite(v) for v in totals):
             kept = self._drop_nonfinite("contribution", *((x,) if w is None else (x, w)))
             if kept is None:
                 return
             x, w = kept[0], (kept[1] if w is not None else None)
-            ssw, means, ss_pair, pairs = group_sums(x, w)
-            totals = self._totals(ssw, means, ss_pair)
-        ssw_f, pair_f, msq, ssb = totals
+            ssw, means, strat, groups = group_sums(x, w)
+            totals = self._totals(ssw, means, strat)
+        ssw_f, split_f, pairs_f, msq, ssb = totals
         n = means.shape[0]
         if design == "stratified":
-            sw = pair_f / pairs  # within-stratum variance: a group mean's variance is sw / K
+            # Both estimates only over-state sbar^2 (a group mean's variance is sbar^2 / K): the smaller pooled one
+            # is the closer, and this step uses it (docs/theory.md §7.4).
+            self._add(_STRAT_SUMS, (split_f, pairs_f))
+            split = float(self.strat_split) <= float(self.strat_pairs)
+            sw = (split_f if split else pairs_f) / groups
             iid = (ssw_f / n + sw) / K  # E SSW_group = K sigma_iid - mean stratum variance
-            self._accumulate(n, K, sw, pairs, iid, 1.0 / (K * K), msq, ssb, means, outer)
+            self._accumulate(n, K, sw, groups, iid, 1.0 / (K * K), msq, ssb, means, outer)
         else:
             sw = ssw_f / (n * (K - 1))
             self._accumulate(n, K, sw, float(n * (K - 1)), sw, 1.0, msq, ssb, means, outer)
@@ -234,7 +245,7 @@ class GroupedVariance(SumStatistic):
 
         def totals(a: Tensor, b: Tensor) -> list[float]:
             ssw = (a - b).pow_(2).sum() / (1.0 / k_a + 1.0 / k_b)
-            return self._totals(ssw, (k_a * a + k_b * b) / K, torch.zeros_like(ssw))
+            return self._totals(ssw, (k_a * a + k_b * b) / K, (torch.zeros_like(ssw), torch.zeros_like(ssw)))
 
         a, b = g_a.detach(), g_b.detach()
         tot = totals(a, b)
@@ -248,7 +259,7 @@ class GroupedVariance(SumStatistic):
         sw = tot[0] / n
         x = 1.0 / (K * K) if design == "stratified" else 1.0
         # The probe measures the design's variance only; its i.i.d. counterpart comes from the proxy's phi.
-        self._accumulate(n, K, sw, float(n), None, x, tot[2], tot[3], (k_a * a + k_b * b) / K, outer)
+        self._accumulate(n, K, sw, float(n), None, x, tot[3], tot[4], (k_a * a + k_b * b) / K, outer)
 
     def compute(self, phi: float | None = None) -> BetweenWithin:
         """Current estimates; ``phi`` (default: this tracker's own) converts the design's within variance into
@@ -303,7 +314,7 @@ class GroupedVariance(SumStatistic):
     def load_state_dict(self, state: dict) -> None:
         state = dict(state)
         prev, po = state.pop("prev", None), state.pop("prev_outer", None)
-        for name in _DESIGN_SUMS:  # trackers saved before outer designs existed
+        for name in _DESIGN_SUMS + _STRAT_SUMS:  # trackers saved before outer designs (or both within estimates)
             state.setdefault(name, torch.zeros((), dtype=torch.float64))
         super().load_state_dict(state)
         self._prev = None if prev is None else (torch.as_tensor(prev["mean"]).clone(), float(prev["var"]))
