@@ -330,6 +330,7 @@ def _controller_view(ctrl: Any) -> dict[str, Any]:
         "predicted_W": None if last is None else last.predicted_W,
         "sigma_b2": None if last is None else last.sigma_b2,
         "sigma_w2": None if last is None else last.sigma_w2,
+        "c_0": None if last is None else last.c_0,  # with c_out, c_in: compare N c_out + c_0 to the pilot's a
         "c_out": None if last is None else last.c_out,
         "c_in": None if last is None else last.c_in,
     }
