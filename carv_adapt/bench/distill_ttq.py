@@ -6,7 +6,10 @@ in isolation, on this machine (:func:`~carv_adapt.bench.cost_clock.calibrate_dis
 so the comparison does not depend on a neighbour's load. The generator is scored at fixed fractions of that
 budget by the workload's Frechet distance to the real digits (FD, lower is better) and the classifier's accuracy
 on class-conditional samples. The arms: ``baseline`` (``K = 1``, uniform, i.i.d.); the demo's controller
-(:func:`~carv_adapt.demo.demo_controller`) with ``objective="variance"`` and with ``objective="progress"`` (§13).
+(:func:`~carv_adapt.demo.demo_controller`) with ``objective="variance"`` and with ``objective="progress"`` (§13),
+each deciding on the clock's costs (:class:`~carv_adapt.bench.cost_clock.ClockedController`); and
+``baseline_reseeded``, the baseline with other timestep and noise draws, whose paired difference to the baseline
+is the noise floor a per-seed comparison has to clear.
 
     python benchmarks/distill_ttq.py --out docs/bench/distill_ttq.json    # --quick: a smoke test
 """
@@ -28,7 +31,10 @@ from carv_adapt.bench.cost_clock import ClockedController, CostClock, calibrate_
 
 __all__ = ["DISTILL_ARMS", "DistillTTQSettings", "distill_ttq", "distill_table", "merge_results", "analyze"]
 
-DISTILL_ARMS = ("baseline", "adaptive_variance", "adaptive_progress")
+DISTILL_ARMS = ("baseline", "baseline_reseeded", "adaptive_variance", "adaptive_progress")
+# The noise floor: the baseline again with only its timestep and noise draws reseeded (same initialization and
+# generator inputs). Its paired difference to the baseline is what a difference of no effect looks like.
+_RESEED = 7919
 
 
 @dataclass(frozen=True)
@@ -85,6 +91,14 @@ def _run_row(arm: str, seed: int, run: Any, wall: float, clock: CostClock) -> di
             for c in run.checkpoints
         ],
     }
+
+
+def _reseeded(a: Any) -> Any:
+    """The baseline policy of adapter ``a``'s workload with its sampler seed moved by ``_RESEED``."""
+    from carv_adapt.workloads.base import default_policy
+
+    c = a.wl.config
+    return default_policy(a.wl.teacher, c.model_copy(update={"seed": c.seed + _RESEED}))
 
 
 def _at(row: dict[str, Any], fraction: float, metric: str) -> float:
@@ -177,14 +191,15 @@ def distill_ttq(
             say(f"seed {seed}: {arm}")
             ctrl = (
                 None
-                if arm == "baseline"
+                if arm.startswith("baseline")
                 else ClockedController(
                     demo_controller(a, s.steps, seed, objective=arm.removeprefix("adaptive_")), clock
                 )
             )  # the controller decides on the costs it is charged
+            pol = _reseeded(a) if arm == "baseline_reseeded" else None
             t0 = time.perf_counter()
             run = a.wl.run_to_compute(
-                clock.step_cost, budget, s.fractions, scores, controller=ctrl, max_steps=8 * s.steps
+                clock.step_cost, budget, s.fractions, scores, controller=ctrl, policy=pol, max_steps=8 * s.steps
             )
             runs.append(_run_row(arm, seed, run, time.perf_counter() - t0, clock))
         if on_seed is not None:

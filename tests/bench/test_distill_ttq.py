@@ -31,7 +31,13 @@ def _result(seeds, runs):
 
 
 def _runs(seed, base, var, prog):
-    return [_run("baseline", seed, base), _run("adaptive_variance", seed, var), _run("adaptive_progress", seed, prog)]
+    floor = _run("baseline_reseeded", seed, tuple(b + 3 for b in base))  # the baseline on other draws
+    return [
+        _run("baseline", seed, base),
+        floor,
+        _run("adaptive_variance", seed, var),
+        _run("adaptive_progress", seed, prog),
+    ]
 
 
 def test_analysis_pairs_each_seed_with_its_baseline():
@@ -42,8 +48,9 @@ def test_analysis_pairs_each_seed_with_its_baseline():
     assert not a["adaptive_progress"]["1"]["never_worse"]
     assert a["adaptive_variance"]["0.5"]["fd_minus_baseline"] == [10, -5]
     assert a["baseline"]["1"]["fd_interval"]["mean"] == pytest.approx(60.0)
+    assert a["baseline_reseeded"]["1"]["fd_minus_baseline"] == [3, 3]  # the noise floor, paired like the others
     table = distill_table(_result((0, 1), runs))
-    assert "(worse in 1)" in table and table.count("\n") == 2 + 2 * 3 - 1
+    assert "(worse in 1)" in table and table.count("\n") == 2 + 2 * 4 - 1
 
 
 def test_merge_combines_disjoint_seeds_that_share_a_clock():
