@@ -188,10 +188,16 @@ def distill_ttq_section(result: dict[str, Any] | None) -> str:
     c = result["clock"]
     note = (
         f"Budget: {result['settings']['steps']} baseline steps on the cost clock (a step costs "
-        f"{c['c_0'] * 1e3:.0f} + N ({c['c_out'] * 1e3:.1f} + {c['c_in'] * 1e3:.1f} K) ms, probes charged as "
-        f"measured), seeds {result['settings']['seeds']}; FD of 200 generator samples in the digits classifier's "
-        "feature space (lower is better); differences paired by seed [95 % t-interval]. Raw numbers: "
-        "`docs/bench/distill_ttq.json`."
+        f"{c['c_0'] * 1e3:.0f} + N ({c['c_out'] * 1e3:.1f} + {c['c_in'] * 1e3:.1f} K) ms, probes charged their "
+        f"calibrated cost), seeds {result['settings']['seeds']}; FD of 200 generator samples in the digits "
+        "classifier's feature space (lower is better); differences paired by seed [95 % t-interval]"
+        + (
+            "; `baseline_reseeded` is the baseline on other timestep and noise draws (same initialization and "
+            "generator inputs), so its row is the noise floor of a per-seed difference"
+            if "baseline_reseeded" in result["settings"]["arms"]
+            else ""
+        )
+        + ". Raw numbers: `docs/bench/distill_ttq.json`."
     )
     return _checked("distill_ttq", [distill_table(result), "", note])
 
