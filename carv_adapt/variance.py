@@ -169,7 +169,8 @@ def stratum_within_from_groups(x: Tensor) -> tuple[Tensor, Tensor, float]:
     its excess is the squared difference of the halves' means, small when the stratum means are rough (their
     adjacent differences cancel) but growing as ``1/K`` for a linear trend. *Pairs*: first differences
     ``d_j = x_2j - x_{2j+1}`` with ``mean_j ||d_j||^2 / 2 - mean_j <d_j, d_{j+1}> / 2``; the cross term removes
-    a smooth trend's excess exactly for a linear one (for ``K < 4``: ``||d_0||^2 / 2``). ``x`` is ``N x K x ...``;
+    a smooth trend's excess exactly for a linear one (for ``K < 4``: ``||d_0||^2 / 2``). For odd ``K`` both use the
+    ``K - 1`` strata other than the middle one. ``x`` is ``N x K x ...``;
     the sums are 0-dim Tensors on ``x``'s device (no host transfer, so callers can batch theirs).
     """
     n, k = x.shape[0], x.shape[1]
@@ -177,6 +178,10 @@ def stratum_within_from_groups(x: Tensor) -> tuple[Tensor, Tensor, float]:
     if k < 2:
         return zero, zero, 0.0
     flat = x.reshape(n, k, -1)
+    if k % 2 == 1 and k > 1:
+        # Odd K: halves of unequal size would weight the end strata unlike the rest; leave out the middle stratum,
+        # whose variance is the most typical, and use the K - 1 others.
+        flat, k = torch.cat([flat[:, : k // 2], flat[:, k // 2 + 1 :]], dim=1), k - 1
     k_a, k_b = (k + 1) // 2, k // 2
     split = (flat[:, 0::2].mean(1) - flat[:, 1::2].mean(1)).pow_(2).sum() / (1.0 / k_a + 1.0 / k_b)
     d = flat[:, 0 : 2 * k_b : 2] - flat[:, 1 : 2 * k_b : 2]

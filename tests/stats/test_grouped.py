@@ -127,3 +127,26 @@ def test_stratified_within_takes_the_smaller_pooled_estimate():
     # Stratum noise 0.04 D plus the within-stratum spread of the trend, 16 / (12 K^2) per coordinate.
     est = gv.compute()
     assert abs(est.sigma_w2 - D * (0.04 + 16 / (12 * K * K))) < 4 * est.sigma_w2_se
+
+
+def test_odd_k_leaves_out_the_middle_stratum_and_weights_the_rest_alike():
+    """At odd K the split's halves differ in size and both end strata fall in the larger one; the estimates use the
+    K - 1 strata other than the middle one instead. Exact: with stratum standard deviations s_k and no trend, both
+    sums have expectation N * mean_{k != middle} s_k^2 * D."""
+    from carv_adapt.variance import stratum_within_from_groups
+
+    g = torch.Generator().manual_seed(5)
+    N, K, D = 4000, 5, 3
+    s = torch.tensor([3.0, 1.0, 0.5, 0.5, 0.2], dtype=torch.float64)
+    x = s[None, :, None] * torch.randn(N, K, D, generator=g, dtype=torch.float64)
+    split, pairs, groups = stratum_within_from_groups(x)
+    assert groups == N
+    exact = D * float((s[[0, 1, 3, 4]] ** 2).mean())
+    # Per-group split and pair estimates, whose spread gives the standard error of their means.
+    rest = x[:, [0, 1, 3, 4]]
+    per_split = (rest[:, 0::2].mean(1) - rest[:, 1::2].mean(1)).pow(2).sum(-1)
+    d = rest[:, 0::2] - rest[:, 1::2]
+    per_pairs = d.pow(2).sum(-1).mean(1) / 2 - (d[:, 0] * d[:, 1]).sum(-1) / 2
+    for total, per in ((split, per_split), (pairs, per_pairs)):
+        assert float(total) == pytest.approx(float(per.sum()), rel=1e-10)
+        assert abs(float(total) / N - exact) < 4 * float(per.std()) / math.sqrt(N)
