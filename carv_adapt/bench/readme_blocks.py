@@ -9,6 +9,7 @@ the block says so instead of showing figures.
 - ``diffusion_head``: the equal-compute arms of ``diffusion_head.json`` (:mod:`carv_adapt.bench.head`);
 - ``real_scale``: SD-2.1-sized stage costs and where they fall on the ECM curve (``real_scale.json``);
 - ``distill_ttq``: distillation at equal cost-clock compute, FD per seed (``distill_ttq.json``);
+- ``ttq``: SDS-3D time to quality, the tables of :func:`carv_adapt.bench.ttq_analysis.markdown` (``ttq/ttq.json``);
 - ``sd_tiny``: the shipped SD-shaped pipeline's classifier check (``sd_tiny.json``);
 - ``ablation_more``: the ECM ablation rows of runs kept apart from ``bench.json`` (``*_ablation/bench.json``: SDS-3D
   on the SD-shaped teacher), rendered like the main table.
@@ -25,7 +26,7 @@ from carv_adapt.bench.markdown import _checked, md_table, outer_table
 __all__ = ["EXTRA_SECTIONS", "extra_sections", "attribution_sections"]
 
 EXTRA_SECTIONS = ("attribution_curve", "crn_gain", "outer", "control_variate", "diffusion_head")
-EXTRA_SECTIONS += ("real_scale", "distill_ttq", "sd_tiny", "ablation_more", "demo")
+EXTRA_SECTIONS += ("real_scale", "distill_ttq", "ttq", "sd_tiny", "ablation_more", "demo")
 
 _SHORT = {
     "baseline": "baseline",
@@ -247,12 +248,25 @@ def extra_sections(bench_json: Path | str) -> dict[str, str]:
         "diffusion_head": diffusion_head_section(load("diffusion_head.json")),
         "real_scale": real_scale_section(load("real_scale.json")),
         "distill_ttq": distill_ttq_section(load("distill_ttq.json")),
+        "ttq": ttq_section(load("ttq/ttq.json")),
         "sd_tiny": sd_tiny_section(load("sd_tiny.json")),
         "ablation_more": ablation_more_section(
             [(p.parent.name, json.loads(p.read_text())) for p in sorted(root.glob("*_ablation/bench.json"))]
         ),
         "demo": demo_section(load("../demo/summary.json")),
     }
+
+
+def ttq_section(result: dict[str, Any] | None) -> str:
+    """``ttq``: the time-to-quality report of ``ttq/ttq.json`` (:func:`carv_adapt.bench.ttq_analysis.markdown`),
+    its title dropped and its section headings as bold lines."""
+    if result is None:
+        return "_Not measured: run `python -m carv_adapt.bench.ttq --out docs/bench/ttq`._"
+    from carv_adapt.bench.ttq_analysis import markdown
+
+    lines = markdown(result).strip().splitlines()[2:]  # the title and the blank line after it
+    lines = [f"**{ln[3:]}.**" if ln.startswith("## ") else ln for ln in lines]
+    return _checked("ttq", lines)
 
 
 def demo_section(summary: dict[str, Any] | None) -> str:

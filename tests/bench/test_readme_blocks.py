@@ -15,6 +15,7 @@ from carv_adapt.bench.readme_blocks import (
     extra_sections,
     outer_section,
     sd_tiny_section,
+    ttq_section,
 )
 
 BENCH = Path(__file__).resolve().parents[2] / "docs" / "bench"
@@ -42,6 +43,8 @@ def test_the_blocks_carry_the_committed_figures():
     demo = json.loads((BENCH.parent / "demo" / "summary.json").read_text())
     steps = (demo["baseline"]["steps"], demo["adaptive"]["steps"])
     assert f"| baseline | {steps[0]} |" in demo_section(demo) and f"| adaptive | {steps[1]} |" in demo_section(demo)
+    ttq = json.loads((BENCH / "ttq" / "ttq.json").read_text())
+    assert f"{ttq['wall_seconds'] / 60:.1f} min" in ttq_section(ttq) and "**Cost and wall clock.**" in ttq_section(ttq)
     sd = json.loads((BENCH / "sd_tiny.json").read_text())
     assert all(f"| CFG {k} | {v:.2f} |" in sd_tiny_section(sd) for k, v in sd["accuracy_by_cfg"].items())
 
