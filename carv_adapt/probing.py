@@ -14,8 +14,9 @@ def probe_due(
     step: int, last_probe: int | None, K: int, probe_stats: Any, costs: Any, config: ControllerConfig
 ) -> bool:
     """Whether to probe this step (docs/theory.md §13.6): in parameter space with ``K >= 2``, the first time, every
-    ``probe_every_max`` steps, and while the probe's estimates are looser than ``probe_tolerance`` within
-    ``probe_budget`` of compute. ``probe_stats`` / ``costs`` may be callables, reduced only if still undecided."""
+    ``probe_every_max`` steps, and while the probe's estimates are looser than ``probe_tolerance`` and the probes'
+    share of compute, this probe included, stays within ``probe_budget``. ``probe_stats`` / ``costs`` may be
+    callables, reduced only if still undecided."""
     sched = config.policy.schedule
     if config.space != "parameter" or K < 2:
         return False
@@ -24,7 +25,10 @@ def probe_due(
     costs = costs() if callable(costs) else costs
     if costs.steps > 0:
         policy_cost = costs.c_0 + config.policy.allocation.N * (costs.c_out + K * costs.c_in)
-        if costs.measurement > sched.probe_budget * (policy_cost + costs.measurement):
+        # The share once this probe is paid (at the mean cost of the earlier ones): one probe is a large part of a
+        # step, so testing the share before it let the share sit a probe's jump above the budget.
+        after = (costs.measurement * costs.steps + costs.probe_step) / (costs.steps + 1)
+        if after > sched.probe_budget * (policy_cost + after):
             return False
     probe_stats = probe_stats() if callable(probe_stats) else probe_stats
     rel = [

@@ -3,6 +3,7 @@ defect, on problems with exact answers (the synthetic nested workload ``f = xi +
 
 import math
 import warnings
+from dataclasses import replace
 
 import pytest
 import torch
@@ -373,6 +374,12 @@ def test_probe_schedule_follows_uncertainty_and_the_compute_budget():
     assert probe_due(29, 9, 4, tight, dear, cfg)  # probe_every_max
     assert not probe_due(10, None, 1, loose, cheap, cfg)  # K = 1 has no halves
     assert not probe_due(10, None, 4, loose, cheap, parse_config(None, space="proxy"))
+    # 4.9 % of compute so far, but one more probe (0.02 s) would take the share to 6.8 %: not due.
+    policy = 2 * (0.01 + 4 * 0.001)
+    m = 0.049 * policy / (1 - 0.049)
+    edge = CostEstimate(0.0, 0.01, 0.001, 30.0, measurement=m, probe_step=0.02)
+    assert not probe_due(10, 9, 4, loose, edge, cfg)
+    assert probe_due(10, 9, 4, loose, replace(edge, probe_step=0.001), cfg)  # a cheap probe still fits
 
 
 def test_offline_fit_keeps_the_confidence_band():

@@ -84,6 +84,7 @@ class CostEstimate:
     c_in: float
     steps: float
     measurement: float = 0.0  # seconds per step in measurement stages (probes), outside the cost model
+    probe_step: float = 0.0  # mean measurement seconds of a step that measured (one probe), 0 before any
 
 
 class CostTracker(SumStatistic):
@@ -103,6 +104,7 @@ class CostTracker(SumStatistic):
         self.add_state("steps", torch.zeros(()))
         self.add_state("fixed", torch.zeros(()))
         self.add_state("measurement", torch.zeros(()))
+        self.add_state("measured_steps", torch.zeros(()))
 
     def role(self, stage: str) -> StageRole:
         try:
@@ -129,7 +131,7 @@ class CostTracker(SumStatistic):
             ("out_sx", "out_sxx", "out_sy", "out_sxy", "in_sx", "in_sxx", "in_sy", "in_sxy", "steps", "fixed"),
             (xo, xo * xo, yo, xo * yo, xi, xi * xi, yi, xi * yi, 1.0, totals["fixed"]),
         )
-        self._add(("measurement",), (totals["measurement"],))
+        self._add(("measurement", "measured_steps"), (totals["measurement"], float(totals["measurement"] > 0)))
 
     def compute(self) -> CostEstimate:
         v = self.scalars()  # one host transfer for all the 0-dim sums
@@ -138,4 +140,9 @@ class CostTracker(SumStatistic):
         a_in, c_in = fit_linear_cost(w, v["in_sx"], v["in_sxx"], v["in_sy"], v["in_sxy"])
         fixed = v["fixed"] / w if w > 0 else 0.0
         measurement = v["measurement"] / w if w > 0 else 0.0
-        return CostEstimate(c_0=a_out + a_in + fixed, c_out=c_out, c_in=c_in, steps=w, measurement=measurement)
+        probe_step = v["measurement"] / v["measured_steps"] if v["measured_steps"] > 0 else 0.0
+        return CostEstimate(a_out + a_in + fixed, c_out, c_in, w, measurement=measurement, probe_step=probe_step)
+
+    def load_state_dict(self, state: dict) -> None:
+        # Trackers saved before probe steps were counted: their mean probe cost is unknown until the next probe.
+        super().load_state_dict({"measured_steps": torch.zeros((), dtype=torch.float64), **state})
