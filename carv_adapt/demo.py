@@ -112,7 +112,8 @@ def equal_compute_curves(
     """The baseline for ``steps`` steps, then the :func:`demo_controller` run on the baseline's compute, both scored
     (the adapter's quality metric) at each of ``fractions`` of that compute and nowhere else.
 
-    With a cost clock (``clock.step_cost(N, K, probed)``, docs/theory.md §3) both runs are charged by it and the
+    With a cost clock (a :class:`~carv_adapt.bench.cost_clock.CostClock`, docs/theory.md §3) both runs are charged by
+    it, the controller observes its charges (:class:`~carv_adapt.bench.cost_clock.ClockedController`), and the
     budget is the baseline's steps at its step cost. Without one the baseline's checkpoints fall at fractions of its
     steps (its steps all cost the same), its budget is the measured stage seconds it took, and the adaptive run is
     charged its measured stage seconds. The adaptive run stops before the step that would pass the budget, or after
@@ -127,7 +128,11 @@ def equal_compute_curves(
         budget, step_cost = n * clock.step_cost(a.batch_size, 1, False), clock.step_cost
         base = a.run_to_compute(step_cost, budget, fractions, on_step=on_step[0])
     ctrl = demo_controller(a, steps, seed, **controller_kw)
-    adapt = a.run_to_compute(step_cost, budget, fractions, controller=ctrl, max_steps=8 * n, on_step=on_step[1])
+    from carv_adapt.bench.cost_clock import ClockedController  # the bench package imports this module
+
+    # Charged by the clock, the controller decides on the clock's costs too (not on timers a neighbour's load moves).
+    sampler = ctrl if clock is None else ClockedController(ctrl, clock)
+    adapt = a.run_to_compute(step_cost, budget, fractions, controller=sampler, max_steps=8 * n, on_step=on_step[1])
     return base, adapt, ctrl, budget
 
 

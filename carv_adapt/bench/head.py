@@ -18,7 +18,14 @@ from typing import Any
 
 import torch
 
-from carv_adapt.bench.cost_clock import CostClock, clock_from_medians, config_key, machine_description, median_seconds
+from carv_adapt.bench.cost_clock import (
+    ClockedController,
+    CostClock,
+    clock_from_medians,
+    config_key,
+    machine_description,
+    median_seconds,
+)
 from carv_adapt.bench.iddpm import LossSecondMomentResampler
 from carv_adapt.estimator import HierarchicalEstimator
 from carv_adapt.plan import Plan
@@ -243,7 +250,8 @@ def run_head_bench(s: HeadBenchSettings, progress: Callable[[str], None] | None 
                 kw.update(policy=iddpm, loss_hook=iddpm.hook)
             else:
                 obj = "variance" if "variance" in arm else "progress"
-                ctrl = kw["controller"] = head_controller(wl, s, seed, obj, s.steps)
+                ctrl = head_controller(wl, s, seed, obj, s.steps)
+                kw["controller"] = ClockedController(ctrl, clock)  # decides on the costs it is charged
             t0 = time.perf_counter()
             r = wl.run_to_compute(clock.step_cost, budget, s.fractions, scores, max_steps=8 * s.steps, **kw)
             wall = time.perf_counter() - t0
