@@ -62,14 +62,18 @@ class CostClock:
     def step_cost(self, N: int, K: int, probed: bool = False) -> float:
         """The charge for one step: ``c_0 + N (c_out + K c_in)``, plus the probe's cost when it probed."""
         cost = self.c_0 + N * (self.c_out + K * self.c_in)
-        return cost + (self.probe_0 + N * self.probe_out + N * N * self.probe_quad if probed else 0.0)
+        return cost + (self.probe_cost(N) if probed else 0.0)
+
+    def probe_cost(self, N: int) -> float:
+        """One split-half probe's charge at ``N`` outer draws: ``probe_0 + N probe_out + N^2 probe_quad``."""
+        return self.probe_0 + N * self.probe_out + N * N * self.probe_quad
 
     def stage_seconds(self, N: int, K: int, probed: bool = False) -> dict[str, float]:
         """:meth:`step_cost` split into the controller's default stages (``overhead`` fixed, ``upstream`` outer,
         ``teacher`` inner, ``probe`` measurement); the values sum to the charge."""
         stages = {"overhead": self.c_0, "upstream": N * self.c_out, "teacher": N * K * self.c_in}
         if probed:
-            stages["probe"] = self.probe_0 + N * self.probe_out + N * N * self.probe_quad
+            stages["probe"] = self.probe_cost(N)
         return stages
 
     def to_dict(self) -> dict[str, float]:

@@ -43,12 +43,16 @@ class SumStatistic:
         # Names by decay kind and the 0-dim states, kept as states are declared: read on every step.
         self._by_decay: dict[Decay, list[str]] = {"linear": [], "square": [], "none": []}
         self._scalar_names: list[str] = []
+        self._added_later: set[str] = set()
         self.nonfinite = nonfinite
         self._warned = False
         self.add_state("num_nonfinite", torch.zeros((), dtype=torch.float64), decay="none")
 
-    def add_state(self, name: str, default: Tensor, decay: Decay = "linear") -> None:
-        """Declare a summed state (float64) with its reset value and how it forgets."""
+    def add_state(self, name: str, default: Tensor, decay: Decay = "linear", added_later: bool = False) -> None:
+        """Declare a summed state (float64) with its reset value and how it forgets. ``added_later``: checkpoints
+        saved before the state existed may lack it; :meth:`load_state_dict` then starts it at its default."""
+        if added_later:
+            self._added_later.add(name)
         self._defaults[name] = default.to(torch.float64).clone()
         setattr(self, name, default.to(torch.float64).clone())
         if name in self._decay:  # re-declared: its old kind and shape no longer hold
@@ -116,6 +120,7 @@ class SumStatistic:
         return {name: getattr(self, name).clone() for name in self._defaults}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        state = {**{n: self._defaults[n] for n in self._added_later}, **state}
         missing = set(self._defaults) - set(state)
         extra = set(state) - set(self._defaults)
         if missing or extra:

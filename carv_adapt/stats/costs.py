@@ -104,7 +104,7 @@ class CostTracker(SumStatistic):
         self.add_state("steps", torch.zeros(()))
         self.add_state("fixed", torch.zeros(()))
         self.add_state("measurement", torch.zeros(()))
-        self.add_state("measured_steps", torch.zeros(()))
+        self.add_state("measured_steps", torch.zeros(()), added_later=True)  # steps that probed
 
     def role(self, stage: str) -> StageRole:
         try:
@@ -142,7 +142,3 @@ class CostTracker(SumStatistic):
         measurement = v["measurement"] / w if w > 0 else 0.0
         probe_step = v["measurement"] / v["measured_steps"] if v["measured_steps"] > 0 else 0.0
         return CostEstimate(a_out + a_in + fixed, c_out, c_in, w, measurement=measurement, probe_step=probe_step)
-
-    def load_state_dict(self, state: dict) -> None:
-        # Trackers saved before probe steps were counted: their mean probe cost is unknown until the next probe.
-        super().load_state_dict({"measured_steps": torch.zeros((), dtype=torch.float64), **state})

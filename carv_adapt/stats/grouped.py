@@ -75,11 +75,12 @@ class GroupedVariance(SumStatistic):
             self.add_state(name, torch.zeros(()))
         # The two stratified within estimates, pooled (docs/theory.md §7.4): each step uses the smaller so far.
         for name in _STRAT_SUMS:
-            self.add_state(name, torch.zeros(()))
+            self.add_state(name, torch.zeros(()), added_later=True)
         for name in ("dof_w2", "dof_b2", "g2_w2"):
             self.add_state(name, torch.zeros(()), decay="square")
         for name in _DESIGN_SUMS:
-            self.add_state(name, torch.zeros(()), decay="square" if name == "dof_bd2" else "linear")
+            decay = "square" if name == "dof_bd2" else "linear"
+            self.add_state(name, torch.zeros(()), decay=decay, added_later=True)  # before outer designs existed
         # The last step's group mean when it had one outer draw: successive steps then pair up (N = 1, §13).
         self._prev: tuple[Tensor, float] | None = None
         # The last outer-design step's mean, v = sw / K, N and design, when that step alone did not identify the
@@ -314,8 +315,6 @@ class GroupedVariance(SumStatistic):
     def load_state_dict(self, state: dict) -> None:
         state = dict(state)
         prev, po = state.pop("prev", None), state.pop("prev_outer", None)
-        for name in _DESIGN_SUMS + _STRAT_SUMS:  # trackers saved before outer designs (or both within estimates)
-            state.setdefault(name, torch.zeros((), dtype=torch.float64))
         super().load_state_dict(state)
         self._prev = None if prev is None else (torch.as_tensor(prev["mean"]).clone(), float(prev["var"]))
         self._prev_outer = (

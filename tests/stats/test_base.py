@@ -109,3 +109,25 @@ def test_one_percent_nonfinite_rate_leaves_statistics_identical_and_warns_once()
         for name in a.state_names:
             if name != "num_nonfinite":
                 assert torch.allclose(getattr(a, name), getattr(b, name), rtol=1e-12, atol=0), name
+
+
+def test_states_added_later_start_at_their_default_when_a_checkpoint_lacks_them():
+    """Checkpoints saved before a state existed load (the state starts at its default); any other missing state is
+    still an error naming it."""
+    import pytest
+
+    from carv_adapt.errors import StateError
+    from carv_adapt.stats import CostTracker, GroupedVariance
+
+    old = CostTracker().state_dict()
+    del old["measured_steps"]
+    fresh = CostTracker()
+    fresh.load_state_dict(old)
+    assert float(fresh.measured_steps) == 0.0
+    gv = GroupedVariance().state_dict()
+    for name in ("strat_split", "strat_pairs", "dof_bd", "sbd_num", "sbd_sq", "dof_bd2"):
+        del gv[name]
+    GroupedVariance().load_state_dict(gv)
+    del old["steps"]
+    with pytest.raises(StateError, match="steps"):
+        CostTracker().load_state_dict(old)
