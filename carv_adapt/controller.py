@@ -17,7 +17,7 @@ from torch import Tensor
 from carv_adapt.config import ControllerConfig, parse_config
 from carv_adapt.crn import CRNGroup
 from carv_adapt.decide import DecisionState, decide, initial_state, probe_due, proposal_of, scheduled_k
-from carv_adapt.distributed import derive_seed, reduced_copies
+from carv_adapt.distributed import current_rank, derive_seed, reduced_copies
 from carv_adapt.errors import StateError
 from carv_adapt.metric import Preconditioner, in_metric
 from carv_adapt.plan import Plan, Refit, make_plan
@@ -29,10 +29,11 @@ from carv_adapt.stats.costs import CostTracker, StageRole, StageTimer
 from carv_adapt.stats.grouped import GroupedVariance
 from carv_adapt.stats.profile import TimestepProfile
 from carv_adapt.stats.snapshot import Statistics
+from carv_adapt.stats.steps import PolicySegment, StepVariance
 
 __all__ = ["AdaptiveController", "derive_seed"]
 
-_STATS = ("profile", "grouped", "param_grouped", "costs")  # what a decision reads, in Statistics.reduce's order
+_STATS = ("profile", "grouped", "param_grouped", "costs", "steps")  # what a decision reads, in reduce's order
 _TRACKERS = (*_STATS, "control")
 
 
@@ -72,10 +73,7 @@ class AdaptiveController:
         precond = self.config.metric == "preconditioned"
         self._precond = Preconditioner(optimizer, params if params is not None else []) if precond else None
         self.skipped_probes = 0
-        if rank is None:
-            dist = torch.distributed
-            rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-        self.rank, self.process_group = rank, process_group
+        self.rank, self.process_group = current_rank() if rank is None else rank, process_group
         self.loggers = [] if logger is None else list(logger) if isinstance(logger, Sequence) else [logger]
         self._extra_roles = dict(stage_roles or {})
         target = self.config.policy.target_measure()
@@ -88,8 +86,8 @@ class AdaptiveController:
         self.edges = self.target.bin_edges(pol.num_bins)
         self.pi_b = self.target.bin_mass(self.edges)
         self.profile = TimestepProfile(self.edges, c.nonfinite)
-        self.grouped = GroupedVariance(c.nonfinite)
-        self.param_grouped = GroupedVariance(c.nonfinite)
+        self.grouped, self.param_grouped = GroupedVariance(c.nonfinite), GroupedVariance(c.nonfinite)
+        self.steps = StepVariance(c.nonfinite)
         self.costs = CostTracker({**CostTracker(None).roles, **self._extra_roles}, c.nonfinite)
         self.control = ControlVariateStats(self.edges, c.nonfinite)
         self.generator = torch.Generator().manual_seed(derive_seed(c.seed, self.rank))
@@ -176,6 +174,7 @@ class AdaptiveController:
         costs: dict[str, float] | None = None,
         probe: tuple[Tensor, Tensor] | None = None,
         control: tuple[Tensor, Tensor] | None = None,
+        grad: Tensor | Sequence[Tensor] | None = None,
     ) -> None:
         """Take what this step produced.
 
@@ -189,6 +188,8 @@ class AdaptiveController:
             control: ``(g, mu_g)``, a surrogate on the same draws and its exact conditional mean (``N x K x ...``,
                 e.g. :meth:`~carv_adapt.control_variate.ControlVariate.evaluate`); the statistics then track the
                 controlled ``plan.controlled(f, g, mu_g)`` and the coefficients are refitted (docs/theory.md §14).
+            grad: this step's gradient of the estimate (flat, or per parameter in the probe's order; nothing else
+                added): in parameter space, every step then measures sigma_B^2 (docs/theory.md §7.8).
         """
         if self._pending is None or plan is not self._pending:
             raise StateError("observe() needs the plan returned by this step's plan(); call plan() first")
@@ -213,6 +214,9 @@ class AdaptiveController:
             self.param_grouped.update_split_half(scaled[0], scaled[1], plan.K, design=design, outer=outer)
         self.skipped_probes += probe is not None and scaled is None  # no second moments yet: last estimates stay
         self._last_probe = self._step if scaled is not None else self._last_probe
+        if grad is not None and self.config.space == "parameter" and self._crn is None and outer.is_iid:
+            seg = PolicySegment(plan.N, plan.K, design, self.state.proposal_kind, self.state.probs)
+            self.steps.update(grad, seg, self._precond)
         for stage, sec in (costs or {}).items():
             self.costs.role(stage)
             self._explicit_costs[stage] = self._explicit_costs.get(stage, 0.0) + float(sec)
@@ -262,25 +266,20 @@ class AdaptiveController:
         if self._pending is not None:
             raise StateError("state_dict() in the middle of a step: call it after step()")
         return {
-            "config": self.config.model_dump(mode="json"),
-            "rank": self.rank,
-            "stage_roles": dict(self.costs.roles),
+            "config": self.config.model_dump(mode="json"), "rank": self.rank, "stage_roles": dict(self.costs.roles),
             "prior_pmf": None if self._prior_pmf is None else self._prior_pmf.clone(),
-            "step": self._step,
-            "last_probe": self._last_probe,
-            "decision_state": self.state.to_dict(),
-            "generator": self.generator.get_state(),
-            **{name: getattr(self, name).state_dict() for name in _TRACKERS},
+            "step": self._step, "last_probe": self._last_probe, "decision_state": self.state.to_dict(),
+            "generator": self.generator.get_state(), **{name: getattr(self, name).state_dict() for name in _TRACKERS},
             "history": [r.to_dict() for r in self.history],
             **({} if self._crn is None else {"crn": self._crn.state_dict()}),
-        }
+        }  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a :meth:`state_dict` (including its config: a differently configured controller becomes
         the saved one, as with PyTorch schedulers)."""
         if self._pending is not None:
             raise StateError("load_state_dict() in the middle of a step: call it between steps")
-        missing = set(self.state_dict()) - set(state) - {"crn", "control"}  # keys declared once, by state_dict
+        missing = set(self.state_dict()) - set(state) - {"crn", "control", "steps"}  # declared once, by state_dict
         if missing:
             raise StateError(f"controller state is missing {sorted(missing)}")
         self.config, self._extra_roles = parse_config(state["config"]), dict(state["stage_roles"])
@@ -290,7 +289,7 @@ class AdaptiveController:
         self._step, self._last_probe = int(state["step"]), state["last_probe"]
         self.state = DecisionState.from_dict(state["decision_state"])
         self.generator.set_state(state["generator"])
-        for name in _TRACKERS:  # a checkpoint from before control variates has no "control": it starts empty
+        for name in _TRACKERS:  # a checkpoint from before control variates (§14) or §7.8 lacks them: start empty
             getattr(self, name).load_state_dict(state.get(name, getattr(self, name).state_dict()))
         self.history = [Refit(**r) for r in state["history"]]
         CRNGroup.restore_on(self, state.get("crn"))

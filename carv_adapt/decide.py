@@ -24,6 +24,7 @@ from carv_adapt.proposals.families import BinnedProposal, UniformProposal
 from carv_adapt.proposals.shaping import capped_move, is_gain, regularized_profile
 from carv_adapt.schedule import warmup_k
 from carv_adapt.stats.snapshot import Statistics
+from carv_adapt.stats.steps import PolicySegment, pooled_between
 from carv_adapt.variance import (
     is_second_moment,
     optimal_proposal_bins,
@@ -226,6 +227,16 @@ def decide(
     def sw_at(sw: float, K: int) -> float:
         design = resolve_stratification(pol.stratification, K)
         return stratified_within(sw, phi, K) if design == "stratified" else sw
+
+    if use_param and pol.outer == "iid" and stats.steps:
+        # §7.8: every step's gradient measures its policy's group-mean variance; less that policy's within share.
+        def within_share(seg: PolicySegment) -> float:
+            sw = sw_of(seg.probs.double())
+            return (stratified_within(sw, phi, seg.K) if seg.design == "stratified" else sw) / seg.K
+
+        sb, sb_se, dof = pooled_between((sb, sb_se, src.sigma_b2_dof), stats.steps, within_share, r_w)
+        sb_d, sb_d_se = sb, sb_se
+        reasons.append(f"sigma_B^2 {sb:.4g} from probes and step gradients ({dof:.0f} dof)")
 
     # R2-R3: the proposal.
     p_new, kind, proposal_changed = p_cur, state.proposal_kind, False

@@ -27,6 +27,11 @@ def is_distributed() -> bool:
     return torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
+def current_rank() -> int:
+    """This process's rank under an initialized ``torch.distributed``, else 0."""
+    return torch.distributed.get_rank() if is_distributed() else 0
+
+
 def world_size(group: Any = None) -> int:
     return torch.distributed.get_world_size(group) if is_distributed() else 1
 

@@ -81,6 +81,40 @@ def test_state_dict_round_trip_gives_identical_next_plans():
     assert len(a.history) == len(b.history) and a.history[-1] == b.history[-1]
 
 
+def _observe_in_parameter_space(ctrl, plan, f, wl):
+    wf = plan.weights_like(f) * f  # parameter map I: probe halves and the step gradient of the same estimate
+    probe = (wf[:, 0::2].mean(1), wf[:, 1::2].mean(1)) if plan.K >= 2 and ctrl.probe_due() else None
+    ctrl.observe(plan, f, costs=wl.costs(plan), probe=probe, grad=plan.weighted_mean(f))
+    ctrl.step()
+
+
+def test_state_dict_round_trip_with_step_gradients_and_from_a_checkpoint_without_them():
+    """The step statistics (segments, their policies, the last two gradients) resume exactly; a checkpoint saved
+    before they existed loads with them empty."""
+    kw = dict(num_timesteps=T, num_bins=BINS, batch_size=2, warmup_steps=6, refit_every=4, seed=5, space="parameter")
+    a = AdaptiveController(**kw)
+    wl = _workload(a)
+    g = torch.Generator().manual_seed(3)
+    for _ in range(25):
+        plan = a.plan()
+        _observe_in_parameter_space(a, plan, wl.contributions(plan, g), wl)
+    assert a.statistics().steps and "step gradients" in a.history[-1].reason
+    state, g_state = copy.deepcopy(a.state_dict()), g.get_state()
+    b = AdaptiveController(num_timesteps=50, num_bins=5, batch_size=1, seed=99)
+    b.load_state_dict(state)
+    g_b = torch.Generator()
+    g_b.set_state(g_state)
+    for _ in range(12):
+        pa, pb = a.plan(), b.plan()
+        _observe_in_parameter_space(a, pa, wl.contributions(pa, g), wl)
+        _observe_in_parameter_space(b, pb, wl.contributions(pb, g_b), wl)
+    assert a.history[-1] == b.history[-1]
+    old = {k: v for k, v in state.items() if k != "steps"}
+    c = AdaptiveController(**kw)
+    c.load_state_dict(old)
+    assert c.statistics().steps == ()
+
+
 def test_call_order_errors_say_the_fix():
     c = AdaptiveController(num_timesteps=T, num_bins=BINS)
     with pytest.raises(StateError, match="call plan"):

@@ -34,7 +34,8 @@ class BetweenWithin:
     (``1/K^2`` for a stratified step, 1 for an i.i.d. one); ``M2 = E ||mu(xi)||^2``; ``G2 = |G|^2``, the squared
     norm of the expected gradient, from products of independent draws (docs/theory.md §13). ``sigma_b2_design``
     is the between variance of the outer design that ran, ``N Var(mean_n mu(xi_n))`` (NaN when no step had a
-    stratified or antithetic outer design; docs/theory.md §15).
+    stratified or antithetic outer design; docs/theory.md §15). ``sigma_b2_dof`` is the forgetting-weighted sum of
+    the between estimate's degrees of freedom.
     """
 
     sigma_b2: float
@@ -50,6 +51,7 @@ class BetweenWithin:
     G2_se: float = math.inf
     sigma_b2_design: float = math.nan
     sigma_b2_design_se: float = math.inf
+    sigma_b2_dof: float = 0.0
 
 
 class GroupedVariance(SumStatistic):
@@ -297,6 +299,7 @@ class GroupedVariance(SumStatistic):
             G2_se=g2_se,
             sigma_b2_design=bd,
             sigma_b2_design_se=bd_se,
+            sigma_b2_dof=dof_b,
         )
 
     def reset(self) -> None:

@@ -12,6 +12,7 @@ from torch import Tensor
 from carv_adapt.stats.costs import CostEstimate, CostTracker
 from carv_adapt.stats.grouped import BetweenWithin, GroupedVariance
 from carv_adapt.stats.profile import TimestepProfile
+from carv_adapt.stats.steps import SegmentEstimate, StepVariance
 
 __all__ = ["Statistics"]
 
@@ -25,6 +26,7 @@ class Statistics:
         m_se: ``B``-dim standard errors of ``m`` (``inf`` where unmeasured). counts: ``B``-dim forgetting counts.
         proxy: output-space between/within. param: parameter-space (split-half probe) ones, or None.
         costs: fitted ``c_0``, ``c_out``, ``c_in`` (and the measurement time per step, outside the model).
+        steps: per-policy group-mean variances from the step gradients (docs/theory.md §7.8), current policy last.
     """
 
     pi_b: Tensor
@@ -34,6 +36,7 @@ class Statistics:
     proxy: BetweenWithin
     param: BetweenWithin | None
     costs: CostEstimate
+    steps: tuple[SegmentEstimate, ...] = ()
 
     @classmethod
     def reduce(
@@ -43,6 +46,7 @@ class Statistics:
         grouped: GroupedVariance,
         param_grouped: GroupedVariance,
         costs: CostTracker,
+        steps: StepVariance | None = None,
     ) -> Statistics:
         proxy = grouped.compute()
         param = param_grouped.compute(phi=proxy.phi) if float(param_grouped.groups) > 0 else None
@@ -54,6 +58,7 @@ class Statistics:
             proxy=proxy,
             param=param,
             costs=costs.compute(),
+            steps=() if steps is None else steps.compute(),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -66,6 +71,7 @@ class Statistics:
             "proxy": asdict(self.proxy),
             "param": None if self.param is None else asdict(self.param),
             "costs": asdict(self.costs),
+            "steps": [s.to_dict() for s in self.steps],
         }
 
     @classmethod
@@ -84,6 +90,7 @@ class Statistics:
             proxy=BetweenWithin(**floats(d["proxy"])),
             param=None if d.get("param") is None else BetweenWithin(**floats(d["param"])),
             costs=CostEstimate(**floats(d["costs"])),
+            steps=tuple(SegmentEstimate.from_dict(s) for s in d.get("steps", ())),  # logs before §7.8 have none
         )
 
     @property

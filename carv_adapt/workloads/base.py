@@ -65,7 +65,8 @@ def descend(
     """The shared update of the gradient workloads: an optional split-half probe (docs/theory.md §7.5), then one
     backward of the rho-weighted inner mean through the upstream and an optimizer step.
 
-    Returns ``(probe or None, probe seconds, backward seconds, gradient norm)``.
+    Returns ``(probe or None, probe seconds, backward seconds, flat gradient)``; the gradient is exactly the
+    estimate's, which the controller's step-gradient statistics need (docs/theory.md §7.8).
     """
     import torch
 
@@ -79,20 +80,24 @@ def descend(
     t1 = time.perf_counter()
     opt.zero_grad(set_to_none=True)
     outputs.backward(weighted.mean(dim=1) / plan.N)
-    grad_norm = float(torch.cat([p.grad.reshape(-1) for p in params if p.grad is not None]).norm())
+    grad = torch.cat([(torch.zeros_like(p) if p.grad is None else p.grad).reshape(-1) for p in params])
     opt.step()
-    return probe, t1 - t0, time.perf_counter() - t1, grad_norm
+    return probe, t1 - t0, time.perf_counter() - t1, grad
 
 
 def observe_step(controller: Any, plan: Any, out: tuple) -> tuple[Tensor, dict[str, float], Any, float]:
-    """Hand one step's ``(f, seconds, probe, grad_norm[, control])`` to the controller (if any) and close the step;
-    a fifth element, ``(g, mu_g)`` from a control variate, goes to ``observe(..., control=)`` (docs/theory.md §14)."""
-    f, sec, probe, grad_norm = out[:4]
+    """Hand one step's ``(f, seconds, probe, grad[, control])`` to the controller (if any) and close the step;
+    ``grad`` is the flat step gradient (handed on as ``observe(..., grad=)``) or just its norm; a fifth element,
+    ``(g, mu_g)`` from a control variate, goes to ``observe(..., control=)`` (docs/theory.md §14). Returns the
+    gradient's norm in its place."""
+    f, sec, probe, grad = out[:4]
     if controller is not None:
-        control = {"control": out[4]} if len(out) > 4 and out[4] is not None else {}
-        controller.observe(plan, f, costs=sec, probe=probe, **control)
+        extra = {"control": out[4]} if len(out) > 4 and out[4] is not None else {}
+        if isinstance(grad, Tensor):
+            extra["grad"] = grad
+        controller.observe(plan, f, costs=sec, probe=probe, **extra)
         controller.step()
-    return f, sec, probe, grad_norm
+    return f, sec, probe, float(grad.norm()) if isinstance(grad, Tensor) else float(grad)
 
 
 def drive(

@@ -329,7 +329,8 @@ class DiffusionHeadWorkload:
             gz, gpred = grads[nh], grads[nh + 1]
             t4 = time.perf_counter()
             z.backward(gz.sum(dim=1))
-            norm = float(torch.cat([p.grad.reshape(-1) for p in params if p.grad is not None]).norm())
+            # The flat step gradient in the probe's parameter order (docs/theory.md §7.8).
+            flat = torch.cat([(torch.zeros_like(p) if p.grad is None else p.grad).reshape(-1) for p in params])
             opt.step()
             t5 = time.perf_counter()
             if loss_hook is not None:
@@ -337,7 +338,7 @@ class DiffusionHeadWorkload:
             # Rho-free output-space contributions (dl/dz_n, dl/deps_hat_nk): the proxy of docs/theory.md §16.
             f = (torch.cat([gz, gpred], dim=-1) / w.unsqueeze(-1)).detach()
             sec = {"upstream": t1 - t0, "inner": t2 - t1 + t4 - t3, "backward": t5 - t4, "probe": t3 - t2}
-            return f, sec, probe, norm
+            return f, sec, probe, flat
 
         def state() -> dict[str, Tensor]:
             s = {f"cond.{k}": v.detach().clone() for k, v in m.cond.state_dict().items()}

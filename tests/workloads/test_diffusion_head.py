@@ -58,12 +58,12 @@ def test_training_step_gradient_and_probe_match_the_estimate(workload):
     one_step, _ = wl._stepper(m, ctrl, None)
     plan = ctrl.plan()
     assert plan.K >= 2
-    f, sec, probe, norm = one_step(plan, 0)
+    f, sec, probe, step_grad = one_step(plan, 0)
     assert f.shape == (plan.N, plan.K, wl.config.dim + 64) and probe is not None and sec["probe"] > 0
     grad = torch.cat([p.grad.reshape(-1) for p in m.params()])
     ref = wl.gradient(before, plan, torch.Generator().manual_seed(wl.config.seed + 1))
     torch.testing.assert_close(grad, ref, rtol=1e-4, atol=1e-7)
-    assert norm == pytest.approx(float(ref.norm()), rel=1e-4)
+    torch.testing.assert_close(step_grad, ref, rtol=1e-4, atol=1e-7)  # what the controller's step statistics take
     # The two half means average to the outer draw's full mean: the probe covers both networks' parameters.
     g_a, g_b = probe
     assert g_a.shape == (plan.N, grad.numel())
