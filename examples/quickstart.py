@@ -81,7 +81,7 @@ def main() -> None:
             opt.zero_grad()
             x.backward((plan.weights_like(f) * f).mean(dim=1) / plan.N)  # carv: rho-weighted mean over K
             opt.step()
-        ctrl.observe(plan, f, probe=probe)  # carv
+        ctrl.observe(plan, f, probe=probe, grad=scene.grad)  # carv: the step gradient measures sigma_B^2 too
         ctrl.step()  # carv
         if step % 20 == 0 or step == args.steps - 1:
             views = render(scene.detach(), random_cameras(16, g))

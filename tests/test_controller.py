@@ -56,19 +56,23 @@ def test_controller_converges_to_oracle():
     assert last.predicted_ecm == pytest.approx(oracle.ecm, rel=0.15)
 
 
+def _resumed(a, g):
+    """A differently configured controller loaded with ``a``'s state (it must then behave exactly like ``a``),
+    and a copy of the draws' generator."""
+    b = AdaptiveController(num_timesteps=50, num_bins=5, batch_size=1, seed=99)
+    b.load_state_dict(copy.deepcopy(a.state_dict()))
+    g_b = torch.Generator()
+    g_b.set_state(g.get_state())
+    return b, g_b
+
+
 def test_state_dict_round_trip_gives_identical_next_plans():
     kw = dict(num_timesteps=T, num_bins=BINS, batch_size=3, warmup_steps=6, refit_every=4, seed=5)
     a = AdaptiveController(**kw)
     wl = _workload(a)
     g = torch.Generator().manual_seed(2)
     _run(a, wl, 15, g)
-    state = copy.deepcopy(a.state_dict())
-    g_state = g.get_state()
-    # B is configured differently; loading A's state must make it behave exactly like A.
-    b = AdaptiveController(num_timesteps=50, num_bins=5, batch_size=1, seed=99)
-    b.load_state_dict(state)
-    g_b = torch.Generator()
-    g_b.set_state(g_state)
+    b, g_b = _resumed(a, g)
     for _ in range(20):
         pa, pb = a.plan(), b.plan()
         assert (pa.N, pa.K, pa.noise_seed) == (pb.N, pb.K, pb.noise_seed)
@@ -99,11 +103,8 @@ def test_state_dict_round_trip_with_step_gradients_and_from_a_checkpoint_without
         plan = a.plan()
         _observe_in_parameter_space(a, plan, wl.contributions(plan, g), wl)
     assert a.statistics().steps and "step gradients" in a.history[-1].reason
-    state, g_state = copy.deepcopy(a.state_dict()), g.get_state()
-    b = AdaptiveController(num_timesteps=50, num_bins=5, batch_size=1, seed=99)
-    b.load_state_dict(state)
-    g_b = torch.Generator()
-    g_b.set_state(g_state)
+    state = copy.deepcopy(a.state_dict())
+    b, g_b = _resumed(a, g)
     for _ in range(12):
         pa, pb = a.plan(), b.plan()
         _observe_in_parameter_space(a, pa, wl.contributions(pa, g), wl)
