@@ -15,12 +15,37 @@ from carv_adapt.errors import ShapeError
 from carv_adapt.metric import Preconditioner
 from carv_adapt.stats.base import NonFinitePolicy, SumStatistic, reliability_mean_se
 
-__all__ = ["StepVariance", "PolicySegment", "SegmentEstimate", "pooled_between", "OVERLAP_INFLATION"]
+__all__ = [
+    "StepVariance",
+    "PolicySegment",
+    "SegmentEstimate",
+    "pooled_between",
+    "overlap_inflation",
+    "OVERLAP_INFLATION",
+]
 
-# Successive second differences overlap: for any noise covariance the squared norms of d_t and d_{t+1} correlate
-# with rho^2 = (4/6)^2, of d_t and d_{t+2} with (1/6)^2, so the variance of their mean is 1 + 2 (16 + 1)/36 times
-# that of independent ones (docs/theory.md §7.8).
-OVERLAP_INFLATION = 1.0 + 2.0 * (16.0 + 1.0) / 36.0
+LAG1, LAG2 = (1.0, -2.0, 1.0), (1.0, 0.0, -2.0, 0.0, 1.0)  # g_t - 2 g_{t-1} + g_{t-2};  g_t - 2 g_{t-2} + g_{t-4}
+
+
+def overlap_inflation(plus: Sequence[float], minus: Sequence[float] = ()) -> float:
+    """How much more variable the mean of overlapping ``||plus * g||^2 - ||minus * g||^2`` (kernels over successive
+    independent steps) is than a mean of as many independent ones: ``1 + 2 sum_k rho_k``. For Gaussian noise of any
+    covariance the squared norms of two kernels' outputs covary as the squared inner product of the kernels
+    (docs/theory.md §7.8), so this is exact and depends on the kernels alone."""
+
+    def c(p: Sequence[float], q: Sequence[float], k: int) -> float:  # sum_j p_j q_{j-k}: q shifted k steps back
+        return sum(p[j] * q[j - k] for j in range(len(p)) if 0 <= j - k < len(q))
+
+    def gamma(k: int) -> float:
+        return c(plus, plus, k) ** 2 + c(minus, minus, k) ** 2 - c(plus, minus, k) ** 2 - c(minus, plus, k) ** 2
+
+    span = max(len(plus), len(minus))
+    return 1.0 + 2.0 * sum(gamma(k) for k in range(1, span)) / gamma(0)
+
+
+OVERLAP_INFLATION = overlap_inflation(LAG1)  # 1 + 2 (16 + 1)/36 = 1.94
+_DRIFT_INFLATION = overlap_inflation(LAG2, LAG1)
+_SUMS = ("w", "wx", "wx2", "u", "uy", "uy2")  # lag-1 estimates x; lag-2 less lag-1, y (the drift check)
 
 
 @dataclass(frozen=True)
@@ -56,41 +81,48 @@ class PolicySegment:
 @dataclass(frozen=True)
 class SegmentEstimate:
     """One policy's group-mean variance ``V_g = sigma_B^2 + v(K, p)`` from its steps: the mean ``vg``, its standard
-    error (overlap included) and the effective number of second differences ``dof``."""
+    error (overlap included), the effective number of second differences ``dof``, and ``drift``, an upper bound on
+    the mean gradient's drift in ``vg`` beyond noise (NaN until the segment has five steps)."""
 
     policy: PolicySegment
     vg: float
     vg_se: float
     dof: float
+    drift: float = 0.0
 
     def to_dict(self) -> dict:
-        return {"policy": self.policy.to_dict(), "vg": self.vg, "vg_se": self.vg_se, "dof": self.dof}
+        return {"policy": self.policy.to_dict(), "vg": self.vg, "vg_se": self.vg_se, "dof": self.dof,
+                "drift": self.drift}  # fmt: skip
 
     @classmethod
     def from_dict(cls, d: dict) -> SegmentEstimate:
-        return cls(PolicySegment.from_dict(d["policy"]), float(d["vg"]), float(d["vg_se"]), float(d["dof"]))
+        vals = (float(d[k]) for k in ("vg", "vg_se", "dof", "drift"))
+        return cls(PolicySegment.from_dict(d["policy"]), *vals)
 
 
 class StepVariance(SumStatistic):
-    """Accumulates ``N ||g_t - 2 g_{t-1} + g_{t-2}||^2 / 6`` over steps whose three gradients were drawn under one
-    policy, per policy, under forgetting (docs/theory.md §7.8).
+    """Accumulates ``x_t = N ||g_t - 2 g_{t-1} + g_{t-2}||^2 / 6`` over steps whose gradients were drawn under one
+    policy, per policy, under forgetting, and a drift check (docs/theory.md §7.8).
 
     ``g_t`` is a step's gradient of the estimate: the mean over its ``N`` outer draws of each draw's weighted inner
-    mean, mapped to parameters, nothing else added. Successive steps draw independently, so the second difference
-    has variance ``6 V_g / N`` plus the second difference of the mean gradient, which a linear drift leaves at zero.
-    A change of policy starts a new segment; up to ``slots`` of them are kept (the one with the least weight gives
-    way), each carrying its policy, so a decision subtracts each segment's own within share. The last two
-    gradients of the current segment are part of the state (``2 P`` numbers).
+    mean, mapped to parameters, nothing else added. Successive steps draw independently, so ``x_t`` estimates the
+    group-mean variance ``V_g`` plus ``N ||second difference of the mean gradient||^2 / 6``, which a linear drift
+    leaves at zero. The same at lag two, ``x2_t`` from ``g_t - 2 g_{t-2} + g_{t-4}``, carries at least twice the
+    lag-one drift term for any drift as smooth as a random walk, so ``y_t = x2_t - x_t`` bounds it. A change of
+    policy starts a new segment; up to ``slots`` are kept (the least weighted gives way), each with its policy, so
+    a decision subtracts each segment's own within share. The current segment's last four gradients are part of
+    the state (``4 P`` numbers).
     """
 
     def __init__(self, nonfinite: NonFinitePolicy = "skip", slots: int = 8) -> None:
         super().__init__(nonfinite)
-        for name in ("w", "wx", "wx2"):
+        for name in _SUMS:
             self.add_state(name, torch.zeros(slots))
-        self.add_state("w2", torch.zeros(slots), decay="square")
+        for name in ("w2", "u2"):
+            self.add_state(name, torch.zeros(slots), decay="square")
         self._policies: list[PolicySegment | None] = [None] * slots
         self._current: int | None = None
-        self._last: list[Tensor] = []  # the current segment's last two raw gradients, oldest first
+        self._last: list[Tensor] = []  # the current segment's last four raw gradients, oldest first
 
     def _open(self, policy: PolicySegment) -> None:
         self._last = []
@@ -99,7 +131,7 @@ class StepVariance(SumStatistic):
                 self._current = i
                 return
         i = int(torch.argmin(self.w))
-        for name in ("w", "wx", "wx2", "w2"):
+        for name in (*_SUMS, "w2", "u2"):
             getattr(self, name)[i] = 0.0
         self._policies[i], self._current = policy, i
 
@@ -107,7 +139,7 @@ class StepVariance(SumStatistic):
         self, grad: Tensor | Sequence[Tensor], policy: PolicySegment, metric: Preconditioner | None = None
     ) -> None:
         """Take one step's gradient (a flat Tensor or the per-parameter gradients, in a fixed order) drawn under
-        ``policy``; with a ``metric`` (docs/theory.md §13.3) the difference is taken in it, and a step before the
+        ``policy``; with a ``metric`` (docs/theory.md §13.3) differences are taken in it, and a step before the
         optimizer has second moments is skipped."""
         scale = None if metric is None else metric.scale()
         if metric is not None and scale is None:
@@ -119,31 +151,40 @@ class StepVariance(SumStatistic):
         if self._last and self._last[-1].shape != g.shape:
             raise ShapeError(f"step gradient has {g.numel()} entries, the previous one {self._last[-1].numel()}")
         if not self._finite_or_reject("step gradient", g):
-            self._last = []  # a broken triple: start over
+            self._last = []  # a broken run of steps: start over
             return
-        if len(self._last) == 2:
-            d = g - 2.0 * self._last[1] + self._last[0]
+        h = self._last
+        if len(h) >= 2:
+            ds = [g - 2.0 * h[-1] + h[-2]] + ([g - 2.0 * h[-2] + h[-4]] if len(h) == 4 else [])
             if scale is not None:
-                d = d * scale.to(d.device, d.dtype)
-            x = policy.N * float(d.double().pow(2).sum()) / 6.0
+                ds = [d * scale.to(d.device, d.dtype) for d in ds]
+            xs = (policy.N / 6.0 * torch.stack([d.double().pow(2).sum() for d in ds])).tolist()
+            names, values = ["w", "w2", "wx", "wx2"], [1.0, 1.0, xs[0], xs[0] ** 2]
+            if len(xs) == 2:
+                y = xs[1] - xs[0]
+                names += ["u", "u2", "uy", "uy2"]
+                values += [1.0, 1.0, y, y * y]
             i = self._current
             assert i is not None
-            for name, v in (("w", 1.0), ("w2", 1.0), ("wx", x), ("wx2", x * x)):
+            for name, v in zip(names, values):
                 getattr(self, name)[i] += v
-        self._last = [*self._last[-1:], g.clone()]
+        self._last = [*h[-3:], g.clone()]
 
-    def compute(self) -> tuple[SegmentEstimate, ...]:
-        """Each kept segment with at least one second difference, the current one last."""
+    def compute(self, z: float = 2.0) -> tuple[SegmentEstimate, ...]:
+        """Each kept segment with at least one lag-one estimate, the current one last. ``drift`` is the lag-two
+        check's excess beyond ``z`` standard errors (0 when within noise, NaN before the segment has one)."""
         out = []
         order = [i for i in range(len(self._policies)) if i != self._current] + [self._current]
-        w, w2, wx, wx2 = (getattr(self, n).tolist() for n in ("w", "w2", "wx", "wx2"))
+        sums = {n: getattr(self, n).tolist() for n in (*_SUMS, "w2", "u2")}
         for i in order:
             p = None if i is None else self._policies[i]
-            if p is None or w[i] <= 0:
+            if p is None or sums["w"][i] <= 0:
                 continue
-            mean, se = reliability_mean_se(w[i], w2[i], wx[i], wx2[i])
-            dof = w[i] / OVERLAP_INFLATION  # forgetting-weighted, like the probes' sum of N - 1
-            out.append(SegmentEstimate(p, mean, se * math.sqrt(OVERLAP_INFLATION), dof))
+            mean, se = reliability_mean_se(sums["w"][i], sums["w2"][i], sums["wx"][i], sums["wx2"][i])
+            y, se_y = reliability_mean_se(sums["u"][i], sums["u2"][i], sums["uy"][i], sums["uy2"][i])
+            drift = max(y - z * se_y * math.sqrt(_DRIFT_INFLATION), 0.0) if math.isfinite(se_y) else math.nan
+            dof = sums["w"][i] / OVERLAP_INFLATION  # forgetting-weighted, like the probes' sum of N - 1
+            out.append(SegmentEstimate(p, mean, se * math.sqrt(OVERLAP_INFLATION), dof, drift))
         return tuple(out)
 
     def reset(self) -> None:
@@ -176,14 +217,19 @@ def pooled_between(
     segment giving ``vg - within_share(policy)`` (docs/theory.md §7.8).
 
     Estimates are weighted by their degrees of freedom, not by their estimated variances: a handful of probes
-    gives a standard error too noisy to weight by. The segments' within shares share one relative error
+    gives a standard error too noisy to weight by. A segment whose drift check exceeds its noise counts as its
+    bias bound ``drift`` allows: its degrees of freedom scale by ``se^2 / (se^2 + drift^2)`` and ``drift`` joins its
+    standard error; segments not yet checked are left out. The segments' within shares share one relative error
     ``within_rel_se`` (they come from the same probes). Without usable segments the probes' estimate returns.
     """
     terms = []
     for s in segments:
         v = within_share(s.policy)
-        if math.isfinite(v) and math.isfinite(s.vg) and s.dof > 0:
-            terms.append((s.dof, s.vg - v, s.vg_se, v))
+        if math.isfinite(v) and math.isfinite(s.vg) and math.isfinite(s.vg_se) and math.isfinite(s.drift):
+            mse = s.vg_se**2 + s.drift**2
+            dof = s.dof * (s.vg_se**2 / mse if mse > 0 else 1.0)
+            if dof > 0:
+                terms.append((dof, s.vg - v, math.sqrt(mse), v))
     if not terms:
         return probe
     dof_s = sum(t[0] for t in terms)

@@ -34,6 +34,26 @@ def test_group_mean_variance_is_unbiased_and_a_linear_drift_cancels():
     exact = sb + sw / K
     assert abs(est.vg - exact) < 4.0 * est.vg_se, (est.vg, exact, est.vg_se)
     assert est.dof == pytest.approx(2998 / OVERLAP_INFLATION)
+    assert est.drift == 0.0  # the lag-two check sees no drift either
+
+
+def test_the_drift_check_bounds_a_random_walk_of_the_mean_gradient():
+    """The mean gradient takes a random walk of trace q per step, e.g. from noisy parameter updates: the lag-one
+    estimate reads V_g + N 2q/6 (exact), and the lag-two check reports a bound that, counted as error, covers it;
+    pooled, such a segment gives way to the probes."""
+    N, K, sb, sw, q = 2, 4, 0.3, 2.0, 0.6
+    g, tracker = torch.Generator().manual_seed(5), StepVariance()
+    mean = torch.zeros(P, dtype=torch.float64)
+    for _ in range(3000):
+        mean = mean + math.sqrt(q / P) * torch.randn(P, generator=g, dtype=torch.float64)
+        tracker.update(step_gradient(g, N, K, sb, sw, mean), policy(K, N))
+    (est,) = tracker.compute()
+    exact, bias = sb + sw / K, N * 2.0 * q / 6.0
+    assert abs(est.vg - exact - bias) < 4.0 * est.vg_se, (est.vg, exact + bias)  # the lag-one reading is biased
+    assert est.drift > 0.5 * bias and abs(est.vg - exact) < 4.0 * math.hypot(est.vg_se, est.drift)
+    share = lambda p: sw / p.K  # noqa: E731
+    sb_hat, _, dof = pooled_between((sb, 0.05, 10.0), [est], share, 0.0)
+    assert dof < 10.0 + 0.05 * est.dof and abs(sb_hat - sb) < 0.1 * bias  # the probes' (exact here) dominate
 
 
 def test_standard_error_counts_the_overlap_of_successive_differences():
