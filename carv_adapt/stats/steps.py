@@ -123,6 +123,7 @@ class StepVariance(SumStatistic):
         self._policies: list[PolicySegment | None] = [None] * slots
         self._current: int | None = None
         self._last: list[Tensor] = []  # the current segment's last four raw gradients, oldest first
+        self._work: list[Tensor] = []  # two difference buffers, not state
 
     def _open(self, policy: PolicySegment) -> None:
         self._last = []
@@ -145,7 +146,7 @@ class StepVariance(SumStatistic):
         if metric is not None and scale is None:
             self._last = []
             return
-        g = (grad if isinstance(grad, Tensor) else torch.cat([x.reshape(-1) for x in grad])).detach().reshape(-1)
+        g = grad.detach().reshape(-1) if isinstance(grad, Tensor) else torch.cat([x.detach().reshape(-1) for x in grad])
         if self._current is None or not policy.same(self._policies[self._current]):
             self._open(policy)
         if self._last and self._last[-1].shape != g.shape:
@@ -155,10 +156,18 @@ class StepVariance(SumStatistic):
             return
         h = self._last
         if len(h) >= 2:
-            ds = [g - 2.0 * h[-1] + h[-2]] + ([g - 2.0 * h[-2] + h[-4]] if len(h) == 4 else [])
+            # Fused, into reused buffers, in the gradient's own precision (half precision is widened): a float64
+            # copy, or a fresh allocation, of a large gradient per step cost more than the rest of the controller.
+            if len(self._work) != 2 or self._work[0].shape != g.shape or self._work[0].dtype != g.dtype:
+                self._work = [torch.empty_like(g), torch.empty_like(g)]
+            ds = [torch.add(g, h[-2], out=self._work[0]).sub_(h[-1], alpha=2.0)]
+            if len(h) == 4:
+                ds.append(torch.add(g, h[-4], out=self._work[1]).sub_(h[-2], alpha=2.0))
+            if g.dtype in (torch.float16, torch.bfloat16):
+                ds = [d.float() for d in ds]
             if scale is not None:
-                ds = [d * scale.to(d.device, d.dtype) for d in ds]
-            xs = (policy.N / 6.0 * torch.stack([d.double().pow(2).sum() for d in ds])).tolist()
+                ds = [d.mul_(scale.to(d.device, d.dtype)) for d in ds]
+            xs = (policy.N / 6.0 * torch.stack([torch.dot(d, d) for d in ds]).double()).tolist()
             names, values = ["w", "w2", "wx", "wx2"], [1.0, 1.0, xs[0], xs[0] ** 2]
             if len(xs) == 2:
                 y = xs[1] - xs[0]
@@ -168,7 +177,14 @@ class StepVariance(SumStatistic):
             assert i is not None
             for name, v in zip(names, values):
                 getattr(self, name)[i] += v
-        self._last = [*h[-3:], g.clone()]
+        # A caller's Tensor (often p.grad itself) changes under the next backward, so it is copied, into the oldest
+        # gradient's storage once four are held; a concatenation is already a copy.
+        if not isinstance(grad, Tensor):
+            self._last = [*h[-3:], g]
+        elif len(h) == 4:
+            self._last = [*h[1:], h[0].copy_(g)]
+        else:
+            self._last = [*h, g.clone()]
 
     def compute(self, z: float = 2.0) -> tuple[SegmentEstimate, ...]:
         """Each kept segment with at least one lag-one estimate, the current one last. ``drift`` is the lag-two

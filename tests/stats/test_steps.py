@@ -131,3 +131,14 @@ def test_pooled_between_subtracts_each_segments_within_share_and_weights_by_dof(
     sb, _, dof = pooled_between((0.9, 0.2, 10.0), [old, seg], share, 0.0)
     assert (sb, dof) == (pytest.approx((10 * 0.9 + 40 * 0.5) / 50), 50.0)
     assert pooled_between((0.9, 0.2, 10.0), [], share, 0.0) == (0.9, 0.2, 10.0)
+
+
+def test_a_gradient_buffer_the_caller_reuses_is_copied():
+    """Passing p.grad itself, which the next backward overwrites, gives what fresh tensors give."""
+    g = torch.Generator().manual_seed(6)
+    xs = [step_gradient(g, 2, 4, 0.3, 2.0, torch.zeros(P, dtype=torch.float64)) for _ in range(9)]
+    fresh, reused, buf = StepVariance(), StepVariance(), torch.empty(P, dtype=torch.float64)
+    for x in xs:
+        fresh.update(x.clone(), policy())
+        reused.update(buf.copy_(x), policy())
+    assert [s.to_dict() for s in fresh.compute()] == [s.to_dict() for s in reused.compute()]
