@@ -106,8 +106,10 @@ class GroupedVariance(SumStatistic):
     @staticmethod
     def _totals(ssw: Tensor, means: Tensor, strat: tuple[Tensor, Tensor]) -> list[float]:
         """``[ssw, split, pairs, sum_n ||mean_n||^2, sum_n ||mean_n - mean||^2]``: one host transfer per step."""
-        msq = means.pow(2).sum()
-        ssb = (means - means.mean(0)).pow_(2).sum() if means.shape[0] >= 2 else torch.zeros_like(msq)
+        flat = means.reshape(-1)
+        msq = torch.dot(flat, flat)  # one fused reduction: a probe's means are N x P, P can be large
+        c = (means - means.mean(0)).reshape(-1) if means.shape[0] >= 2 else None
+        ssb = torch.dot(c, c) if c is not None else torch.zeros_like(msq)
         sums = [ssw.reshape(()), *(t.reshape(()).to(msq.dtype) for t in strat), msq, ssb]
         return torch.stack(sums).double().tolist()
 
@@ -246,23 +248,26 @@ class GroupedVariance(SumStatistic):
             raise ShapeError(f"split-half probe needs K >= 2 inner draws, got K={K}")
         k_a, k_b = (K + 1) // 2, K // 2
 
-        def totals(a: Tensor, b: Tensor) -> list[float]:
-            ssw = (a - b).pow_(2).sum() / (1.0 / k_a + 1.0 / k_b)
-            return self._totals(ssw, (k_a * a + k_b * b) / K, (torch.zeros_like(ssw), torch.zeros_like(ssw)))
+        def totals(a: Tensor, b: Tensor) -> tuple[list[float], Tensor]:
+            # Fused, one N x P temporary each: allocating large gradients is what a probe's bookkeeping costs.
+            d = (a - b).reshape(-1)
+            ssw = torch.dot(d, d) / (1.0 / k_a + 1.0 / k_b)
+            means = torch.add(a, b, alpha=k_b / k_a).mul_(k_a / K)  # (k_A g_A + k_B g_B) / K
+            return self._totals(ssw, means, (torch.zeros_like(ssw), torch.zeros_like(ssw))), means
 
         a, b = g_a.detach(), g_b.detach()
-        tot = totals(a, b)
+        tot, means = totals(a, b)
         if not all(math.isfinite(v) for v in tot):
             kept = self._drop_nonfinite("probe gradient", a, b)
             if kept is None:
                 return
             a, b = kept
-            tot = totals(a, b)
+            tot, means = totals(a, b)
         n = a.shape[0]
         sw = tot[0] / n
         x = 1.0 / (K * K) if design == "stratified" else 1.0
         # The probe measures the design's variance only; its i.i.d. counterpart comes from the proxy's phi.
-        self._accumulate(n, K, sw, float(n), None, x, tot[3], tot[4], (k_a * a + k_b * b) / K, outer)
+        self._accumulate(n, K, sw, float(n), None, x, tot[3], tot[4], means, outer)
 
     def compute(self, phi: float | None = None) -> BetweenWithin:
         """Current estimates; ``phi`` (default: this tracker's own) converts the design's within variance into
