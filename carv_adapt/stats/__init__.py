@@ -5,6 +5,7 @@ from carv_adapt.stats.control import ControlVariateEstimate, ControlVariateStats
 from carv_adapt.stats.costs import CostEstimate, CostTracker, StageRole, StageTimer
 from carv_adapt.stats.grouped import BetweenWithin, GroupedVariance, split_half_within
 from carv_adapt.stats.profile import TimestepProfile
+from carv_adapt.stats.steps import PolicySegment, SegmentEstimate, StepVariance
 from carv_adapt.stats.welford import Welford
 
 __all__ = [
@@ -21,4 +22,7 @@ __all__ = [
     "Welford",
     "ControlVariateStats",
     "ControlVariateEstimate",
+    "StepVariance",
+    "PolicySegment",
+    "SegmentEstimate",
 ]
