@@ -65,7 +65,8 @@ def main() -> None:
     results = {}
     for w, steps in DEMO_STEPS.items():
         out = Path("policies") / f"{w}.json"
-        cli(["fit", str(args.runs / w / "refits.jsonl"), "-o", str(out), "--trials", str(args.trials)])
+        if cli(["fit", str(args.runs / w / "refits.jsonl"), "-o", str(out), "--trials", str(args.trials)]) != 0:
+            raise SystemExit(f"carv-adapt fit failed on {w}: {out} was not re-fitted")
         pol = Policy.load(out)
         ecm, se_base, se_pol = measure(pol, w, args.replications)
         demo = f"carv-adapt demo --workload {w}" + (f" --steps {steps}" if steps else "") + DEMO_ARGS.get(w, "")

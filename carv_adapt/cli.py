@@ -118,7 +118,8 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     from carv_adapt.fit.replay import replay_objective
 
     console = Console(width=160)
-    record = read_refit_log(args.log)[-1]
+    records = read_refit_log(args.log)
+    record = records[-1]
     T = args.num_timesteps if args.num_timesteps is not None else getattr(record, "num_timesteps", None)
     if T is None:
         raise ConfigError(
@@ -129,7 +130,17 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         f"closed form from step {record.step}: K*={closed.allocation.K}, predicted ECM "
         f"{closed.provenance['predicted_ecm']:.3g}"
     )
-    objective = replay_objective(record, T, steps=args.replay_steps, seeds=args.replay_seeds)
+    # The replay simulates a problem with the record's variances, so it needs both positive; a last between estimate
+    # within its own noise of 0 (it can read <= 0) is replayed from the latest record that has them.
+    source = next((r for r in reversed(records) if min(r.sigma_b2, r.sigma_w2) > 0), None)
+    if source is None:
+        raise ConfigError(f"{args.log}: no record has positive sigma_b2 and sigma_w2 to replay the hyper-parameters on")
+    if source is not record:
+        console.print(
+            f"replaying the statistics of step {source.step}: step {record.step}'s sigma_B^2 {record.sigma_b2:.3g} "
+            "is not positive"
+        )
+    objective = replay_objective(source, T, steps=args.replay_steps, seeds=args.replay_seeds)
     with Progress(console=console) as progress:
         task = progress.add_task("BoTorch trials (replays of the log)", total=args.trials)
         res = bayes_optimize(

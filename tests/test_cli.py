@@ -202,3 +202,20 @@ def test_fit_writes_a_loadable_policy_and_preview(log_path, tmp_path, capsys):
     assert "trials" in capsys.readouterr().out
     assert main(["inspect", str(out), "--out", str(tmp_path / "p"), "--preview", "4000"]) == 0
     assert (tmp_path / "p" / "proposal.png").stat().st_size > 2000
+
+
+@pytest.mark.slow
+def test_fit_replays_the_latest_record_with_positive_variances(log_path, tmp_path, capsys):
+    """A log whose last between estimate reads <= 0 (within its noise of 0) is still fitted: the replay takes the
+    latest record with both variances positive and says so; the policy is the last record's decision."""
+    pytest.importorskip("botorch")
+    lines = log_path.read_text().splitlines()
+    last = json.loads(lines[-1])
+    last["sigma_b2"] = -1e-4
+    edited = tmp_path / "negative.jsonl"
+    edited.write_text("\n".join([*lines[:-1], json.dumps(last)]) + "\n")
+    out = tmp_path / "policy.json"
+    assert main(["fit", str(edited), "-o", str(out), "--trials", "2", "--replay-steps", "40"]) == 0
+    previous = json.loads(lines[-2])["step"]
+    assert f"replaying the statistics of step {previous}" in capsys.readouterr().out
+    assert Policy.load(out).provenance["fitted_from_step"] == last["step"]
