@@ -224,15 +224,14 @@ def decide(
             return math.nan
         return within_variance_for_proposal(sw_iid, S_cur, float(is_second_moment(pi_b, p, m)), M2)
 
-    def sw_at(sw: float, K: int) -> float:
-        design = resolve_stratification(pol.stratification, K)
+    def sw_at(sw: float, K: int, design: str | None = None) -> float:  # design: the policy's at K unless given
+        design = resolve_stratification(pol.stratification, K) if design is None else design
         return stratified_within(sw, phi, K) if design == "stratified" else sw
 
     if use_param and pol.outer == "iid" and stats.steps:
         # §7.8: every step's gradient measures its policy's group-mean variance; less that policy's within share.
         def within_share(seg: PolicySegment) -> float:
-            sw = sw_of(seg.probs.double())
-            return (stratified_within(sw, phi, seg.K) if seg.design == "stratified" else sw) / seg.K
+            return sw_at(sw_of(seg.probs.double()), seg.K, seg.design) / seg.K
 
         sb, sb_se, dof = pooled_between((sb, sb_se, src.sigma_b2_dof), stats.steps, within_share, r_w)
         sb_d, sb_d_se = sb, sb_se

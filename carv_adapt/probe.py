@@ -9,7 +9,7 @@ from torch import Tensor
 
 from carv_adapt.errors import ShapeError
 
-__all__ = ["split_half_probe", "split_half_halves"]
+__all__ = ["split_half_probe", "split_half_halves", "flat_gradient"]
 
 
 def split_half_halves(weighted: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
@@ -77,6 +77,13 @@ def split_half_probe(
             )
             out.append(_flat(grads, params))
     return torch.stack(rows[0]), torch.stack(rows[1])
+
+
+def flat_gradient(params: Sequence[Tensor]) -> Tensor:
+    """The parameters' ``.grad`` flattened into one vector in ``params``' order (zeros where a gradient is None): the
+    step gradient :meth:`~carv_adapt.controller.AdaptiveController.observe` takes as ``grad=`` (docs/theory.md §7.8),
+    in the same order as :func:`split_half_probe`'s rows."""
+    return _flat([p.grad for p in params], params)
 
 
 def _flat(grads: Sequence[Tensor | None], params: Sequence[Tensor]) -> Tensor:

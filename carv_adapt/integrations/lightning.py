@@ -39,6 +39,7 @@ from torch import Tensor
 
 from carv_adapt.controller import AdaptiveController
 from carv_adapt.plan import Plan
+from carv_adapt.probe import flat_gradient
 
 __all__ = ["CarvCallback"]
 
@@ -92,7 +93,7 @@ class CarvCallback(pl.Callback):
         else:
             self._ctrl().observe(plan, contributions, **kwargs)
 
-    def _release(self, grad: list[Tensor] | None) -> None:
+    def _release(self, grad: Tensor | None) -> None:
         if self._held is not None:
             plan, contributions, kwargs = self._held
             self._held = None
@@ -118,7 +119,7 @@ class CarvCallback(pl.Callback):
         if trainer.accumulate_grad_batches != 1:
             return self._skip_gradient("with gradient accumulation one gradient spans several plans")
         params = [p for group in optimizer.param_groups for p in group["params"]]
-        self._release([p.grad if p.grad is not None else p.detach().new_zeros(p.shape) for p in params])
+        self._release(flat_gradient(params))
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int

@@ -46,6 +46,8 @@ def overlap_inflation(plus: Sequence[float], minus: Sequence[float] = ()) -> flo
 OVERLAP_INFLATION = overlap_inflation(LAG1)  # 1 + 2 (16 + 1)/36 = 1.94
 _DRIFT_INFLATION = overlap_inflation(LAG2, LAG1)
 _SUMS = ("w", "wx", "wx2", "u", "uy", "uy2")  # lag-1 estimates x; lag-2 less lag-1, y (the drift check)
+_SQUARES = ("w2", "u2")  # their squared weights
+_SLOT_STATES = (*_SUMS, *_SQUARES)
 
 
 @dataclass(frozen=True)
@@ -118,7 +120,7 @@ class StepVariance(SumStatistic):
         super().__init__(nonfinite)
         for name in _SUMS:
             self.add_state(name, torch.zeros(slots))
-        for name in ("w2", "u2"):
+        for name in _SQUARES:
             self.add_state(name, torch.zeros(slots), decay="square")
         self._policies: list[PolicySegment | None] = [None] * slots
         self._current: int | None = None
@@ -132,7 +134,7 @@ class StepVariance(SumStatistic):
                 self._current = i
                 return
         i = int(torch.argmin(self.w))
-        for name in (*_SUMS, "w2", "u2"):
+        for name in _SLOT_STATES:
             getattr(self, name)[i] = 0.0
         self._policies[i], self._current = policy, i
 
@@ -191,7 +193,7 @@ class StepVariance(SumStatistic):
         check's excess beyond ``z`` standard errors (0 when within noise, NaN before the segment has one)."""
         out = []
         order = [i for i in range(len(self._policies)) if i != self._current] + [self._current]
-        sums = {n: getattr(self, n).tolist() for n in (*_SUMS, "w2", "u2")}
+        sums = {n: getattr(self, n).tolist() for n in _SLOT_STATES}
         for i in order:
             p = None if i is None else self._policies[i]
             if p is None or sums["w"][i] <= 0:

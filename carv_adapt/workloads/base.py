@@ -70,7 +70,7 @@ def descend(
     """
     import torch
 
-    from carv_adapt.probe import split_half_probe
+    from carv_adapt.probe import flat_gradient, split_half_probe
 
     t0 = time.perf_counter()
     weighted = plan.weights_like(f) * f
@@ -80,7 +80,7 @@ def descend(
     t1 = time.perf_counter()
     opt.zero_grad(set_to_none=True)
     outputs.backward(weighted.mean(dim=1) / plan.N)
-    grad = torch.cat([(torch.zeros_like(p) if p.grad is None else p.grad).reshape(-1) for p in params])
+    grad = flat_gradient(params)
     opt.step()
     return probe, t1 - t0, time.perf_counter() - t1, grad
 

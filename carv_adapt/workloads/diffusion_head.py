@@ -24,6 +24,7 @@ from torch import Tensor
 
 from carv_adapt.errors import ConfigError
 from carv_adapt.plan import Plan
+from carv_adapt.probe import flat_gradient
 from carv_adapt.teachers.schedules import ddpm_alphas_cumprod
 from carv_adapt.workloads.base import ComputeRun, RunResult, StepRecord, drive, drive_to_compute
 from carv_adapt.workloads.head_nets import PATCH_DIM, PATCHES, X_DIM, ConditionNet, DenoisingHead, Models, to_patches
@@ -329,8 +330,7 @@ class DiffusionHeadWorkload:
             gz, gpred = grads[nh], grads[nh + 1]
             t4 = time.perf_counter()
             z.backward(gz.sum(dim=1))
-            # The flat step gradient in the probe's parameter order (docs/theory.md §7.8).
-            flat = torch.cat([(torch.zeros_like(p) if p.grad is None else p.grad).reshape(-1) for p in params])
+            flat = flat_gradient(params)  # in the probe's parameter order (docs/theory.md §7.8)
             opt.step()
             t5 = time.perf_counter()
             if loss_hook is not None:
