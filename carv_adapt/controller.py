@@ -99,6 +99,7 @@ class AdaptiveController:
         self._pending: Plan | None = None
         self._observed, self._proposal_obj, self._last_probe = False, None, None
         self._timers, self._explicit_costs, self._crn = {}, {}, None  # stage timers, seconds, CRN group (§18)
+        self._seg: tuple[tuple, DecisionState, PolicySegment] | None = None
 
     def probe_due(self) -> bool:
         """Whether to probe this step: while the probe statistics are loose and within ``probe_budget``."""
@@ -206,7 +207,7 @@ class AdaptiveController:
             flat = contributions.detach().reshape(plan.N, plan.K, -1)
             if sq_norms is None:
                 sq_norms = torch.linalg.vector_norm(flat, dim=-1).double().pow(2)
-            self.grouped.update(flat, plan.rho, design=design, outer=outer)
+            self.grouped.update(flat, plan.rho, design=design, outer=outer, defer=True)
         if sq_norms is not None:
             self.profile.update(plan.t, sq_norms, bins=plan.bins)
         scaled = None if probe is None else in_metric(probe, self._precond)
@@ -215,12 +216,21 @@ class AdaptiveController:
         self.skipped_probes += probe is not None and scaled is None  # no second moments yet: last estimates stay
         self._last_probe = self._step if scaled is not None else self._last_probe
         if grad is not None and self.config.space == "parameter" and self._crn is None and outer.is_iid:
-            seg = PolicySegment(plan.N, plan.K, design, self.state.proposal_kind, self.state.probs)
-            self.steps.update(grad, seg, self._precond)
+            self.steps.update(grad, self._segment(plan.N, plan.K, design), self._precond)
         for stage, sec in (costs or {}).items():
             self.costs.role(stage)
             self._explicit_costs[stage] = self._explicit_costs.get(stage, 0.0) + float(sec)
         self._observed = True
+
+    def _segment(self, N: int, K: int, design: str) -> PolicySegment:
+        """The policy in force as a step segment, built once per decision state (compared on every step)."""
+        if self._seg is None or self._seg[0] != (N, K, design) or self._seg[1] is not self.state:
+            self._seg = (
+                (N, K, design),
+                self.state,
+                PolicySegment(N, K, design, self.state.proposal_kind, self.state.probs),
+            )
+        return self._seg[2]
 
     def step(self) -> None:
         """Close this step: record its costs, apply forgetting and refit when the schedule says so."""

@@ -47,8 +47,8 @@ def reduced_copies(stats: Sequence[SumStatistic], group: Any = None) -> list[Sum
 
     if world_size(group) == 1:
         return list(stats)
-    copies = [copy.deepcopy(s) for s in stats]
-    flats = [s.flat() for s in stats]
+    copies = [copy.deepcopy(s.folded()) for s in stats]  # deferred observations are in the sums to reduce
+    flats = [s.flat() for s in copies]
     buf = torch.cat(flats)
     backend = torch.distributed.get_backend(group)
     device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")

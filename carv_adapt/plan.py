@@ -10,7 +10,7 @@ from torch import Tensor
 
 from carv_adapt.errors import ShapeError
 from carv_adapt.outer import OuterLayout, check_outer_design, layout_of, outer_seed, outer_uniforms
-from carv_adapt.proposals.base import Proposal, bin_index
+from carv_adapt.proposals.base import Proposal
 
 __all__ = ["Plan", "Refit"]
 
@@ -198,7 +198,7 @@ def make_plan(
     strat = resolve_stratification(stratification, K)
     t, rho = proposal.sample(N, K, generator, strat)  # type: ignore[arg-type]
     noise_seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-    bins = bin_index(t, edges) if edges is not None else None
+    bins = proposal.bins(t, edges) if edges is not None else None
     return Plan(
         step=step, N=N, K=K, t=t, rho=rho, noise_seed=noise_seed, antithetic=antithetic, stratification=strat,
         bins=bins, outer=outer,

@@ -23,6 +23,7 @@ __all__ = [
     "is_second_moment",
     "within_variance_for_proposal",
     "group_sums",
+    "step_sums",
     "stratified_within",
     "stratum_within_from_groups",
     "fit_linear_cost",
@@ -118,6 +119,16 @@ def within_variance_for_proposal(
     return max(sigma_w2_obs, 0.0) * max(S_new - M2, 0.0) / (S_obs - M2)
 
 
+def _per_group(xg: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Per group of ``G x K x D`` (weighted) draws: within sum of squares, the two stratified within sums of
+    :func:`stratum_within_from_groups` (``G``-dim each) and the ``G x D`` group means."""
+    m = xg.mean(dim=1)
+    r = xg - m[:, None]
+    ssw = r.mul_(r).sum(dim=(1, 2))
+    split, pairs = _stratum_per_group(xg)
+    return ssw, split, pairs, m
+
+
 def group_sums(
     x: Tensor, weights: Tensor | None = None, chunk_elements: int = 1 << 20
 ) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor], float]:
@@ -134,19 +145,37 @@ def group_sums(
         (0-dim) and their count. Reductions stay on ``x``'s device and dtype.
     """
     n, K = x.shape[0], x.shape[1]
-    flat = x.reshape(n, K, -1)
-    step = max(1, chunk_elements // max(1, K * flat.shape[-1]))
-    chunks = []
-    ssw = torch.zeros((), dtype=flat.dtype, device=flat.device)
-    ss_split, ss_pairs, groups = torch.zeros_like(ssw), torch.zeros_like(ssw), 0.0
+    ssw, split, pairs, means = _chunked(x.reshape(n, K, -1), weights, chunk_elements)
+    return ssw.sum(), means, (split.sum(), pairs.sum()), float(n) if K >= 2 else 0.0
+
+
+def _chunked(flat: Tensor, weights: Tensor | None, chunk_elements: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    n, K, D = flat.shape
+    step = max(1, chunk_elements // max(1, K * D))
+    parts = []
     for i in range(0, n, step):
         xi = flat[i : i + step] if weights is None else flat[i : i + step] * weights[i : i + step, :, None]
-        mi = xi.mean(dim=1)
-        chunks.append(mi)
-        ssw = ssw + (xi - mi[:, None]).pow_(2).sum()
-        sa, sb, gc = stratum_within_from_groups(xi)
-        ss_split, ss_pairs, groups = ss_split + sa, ss_pairs + sb, groups + gc
-    return ssw, (chunks[0] if len(chunks) == 1 else torch.cat(chunks)), (ss_split, ss_pairs), groups
+        parts.append(_per_group(xi))
+    if len(parts) == 1:
+        return parts[0]
+    return tuple(torch.cat([p[j] for p in parts]) for j in range(4))  # type: ignore[return-value]
+
+
+def step_sums(x: Tensor, weights: Tensor | None = None, chunk_elements: int = 1 << 20) -> tuple[Tensor, Tensor]:
+    """:func:`group_sums` for ``S`` steps at once: ``x`` is ``S x N x K x ...`` (``weights`` ``S x N x K``).
+
+    Returns ``(totals, means)``: an ``S x 5`` float64 Tensor of each step's ``[ssw, split, pairs, sum_n ||m_n||^2,
+    sum_n ||m_n - mean_n m_n||^2]`` (the group means ``m_n`` weighted) and the ``S x N x D`` means, on ``x``'s
+    device. A step's row does not depend on the others: many small steps cost one batch of reductions.
+    """
+    S, n, K = x.shape[0], x.shape[1], x.shape[2]
+    flat = x.reshape(S * n, K, -1)
+    w = None if weights is None else weights.reshape(S * n, K)
+    ssw, split, pairs, means = _chunked(flat, w, chunk_elements)
+    m = means.reshape(S, n, -1)
+    c = m - m.mean(dim=1, keepdim=True)
+    cols = [v.reshape(S, n).sum(1) for v in (ssw, split, pairs)] + [m.mul(m).sum((1, 2)), c.mul_(c).sum((1, 2))]
+    return torch.stack(cols, dim=1).double(), m
 
 
 def stratified_within(sigma_w2_iid: float, phi: float, K: int) -> float:
@@ -174,21 +203,34 @@ def stratum_within_from_groups(x: Tensor) -> tuple[Tensor, Tensor, float]:
     the sums are 0-dim Tensors on ``x``'s device (no host transfer, so callers can batch theirs).
     """
     n, k = x.shape[0], x.shape[1]
-    zero = torch.zeros((), dtype=x.dtype, device=x.device)
     if k < 2:
+        zero = torch.zeros((), dtype=x.dtype, device=x.device)
         return zero, zero, 0.0
-    flat = x.reshape(n, k, -1)
-    if k % 2 == 1 and k > 1:
-        # Odd K: halves of unequal size would weight the end strata unlike the rest; leave out the middle stratum,
-        # whose variance is the most typical, and use the K - 1 others.
-        flat, k = torch.cat([flat[:, : k // 2], flat[:, k // 2 + 1 :]], dim=1), k - 1
+    split, pairs = _stratum_per_group(x.reshape(n, k, -1))
+    return split.sum(), pairs.sum(), float(n)
+
+
+def _stratum_per_group(flat: Tensor) -> tuple[Tensor, Tensor]:
+    """``G``-dim split and pair sums of :func:`stratum_within_from_groups` for ``G x K x D`` draws (0 for K < 2)."""
+    k = flat.shape[1]
+    if k < 2:
+        z = flat.new_zeros(flat.shape[0])
+        return z, z
+    # Odd K: halves of unequal size would weight the end strata unlike the rest; leave out the middle stratum,
+    # whose variance is the most typical, and use the K - 1 others.
+    if k % 2 == 1:
+        keep = torch.cat([torch.arange(k // 2), torch.arange(k // 2 + 1, k)]).to(flat.device)
+        flat, k = flat.index_select(1, keep), k - 1
     k_a, k_b = (k + 1) // 2, k // 2
-    split = (flat[:, 0::2].mean(1) - flat[:, 1::2].mean(1)).pow_(2).sum() / (1.0 / k_a + 1.0 / k_b)
-    d = flat[:, 0 : 2 * k_b : 2] - flat[:, 1 : 2 * k_b : 2]
-    pairs = d.pow(2).sum() / (2.0 * k_b)
+    even, odd = flat[:, 0::2], flat[:, 1::2]
+    a, b = flat[:, 0 : 2 * k_b : 2], flat[:, 1 : 2 * k_b : 2]
+    diff = even.mean(1) - odd.mean(1)
+    split = diff.mul_(diff).sum(1) / (1.0 / k_a + 1.0 / k_b)
+    d = a - b
+    pairs = d.pow(2).sum(dim=(1, 2)) / (2.0 * k_b)
     if k_b >= 2:
-        pairs = pairs - (d[:, :-1] * d[:, 1:]).sum() / (2.0 * (k_b - 1))
-    return split, pairs, float(n)
+        pairs = pairs - (d[:, :-1] * d[:, 1:]).sum(dim=(1, 2)) / (2.0 * (k_b - 1))
+    return split, pairs
 
 
 def fit_linear_cost(

@@ -77,7 +77,7 @@ def test_two_ranks_plan_identically_and_draw_differently(tmp_path):
         ctrl = AdaptiveController(**KW, rank=rank)
         ctrl.load_state_dict(saved["state"])  # the saved local sums of that rank
         local.append(ctrl)
-    merged = local[0].grouped
+    merged = local[0].grouped.folded()  # each rank reduces its own deferred steps against its own sums
     merged.merge(local[1].grouped)
     last_refit_step = r0["history"][-1]["step"]
     assert last_refit_step == STEPS  # the final refit saw all observations

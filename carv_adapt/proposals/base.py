@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
 from typing import Literal
 
@@ -74,6 +75,11 @@ def bin_index(t: Tensor, edges: Tensor) -> Tensor:
     return idx.clamp_(0, edges.numel() - 2).reshape(t.shape)
 
 
+@functools.lru_cache(maxsize=64)
+def _offsets(K: int) -> Tensor:
+    return torch.arange(K, dtype=torch.float64)
+
+
 def draw_uniforms(N: int, K: int, stratification: Stratification, generator: torch.Generator) -> Tensor:
     """``N x K`` float64 uniforms on ``[0, 1)`` for inverse-CDF sampling (docs/theory.md §6).
 
@@ -88,9 +94,8 @@ def draw_uniforms(N: int, K: int, stratification: Stratification, generator: tor
     g = generator
     if stratification == "iid":
         return torch.rand(N, K, generator=g, dtype=torch.float64)
-    if stratification == "stratified":
-        k = torch.arange(K, dtype=torch.float64)
-        return (k + torch.rand(N, K, generator=g, dtype=torch.float64)) / K
+    if stratification == "stratified":  # (k + U_k) / K, in place: one step's plan is a handful of tiny calls
+        return torch.rand(N, K, generator=g, dtype=torch.float64).add_(_offsets(K)).div_(K)
     if stratification == "lattice":
         k = torch.arange(K, dtype=torch.float64)
         return (k + torch.rand(N, 1, generator=g, dtype=torch.float64)) / K
@@ -111,6 +116,7 @@ class Proposal(ABC):
     def __init__(self, target: TargetMeasure) -> None:
         self.target = target
         self._cache: tuple[Tensor, Tensor, Tensor] | None = None
+        self._bin_table: tuple[Tensor, Tensor] | None = None  # (edges, bin of every timestep)
 
     @abstractmethod
     def pmf(self) -> Tensor:
@@ -137,8 +143,13 @@ class Proposal(ABC):
     def quantile(self, u: Tensor) -> Tensor:
         """Discrete quantile ``F_p^{-1}(u) = min{t : F_p(t) > u}`` for ``u`` in ``[0, 1)`` (long, same shape)."""
         cdf = self._tables()[1]
-        t = torch.searchsorted(cdf, u.double().reshape(-1).contiguous(), right=True)
-        return t.clamp_(0, cdf.numel() - 1).reshape(u.shape)
+        return torch.searchsorted(cdf, u.double().contiguous(), right=True).clamp_(max=cdf.numel() - 1)
+
+    def bins(self, t: Tensor, edges: Tensor) -> Tensor:
+        """:func:`bin_index` of timesteps ``t`` drawn from this proposal, from a table built once per ``edges``."""
+        if self._bin_table is None or self._bin_table[0] is not edges:
+            self._bin_table = (edges, bin_index(torch.arange(self.target.num_timesteps), edges))
+        return self._bin_table[1][t]
 
     def weights(self, t: Tensor) -> Tensor:
         """Importance weights ``rho(t) = pi(t) / p(t)`` (float64, same shape as ``t``)."""

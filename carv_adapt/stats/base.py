@@ -3,9 +3,11 @@ forgetting, and all-reducing across ranks are each one generic operation."""
 
 from __future__ import annotations
 
+import copy
 import warnings
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -35,15 +37,25 @@ class SumStatistic:
     Subclasses implement ``update`` (accumulate) and ``compute`` (derive, without mutating).
     ``nonfinite`` decides what happens to an observation containing NaN/Inf: ``"skip"`` drops it and
     counts it in ``num_nonfinite`` (warning once), ``"error"`` raises :class:`NonFiniteError`.
+
+    Every state is a view into one flat float64 CPU buffer, so forgetting, merging, flattening for an all-reduce
+    and adding a step's scalars are each one operation on it (in NumPy, which shares the buffer's memory: per-step
+    updates are a few small numbers, where a torch call's dispatch costs more than the arithmetic). Subclasses
+    update their states in place; rebinding a state attribute would detach it from the buffer.
     """
 
     def __init__(self, nonfinite: NonFinitePolicy = "skip") -> None:
         self._defaults: dict[str, Tensor] = {}
         self._decay: dict[str, Decay] = {}
-        # Names by decay kind and the 0-dim states, kept as states are declared: read on every step.
-        self._by_decay: dict[Decay, list[str]] = {"linear": [], "square": [], "none": []}
+        self._layout: dict[str, tuple[int, torch.Size]] = {}  # offset and shape of each state in the buffer
+        self._buf = torch.zeros(0, dtype=torch.float64)
+        self._exponents = torch.zeros(0, dtype=torch.float64)  # per entry: 1 linear, 2 square, 0 never decays
+        self._factor: tuple[float, np.ndarray] | None = None  # (gamma, gamma ** exponents), cached
+        self._add_index: dict[tuple[str, ...], np.ndarray] = {}
         self._scalar_names: list[str] = []
         self._added_later: set[str] = set()
+        # Set while a deferred observation is added: per buffer entry, the forgetting it missed since it was made.
+        self._add_scale: np.ndarray | None = None
         self.nonfinite = nonfinite
         self._warned = False
         self.add_state("num_nonfinite", torch.zeros((), dtype=torch.float64), decay="none")
@@ -53,15 +65,40 @@ class SumStatistic:
         saved before the state existed may lack it; :meth:`load_state_dict` then starts it at its default."""
         if added_later:
             self._added_later.add(name)
-        self._defaults[name] = default.to(torch.float64).clone()
-        setattr(self, name, default.to(torch.float64).clone())
-        if name in self._decay:  # re-declared: its old kind and shape no longer hold
-            self._by_decay[self._decay[name]].remove(name)
-            self._scalar_names = [n for n in self._scalar_names if n != name]
+        self._defaults[name] = default.detach().to("cpu", torch.float64).clone()
         self._decay[name] = decay
-        self._by_decay[decay].append(name)
-        if default.dim() == 0:
-            self._scalar_names.append(name)
+        self._scalar_names = [n for n in self._scalar_names if n != name] + ([name] if default.dim() == 0 else [])
+        values = {n: getattr(self, n).clone() for n in self._layout if n != name}
+        values[name] = self._defaults[name]
+        self._relayout(values)
+
+    def _relayout(self, values: dict[str, Tensor]) -> None:
+        """Rebuild the buffer for the declared states (declaration happens at construction, not per step)."""
+        pos, parts, exps = 0, [], []
+        self._layout = {}
+        for n, d in self._defaults.items():
+            self._layout[n] = (pos, d.shape)
+            parts.append(values[n].reshape(-1))
+            exps.append(torch.full((d.numel(),), {"linear": 1.0, "square": 2.0, "none": 0.0}[self._decay[n]]))
+            pos += d.numel()
+        self._buf = torch.cat(parts).to(torch.float64) if parts else torch.zeros(0, dtype=torch.float64)
+        self._exponents = torch.cat(exps).double() if exps else torch.zeros(0, dtype=torch.float64)
+        self._factor, self._add_index = None, {}
+        self._bind()
+
+    def _bind(self) -> None:
+        for n, (off, shape) in self._layout.items():
+            setattr(self, n, self._buf[off : off + shape.numel()].view(shape))
+
+    def __deepcopy__(self, memo: dict) -> SumStatistic:
+        new = copy.copy(self)
+        memo[id(self)] = new
+        for k, v in self.__dict__.items():
+            if k not in self._layout and k != "_buf":
+                new.__dict__[k] = copy.deepcopy(v, memo)
+        new._buf = self._buf.clone()
+        new._bind()  # the copy's states view its own buffer
+        return new
 
     @property
     def state_names(self) -> list[str]:
@@ -69,27 +106,44 @@ class SumStatistic:
 
     def reset(self) -> None:
         """Restore every state to its default."""
-        for name, default in self._defaults.items():
-            setattr(self, name, default.clone())
+        self._buf.copy_(torch.cat([d.reshape(-1) for d in self._defaults.values()]))
 
     def decay(self, gamma: float) -> None:
         """Exponential forgetting: scale every decaying sum by ``gamma`` in ``(0, 1]``."""
         if gamma == 1.0:
             return
-        # One fused call per decay kind: the per-step cost of forgetting stays flat in the number of sums.
-        for kind, factor in (("linear", gamma), ("square", gamma * gamma)):
-            names = self._by_decay[kind]
-            if names:
-                torch._foreach_mul_([getattr(self, n) for n in names], factor)
+        self._decay_deferred(gamma)
+        if self._factor is None or self._factor[0] != gamma:
+            self._factor = (gamma, (gamma**self._exponents).numpy())
+        arr = self._buf.numpy()
+        arr *= self._factor[1]
+
+    def _decay_deferred(self, gamma: float) -> None:
+        """Forgetting reached deferred observations (a subclass that defers keeps their missed factors)."""
+
+    def _missed_scale(self, factor: float) -> np.ndarray:
+        """Per buffer entry, what a deferred observation that missed a linear forgetting ``factor`` is scaled by."""
+        return factor ** self._exponents.numpy()
+
+    def folded(self) -> SumStatistic:
+        """This statistic with any deferred observations folded in: itself when nothing is deferred, else a copy.
+        Reads go through it, so when deferred work is reduced never depends on when the sums were read."""
+        return self
 
     def scalars(self) -> dict[str, float]:
-        """Every 0-dim state as a Python float, from one host transfer (``compute`` reads many of them)."""
-        names = self._scalar_names
-        return dict(zip(names, torch.stack([getattr(self, n) for n in names]).tolist())) if names else {}
+        """Every 0-dim state as a Python float (``compute`` reads many of them)."""
+        arr = self.folded()._buf.numpy()
+        return {n: float(arr[self._layout[n][0]]) for n in self._scalar_names}
 
-    def _add(self, names: tuple[str, ...], values: tuple[float, ...]) -> None:
-        """Add Python floats to several states in one fused call (per-step updates are many tiny adds)."""
-        torch._foreach_add_([getattr(self, n) for n in names], list(values))
+    def _add(self, names: tuple[str, ...], values: tuple[float, ...] | list[float]) -> None:
+        """Add Python floats to several 0-dim states at once (per-step updates are many tiny adds)."""
+        idx = self._add_index.get(names)
+        if idx is None:
+            idx = self._add_index[names] = np.array([self._layout[n][0] for n in names], dtype=np.int64)
+        arr, v = self._buf.numpy(), np.asarray(values, dtype=np.float64)
+        if self._add_scale is not None:
+            v = v * self._add_scale[idx]
+        arr[idx] += v
 
     def merge(self, other: SumStatistic) -> None:
         """Add ``other``'s sums into this one (equals one joint update over both streams)."""
@@ -99,22 +153,17 @@ class SumStatistic:
             a, b = getattr(self, name), getattr(other, name)
             if a.shape != b.shape:
                 raise StateError(f"state {name!r}: shapes {tuple(a.shape)} and {tuple(b.shape)} differ")
-            a.add_(b)
+        self._buf.add_(other.folded()._buf)  # sums are linear: this one's deferred observations can stay deferred
 
     def flat(self) -> Tensor:
         """All states concatenated into one float64 vector (one all-reduce for every state)."""
-        return torch.cat([getattr(self, n).reshape(-1) for n in self._defaults])
+        return self.folded()._buf.clone()
 
     def load_flat(self, vec: Tensor) -> None:
         """Inverse of :meth:`flat`."""
-        pos = 0
-        for name in self._defaults:
-            cur = getattr(self, name)
-            n = cur.numel()
-            setattr(self, name, vec[pos : pos + n].reshape(cur.shape).to(torch.float64).clone())
-            pos += n
-        if pos != vec.numel():
-            raise StateError(f"flat vector has {vec.numel()} entries, expected {pos}")
+        if vec.numel() != self._buf.numel():
+            raise StateError(f"flat vector has {vec.numel()} entries, expected {self._buf.numel()}")
+        self._buf.copy_(vec.reshape(-1).to(torch.float64))
 
     def state_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name).clone() for name in self._defaults}
@@ -127,6 +176,7 @@ class SumStatistic:
             raise StateError(
                 f"{type(self).__name__}.load_state_dict: missing {sorted(missing)}, unexpected {sorted(extra)}"
             )
+        values = {}
         for name in self._defaults:
             value = torch.as_tensor(state[name], dtype=torch.float64)
             if value.shape != self._defaults[name].shape:
@@ -134,7 +184,9 @@ class SumStatistic:
                     f"{type(self).__name__}.{name}: shape {tuple(value.shape)} does not match "
                     f"{tuple(self._defaults[name].shape)} (was it configured differently?)"
                 )
-            setattr(self, name, value.clone())
+            values[name] = value
+        for name, value in values.items():
+            getattr(self, name).copy_(value)
 
     def _finite_or_reject(self, what: str, *tensors: Tensor) -> bool:
         """True if all finite; else apply the non-finite policy and return False."""

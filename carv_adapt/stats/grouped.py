@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from carv_adapt.errors import ShapeError
 from carv_adapt.outer import OuterLayout, design_between, successive_between
 from carv_adapt.stats.base import NonFinitePolicy, SumStatistic, all_finite, reliability_mean_se
-from carv_adapt.variance import group_sums
+from carv_adapt.variance import step_sums
 
 __all__ = ["GroupedVariance", "BetweenWithin", "split_half_within", "Design"]
 
@@ -22,6 +24,9 @@ Design = Literal["iid", "stratified"]
 _DESIGN_SUMS = ("dof_bd", "sbd_num", "sbd_sq", "dof_bd2")
 # Per-group sums of the split and the pair estimates of the stratified within variance (docs/theory.md §7.4).
 _STRAT_SUMS = ("strat_split", "strat_pairs")
+# Deferred updates (``update(..., defer=True)``): steps of at most this many bytes are held, up to this many, and
+# reduced together. A small step's reductions cost far more in per-call dispatch than in arithmetic.
+_DEFER_BYTES, _DEFER_STEPS = 1 << 18, 32
 
 
 @dataclass(frozen=True)
@@ -88,6 +93,11 @@ class GroupedVariance(SumStatistic):
         # The last outer-design step's mean, v = sw / K, N and design, when that step alone did not identify the
         # design's between variance: successive steps pair up (§15.2).
         self._prev_outer: tuple[Tensor, float, int, str] | None = None
+        # Deferred steps (contributions, weights, forgetting count when seen) and what they share: shape, dtype,
+        # device, design, whether weighted.
+        self._pending: list[tuple[Tensor, Tensor | None]] = []
+        self._pending_key: tuple | None = None
+        self._missed = np.ones(_DEFER_STEPS)  # per deferred step, the forgetting factors applied since it came
 
     def _drop_nonfinite(self, what: str, *xs: Tensor) -> tuple[Tensor, ...] | None:
         if all(all_finite(x) for x in xs):
@@ -193,13 +203,21 @@ class GroupedVariance(SumStatistic):
         return b_design, b_iid, dof, 1.0
 
     def update(
-        self, x: Tensor, weights: Tensor | None = None, design: Design = "iid", outer: OuterLayout | None = None
+        self,
+        x: Tensor,
+        weights: Tensor | None = None,
+        design: Design = "iid",
+        outer: OuterLayout | None = None,
+        defer: bool = False,
     ) -> None:
         """Accumulate one step's ``N x K x ...`` weighted contributions ``rho f`` (or ``f`` with ``N x K``
         ``weights`` ``rho``, which avoids materializing the product), drawn under ``design`` (inner) and the
         ``outer`` layout (default i.i.d. outer draws; docs/theory.md §15).
 
-        An outer draw with any non-finite entry is dropped whole (its group would be biased otherwise).
+        An outer draw with any non-finite entry is dropped whole (its group would be biased otherwise). With
+        ``defer``, a small step (i.i.d. outer draws, ``N >= 2``, non-finite policy ``"skip"``) is copied and reduced
+        later together with the next ones (:meth:`flush`; every read flushes), with the forgetting it missed: the
+        sums are those of immediate updates up to rounding.
         """
         if x.dim() < 2:
             raise ShapeError(f"grouped update needs N x K x ... contributions, got shape {tuple(x.shape)}")
@@ -207,30 +225,86 @@ class GroupedVariance(SumStatistic):
             raise ShapeError(f"weights: shape {tuple(weights.shape)}, expected N x K = {tuple(x.shape[:2])}")
         x = x.detach()
         w = None if weights is None else weights.detach().to(x.device, x.dtype)
-        K = x.shape[1]
-        if K < 2:
+        if x.shape[1] < 2:
             self._drop_nonfinite("contribution", *((x,) if w is None else (x, w)))
             return
-        ssw, means, strat, groups = group_sums(x, w)
-        totals = self._totals(ssw, means, strat)
+        small = x.numel() * x.element_size() <= _DEFER_BYTES
+        iid_outer = outer is None or outer.is_iid
+        # A non-finite step is reduced now, so that it is counted (and warned about) when it is seen.
+        if defer and small and x.shape[0] >= 2 and iid_outer and all_finite(x) and (w is None or all_finite(w)):
+            key = (tuple(x.shape), x.dtype, x.device, design, w is None)
+            if key != self._pending_key:
+                self.flush()
+            w_copy = None if w is None else (w.clone() if w is weights else w)  # a caller may reuse its buffers
+            self._missed[len(self._pending)] = 1.0
+            self._pending.append((x.clone(), w_copy))
+            self._pending_key = key
+            if len(self._pending) >= _DEFER_STEPS:
+                self.flush()
+            return
+        self.flush()
+        self._update_now(x, w, design, outer)
+
+    def flush(self) -> None:
+        """Reduce the deferred steps, in order, each with the forgetting applied since it was seen."""
+        if not self._pending:
+            return
+        pending, key = self._pending, self._pending_key
+        self._pending, self._pending_key = [], None
+        assert key is not None
+        design = key[3]
+        xs = torch.stack([p[0] for p in pending])
+        ws = None if key[4] else torch.stack([p[1] for p in pending])  # type: ignore[misc]
+        rows = step_sums(xs, ws)[0].cpu().tolist()
+        try:
+            for i, ((x, w), row) in enumerate(zip(pending, rows)):
+                self._add_scale = self._missed_scale(float(self._missed[i]))
+                if all(math.isfinite(v) for v in row):
+                    self._from_totals(x.shape[0], x.shape[1], design, row, None, None)
+                else:
+                    self._update_now(x, w, design, None)
+        finally:
+            self._add_scale = None
+
+    def _decay_deferred(self, gamma: float) -> None:
+        self._missed[: len(self._pending)] *= gamma
+
+    def folded(self) -> GroupedVariance:
+        if not self._pending:
+            return self
+        c = copy.copy(self)  # shares the deferred inputs, which the fold only reads
+        c._buf, c._missed, c._pending = self._buf.clone(), self._missed.copy(), list(self._pending)
+        c._bind()
+        c.flush()
+        return c
+
+    def _update_now(self, x: Tensor, w: Tensor | None, design: Design, outer: OuterLayout | None) -> None:
+        # The same reductions as a deferred batch (step_sums), so a step's sums do not depend on how it was reduced.
+        rows, means = step_sums(x[None], None if w is None else w[None])
+        totals = rows[0].tolist()
         # A NaN or an infinity anywhere makes a total non-finite: only then pay the per-draw filter.
         if not all(math.isfinite(v) for v in totals):
             kept = self._drop_nonfinite("contribution", *((x,) if w is None else (x, w)))
             if kept is None:
                 return
             x, w = kept[0], (kept[1] if w is not None else None)
-            ssw, means, strat, groups = group_sums(x, w)
-            totals = self._totals(ssw, means, strat)
+            rows, means = step_sums(x[None], None if w is None else w[None])
+            totals = rows[0].tolist()
+        self._from_totals(x.shape[0], x.shape[1], design, totals, means[0], outer)
+
+    def _from_totals(
+        self, n: int, K: int, design: Design, totals: list[float], means: Tensor | None, outer: OuterLayout | None
+    ) -> None:
+        """Add one step from its ``[ssw, split, pairs, sum ||m||^2, sum ||m - mbar||^2]`` over ``n`` groups."""
         ssw_f, split_f, pairs_f, msq, ssb = totals
-        n = means.shape[0]
         if design == "stratified":
             # Both estimates only over-state sbar^2 (a group mean's variance is sbar^2 / K): the smaller pooled one
             # is the closer, and this step uses it (docs/theory.md §7.4).
             self._add(_STRAT_SUMS, (split_f, pairs_f))
             split = float(self.strat_split) <= float(self.strat_pairs)
-            sw = (split_f if split else pairs_f) / groups
+            sw = (split_f if split else pairs_f) / n
             iid = (ssw_f / n + sw) / K  # E SSW_group = K sigma_iid - mean stratum variance
-            self._accumulate(n, K, sw, groups, iid, 1.0 / (K * K), msq, ssb, means, outer)
+            self._accumulate(n, K, sw, float(n), iid, 1.0 / (K * K), msq, ssb, means, outer)
         else:
             sw = ssw_f / (n * (K - 1))
             self._accumulate(n, K, sw, float(n * (K - 1)), sw, 1.0, msq, ssb, means, outer)
@@ -272,7 +346,6 @@ class GroupedVariance(SumStatistic):
     def compute(self, phi: float | None = None) -> BetweenWithin:
         """Current estimates; ``phi`` (default: this tracker's own) converts the design's within variance into
         the i.i.d. one when this tracker only saw designs (probes) that cannot separate them."""
-        # Every state is a 0-dim float64 sum: one host transfer for all of them, not one per read.
         v = self.scalars()
         dof_w, dof_b = v["dof_w"], v["dof_b"]
         sw, sw_se = reliability_mean_se(dof_w, v["dof_w2"], v["sw_num"], v["sw_sq"])
@@ -307,12 +380,23 @@ class GroupedVariance(SumStatistic):
             sigma_b2_dof=dof_b,
         )
 
+    def load_flat(self, vec: Tensor) -> None:
+        super().load_flat(vec)  # the sums of flat(): deferred observations are in them
+        self._pending, self._pending_key = [], None
+
     def reset(self) -> None:
         super().reset()
         self._prev = self._prev_outer = None
+        self._pending, self._pending_key = [], None
 
     def state_dict(self) -> dict:
         out = super().state_dict()
+        # Deferred steps are saved as such: taking a checkpoint must not change when they are reduced.
+        out["pending"] = [
+            {"x": x.cpu().clone(), "w": None if w is None else w.cpu().clone(), "missed": float(self._missed[i])}
+            for i, (x, w) in enumerate(self._pending)
+        ]
+        out["pending_design"] = None if self._pending_key is None else self._pending_key[3]
         out["prev"] = None if self._prev is None else {"mean": self._prev[0].cpu().clone(), "var": self._prev[1]}
         po = self._prev_outer
         out["prev_outer"] = (
@@ -323,7 +407,15 @@ class GroupedVariance(SumStatistic):
     def load_state_dict(self, state: dict) -> None:
         state = dict(state)
         prev, po = state.pop("prev", None), state.pop("prev_outer", None)
+        pending, design = state.pop("pending", []), state.pop("pending_design", None)
         super().load_state_dict(state)
+        self._pending = [(torch.as_tensor(p["x"]).clone(), None if p["w"] is None else torch.as_tensor(p["w"]).clone())
+                         for p in pending]  # fmt: skip
+        self._missed[: len(pending)] = [float(p["missed"]) for p in pending]
+        self._pending_key = None
+        if pending:
+            x = self._pending[0][0]
+            self._pending_key = (tuple(x.shape), x.dtype, x.device, design, self._pending[0][1] is None)
         self._prev = None if prev is None else (torch.as_tensor(prev["mean"]).clone(), float(prev["var"]))
         self._prev_outer = (
             None

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from carv_adapt.errors import ShapeError
 from carv_adapt.proposals.base import bin_index
-from carv_adapt.stats.base import NonFinitePolicy, SumStatistic, all_finite
+from carv_adapt.stats.base import NonFinitePolicy, SumStatistic
 
 __all__ = ["TimestepProfile"]
 
@@ -41,20 +42,25 @@ class TimestepProfile(SumStatistic):
         indices of ``t`` for these edges (a plan carries them), which saves the search."""
         if t.shape != sq_norms.shape:
             raise ShapeError(f"profile update: t {tuple(t.shape)} and sq_norms {tuple(sq_norms.shape)} differ")
-        v = sq_norms.detach().reshape(-1).to("cpu", torch.float64)
-        b = bin_index(t.detach().reshape(-1).cpu(), self.edges) if bins is None else bins.reshape(-1)
-        if not all_finite(v):
-            ok = torch.isfinite(v)
+        # A step's few numbers are binned in NumPy (sharing the states' memory): torch calls on tensors this small
+        # cost their dispatch, not their arithmetic.
+        v = sq_norms.detach().reshape(-1).to("cpu", torch.float64).numpy()
+        b = (bin_index(t.detach().reshape(-1).cpu(), self.edges) if bins is None else bins.reshape(-1).cpu()).numpy()
+        if not np.isfinite(v).all():
+            ok = np.isfinite(v)
             bad = int((~ok).sum())
-            self._finite_or_reject("squared norm", v)  # applies the policy (raises or warns once)
+            self._finite_or_reject("squared norm", torch.from_numpy(v))  # applies the policy (raises or warns once)
             self.num_nonfinite += bad - 1
             v, b = v[ok], b[ok]
         B = self.num_bins
-        n_b = torch.bincount(b, minlength=B).double()
-        self.count += n_b
-        self.count_sq += n_b
-        self.sum_sq += torch.bincount(b, weights=v, minlength=B)
-        self.sum_sq2 += torch.bincount(b, weights=v * v, minlength=B)
+        n_b = np.bincount(b, minlength=B)
+        count, count_sq, sum_sq, sum_sq2 = (
+            getattr(self, n).numpy() for n in ("count", "count_sq", "sum_sq", "sum_sq2")
+        )
+        count += n_b
+        count_sq += n_b
+        sum_sq += np.bincount(b, v, B)
+        sum_sq2 += np.bincount(b, v * v, B)
 
     def compute(self) -> Tensor:
         """``B``-dim per-bin mean of ``||f||^2``; a bin with no observation gets the count-weighted global mean

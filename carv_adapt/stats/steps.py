@@ -62,6 +62,8 @@ class PolicySegment:
     probs: Tensor
 
     def same(self, other: PolicySegment | None) -> bool:
+        if other is self:
+            return True
         key = (self.N, self.K, self.design, self.proposal_kind)
         return (
             other is not None
@@ -153,10 +155,8 @@ class StepVariance(SumStatistic):
             self._open(policy)
         if self._last and self._last[-1].shape != g.shape:
             raise ShapeError(f"step gradient has {g.numel()} entries, the previous one {self._last[-1].numel()}")
-        if not self._finite_or_reject("step gradient", g):
-            self._last = []  # a broken run of steps: start over
-            return
         h = self._last
+        xs: list[float] = []
         if len(h) >= 2:
             # Fused, into reused buffers, in the gradient's own precision (half precision is widened): a float64
             # copy, or a fresh allocation, of a large gradient per step cost more than the rest of the controller.
@@ -170,6 +170,12 @@ class StepVariance(SumStatistic):
             if scale is not None:
                 ds = [d.mul_(scale.to(d.device, d.dtype)) for d in ds]
             xs = (policy.N / 6.0 * torch.stack([torch.dot(d, d) for d in ds]).double()).tolist()
+        # The earlier gradients are finite, so finite products mean a finite g: only otherwise pay the full check.
+        if not all(math.isfinite(x) for x in xs) or not xs:
+            if not self._finite_or_reject("step gradient", g):
+                self._last = []  # a broken run of steps: start over
+                return
+        if xs and all(math.isfinite(x) for x in xs):
             names, values = ["w", "w2", "wx", "wx2"], [1.0, 1.0, xs[0], xs[0] ** 2]
             if len(xs) == 2:
                 y = xs[1] - xs[0]
@@ -177,8 +183,8 @@ class StepVariance(SumStatistic):
                 values += [1.0, 1.0, y, y * y]
             i = self._current
             assert i is not None
-            for name, v in zip(names, values):
-                getattr(self, name)[i] += v
+            arr = self._buf.numpy()  # one step's numbers: indexed NumPy adds, not a torch call per sum
+            arr[[self._layout[n][0] + i for n in names]] += values
         # A caller's Tensor (often p.grad itself) changes under the next backward, so it is copied, into the oldest
         # gradient's storage once four are held; a concatenation is already a copy.
         if not isinstance(grad, Tensor):
