@@ -209,7 +209,7 @@ class AdaptiveController:
                 sq_norms = torch.linalg.vector_norm(flat, dim=-1).double().pow(2)
             self.grouped.update(flat, plan.rho, design=design, outer=outer, defer=True)
         if sq_norms is not None:
-            self.profile.update(plan.t, sq_norms, bins=plan.bins)
+            self.profile.update(plan.t, sq_norms, bins=plan.bins, defer=True)
         scaled = None if probe is None else in_metric(probe, self._precond)
         if scaled is not None:
             self.param_grouped.update_split_half(scaled[0], scaled[1], plan.K, design=design, outer=outer)

@@ -16,6 +16,8 @@ from carv_adapt.errors import NonFiniteError, StateError
 __all__ = ["SumStatistic", "NonFinitePolicy", "Decay", "reliability_mean_se"]
 
 NonFinitePolicy = Literal["skip", "error"]
+# Deferred observations (a subclass's ``update(..., defer=True)``) are reduced together once this many are held.
+DEFER_STEPS = 32
 # How a sum forgets: "linear" sums of weighted observations scale by gamma per step; "square" sums of squared
 # weights (for effective sample sizes) by gamma^2; "none" never decay (counters).
 Decay = Literal["linear", "square", "none"]
@@ -54,7 +56,10 @@ class SumStatistic:
         self._add_index: dict[tuple[str, ...], np.ndarray] = {}
         self._scalar_names: list[str] = []
         self._added_later: set[str] = set()
-        # Set while a deferred observation is added: per buffer entry, the forgetting it missed since it was made.
+        # Deferred observations, the forgetting factor each has missed since it came, and, while one is added, that
+        # factor per buffer entry (a square-decaying sum missed its square).
+        self._pending: list[Any] = []
+        self._missed = np.ones(DEFER_STEPS)
         self._add_scale: np.ndarray | None = None
         self.nonfinite = nonfinite
         self._warned = False
@@ -106,6 +111,7 @@ class SumStatistic:
 
     def reset(self) -> None:
         """Restore every state to its default."""
+        self._pending = []
         self._buf.copy_(torch.cat([d.reshape(-1) for d in self._defaults.values()]))
 
     def decay(self, gamma: float) -> None:
@@ -119,16 +125,39 @@ class SumStatistic:
         arr *= self._factor[1]
 
     def _decay_deferred(self, gamma: float) -> None:
-        """Forgetting reached deferred observations (a subclass that defers keeps their missed factors)."""
+        self._missed[: len(self._pending)] *= gamma
 
     def _missed_scale(self, factor: float) -> np.ndarray:
         """Per buffer entry, what a deferred observation that missed a linear forgetting ``factor`` is scaled by."""
         return factor ** self._exponents.numpy()
 
+    def _defer(self, item: Any) -> None:
+        """Hold one observation for :meth:`flush` (which runs once :data:`DEFER_STEPS` are held)."""
+        self._missed[len(self._pending)] = 1.0
+        self._pending.append(item)
+        if len(self._pending) >= DEFER_STEPS:
+            self.flush()
+
+    def flush(self) -> None:
+        """Reduce the deferred observations, in order, each with the forgetting it missed."""
+        if self._pending:
+            pending, missed = self._pending, self._missed[: len(self._pending)].copy()
+            self._pending = []
+            self._reduce_deferred(pending, missed)
+
+    def _reduce_deferred(self, pending: list[Any], missed: np.ndarray) -> None:
+        raise NotImplementedError(f"{type(self).__name__} defers nothing")
+
     def folded(self) -> SumStatistic:
         """This statistic with any deferred observations folded in: itself when nothing is deferred, else a copy.
         Reads go through it, so when deferred work is reduced never depends on when the sums were read."""
-        return self
+        if not self._pending:
+            return self
+        c = copy.copy(self)  # shares the deferred inputs, which the fold only reads
+        c._buf, c._missed, c._pending = self._buf.clone(), self._missed.copy(), list(self._pending)
+        c._bind()
+        c.flush()
+        return c
 
     def scalars(self) -> dict[str, float]:
         """Every 0-dim state as a Python float (``compute`` reads many of them)."""
@@ -163,6 +192,7 @@ class SumStatistic:
         """Inverse of :meth:`flat`."""
         if vec.numel() != self._buf.numel():
             raise StateError(f"flat vector has {vec.numel()} entries, expected {self._buf.numel()}")
+        self._pending = []  # the sums of flat(): deferred observations are in them
         self._buf.copy_(vec.reshape(-1).to(torch.float64))
 
     def state_dict(self) -> dict[str, Any]:
@@ -185,6 +215,7 @@ class SumStatistic:
                     f"{tuple(self._defaults[name].shape)} (was it configured differently?)"
                 )
             values[name] = value
+        self._pending = []
         for name, value in values.items():
             getattr(self, name).copy_(value)
 

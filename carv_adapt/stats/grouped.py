@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -24,9 +23,9 @@ Design = Literal["iid", "stratified"]
 _DESIGN_SUMS = ("dof_bd", "sbd_num", "sbd_sq", "dof_bd2")
 # Per-group sums of the split and the pair estimates of the stratified within variance (docs/theory.md §7.4).
 _STRAT_SUMS = ("strat_split", "strat_pairs")
-# Deferred updates (``update(..., defer=True)``): steps of at most this many bytes are held, up to this many, and
-# reduced together. A small step's reductions cost far more in per-call dispatch than in arithmetic.
-_DEFER_BYTES, _DEFER_STEPS = 1 << 18, 32
+# Deferred updates (``update(..., defer=True)``): steps of at most this many bytes are held and reduced together. A
+# small step's reductions cost far more in per-call dispatch than in arithmetic.
+_DEFER_BYTES = 1 << 18
 
 
 @dataclass(frozen=True)
@@ -95,9 +94,9 @@ class GroupedVariance(SumStatistic):
         self._prev_outer: tuple[Tensor, float, int, str] | None = None
         # Deferred steps (contributions, weights, forgetting count when seen) and what they share: shape, dtype,
         # device, design, whether weighted.
-        self._pending: list[tuple[Tensor, Tensor | None]] = []
-        self._pending_key: tuple | None = None
-        self._missed = np.ones(_DEFER_STEPS)  # per deferred step, the forgetting factors applied since it came
+        self._pending_key: tuple | None = (
+            None  # what the deferred steps share: shape, dtype, device, design, unweighted
+        )
 
     def _drop_nonfinite(self, what: str, *xs: Tensor) -> tuple[Tensor, ...] | None:
         if all(all_finite(x) for x in xs):
@@ -236,47 +235,28 @@ class GroupedVariance(SumStatistic):
             if key != self._pending_key:
                 self.flush()
             w_copy = None if w is None else (w.clone() if w is weights else w)  # a caller may reuse its buffers
-            self._missed[len(self._pending)] = 1.0
-            self._pending.append((x.clone(), w_copy))
             self._pending_key = key
-            if len(self._pending) >= _DEFER_STEPS:
-                self.flush()
+            self._defer((x.clone(), w_copy))
             return
         self.flush()
         self._update_now(x, w, design, outer)
 
-    def flush(self) -> None:
-        """Reduce the deferred steps, in order, each with the forgetting applied since it was seen."""
-        if not self._pending:
-            return
-        pending, key = self._pending, self._pending_key
-        self._pending, self._pending_key = [], None
+    def _reduce_deferred(self, pending: list[tuple[Tensor, Tensor | None]], missed: np.ndarray) -> None:
+        key, self._pending_key = self._pending_key, None
         assert key is not None
         design = key[3]
         xs = torch.stack([p[0] for p in pending])
         ws = None if key[4] else torch.stack([p[1] for p in pending])  # type: ignore[misc]
         rows = step_sums(xs, ws)[0].cpu().tolist()
         try:
-            for i, ((x, w), row) in enumerate(zip(pending, rows)):
-                self._add_scale = self._missed_scale(float(self._missed[i]))
+            for (x, w), row, f in zip(pending, rows, missed.tolist()):
+                self._add_scale = self._missed_scale(f)
                 if all(math.isfinite(v) for v in row):
                     self._from_totals(x.shape[0], x.shape[1], design, row, None, None)
                 else:
                     self._update_now(x, w, design, None)
         finally:
             self._add_scale = None
-
-    def _decay_deferred(self, gamma: float) -> None:
-        self._missed[: len(self._pending)] *= gamma
-
-    def folded(self) -> GroupedVariance:
-        if not self._pending:
-            return self
-        c = copy.copy(self)  # shares the deferred inputs, which the fold only reads
-        c._buf, c._missed, c._pending = self._buf.clone(), self._missed.copy(), list(self._pending)
-        c._bind()
-        c.flush()
-        return c
 
     def _update_now(self, x: Tensor, w: Tensor | None, design: Design, outer: OuterLayout | None) -> None:
         # The same reductions as a deferred batch (step_sums), so a step's sums do not depend on how it was reduced.
@@ -381,13 +361,13 @@ class GroupedVariance(SumStatistic):
         )
 
     def load_flat(self, vec: Tensor) -> None:
-        super().load_flat(vec)  # the sums of flat(): deferred observations are in them
-        self._pending, self._pending_key = [], None
+        super().load_flat(vec)
+        self._pending_key = None
 
     def reset(self) -> None:
         super().reset()
         self._prev = self._prev_outer = None
-        self._pending, self._pending_key = [], None
+        self._pending_key = None
 
     def state_dict(self) -> dict:
         out = super().state_dict()

@@ -37,9 +37,10 @@ class TimestepProfile(SumStatistic):
     def num_bins(self) -> int:
         return self.edges.numel() - 1
 
-    def update(self, t: Tensor, sq_norms: Tensor, bins: Tensor | None = None) -> None:
+    def update(self, t: Tensor, sq_norms: Tensor, bins: Tensor | None = None, defer: bool = False) -> None:
         """Accumulate ``sq_norms`` (same shape as the long Tensor ``t``); ``bins``, if given, are the bin
-        indices of ``t`` for these edges (a plan carries them), which saves the search."""
+        indices of ``t`` for these edges (a plan carries them), which saves the search. With ``defer`` a finite
+        step is held and binned later with the next ones (reads see it: :meth:`folded`)."""
         if t.shape != sq_norms.shape:
             raise ShapeError(f"profile update: t {tuple(t.shape)} and sq_norms {tuple(sq_norms.shape)} differ")
         # A step's few numbers are binned in NumPy (sharing the states' memory): torch calls on tensors this small
@@ -52,30 +53,59 @@ class TimestepProfile(SumStatistic):
             self._finite_or_reject("squared norm", torch.from_numpy(v))  # applies the policy (raises or warns once)
             self.num_nonfinite += bad - 1
             v, b = v[ok], b[ok]
+        elif defer:
+            self._defer((b.copy(), v.copy()))  # a caller's Tensors may change before they are binned
+            return
+        self._bin(b, v, np.ones_like(v), np.ones_like(v))
+
+    def _bin(self, b: np.ndarray, v: np.ndarray, w: np.ndarray, w_sq: np.ndarray) -> None:
+        """Add observations ``v`` in bins ``b`` with forgetting weights ``w`` (``w_sq`` for the squared-weight sum)."""
         B = self.num_bins
-        n_b = np.bincount(b, minlength=B)
         count, count_sq, sum_sq, sum_sq2 = (
             getattr(self, n).numpy() for n in ("count", "count_sq", "sum_sq", "sum_sq2")
         )
-        count += n_b
-        count_sq += n_b
-        sum_sq += np.bincount(b, v, B)
-        sum_sq2 += np.bincount(b, v * v, B)
+        count += np.bincount(b, w, B)
+        count_sq += np.bincount(b, w_sq, B)
+        sum_sq += np.bincount(b, v * w, B)
+        sum_sq2 += np.bincount(b, v * v * w, B)
+
+    def _reduce_deferred(self, pending: list[tuple[np.ndarray, np.ndarray]], missed: np.ndarray) -> None:
+        sizes = [len(b) for b, _ in pending]
+        w = np.repeat(missed, sizes)
+        self._bin(np.concatenate([b for b, _ in pending]), np.concatenate([v for _, v in pending]), w, w * w)
 
     def compute(self) -> Tensor:
         """``B``-dim per-bin mean of ``||f||^2``; a bin with no observation gets the count-weighted global mean
         (never zero: a zero would starve it of proposal mass and make its weight explode later)."""
-        total = self.count.sum()
-        glob = self.sum_sq.sum() / total if total > 0 else torch.tensor(0.0, dtype=torch.float64)
-        return torch.where(self.count > 0, self.sum_sq / self.count.clamp_min(1e-300), glob)
+        f = self.folded()
+        total = f.count.sum()
+        glob = f.sum_sq.sum() / total if total > 0 else torch.tensor(0.0, dtype=torch.float64)
+        return torch.where(f.count > 0, f.sum_sq / f.count.clamp_min(1e-300), glob)
 
     def standard_error(self) -> Tensor:
         """``B``-dim standard error of each bin's mean under forgetting (``inf`` until a bin has two
         observations): reliability-weighted variance times ``sum w^2 / (sum w)^2`` (docs/theory.md §12, R2)."""
-        n, n2 = self.count, self.count_sq
+        f = self.folded()
+        n, n2 = f.count, f.count_sq
         safe = n.clamp_min(1e-300)
-        mean = self.sum_sq / safe
+        mean = f.sum_sq / safe
         den = (n - n2 / safe).clamp_min(0)
-        var = (self.sum_sq2 - self.sum_sq * mean).clamp_min(0) / den.clamp_min(1e-300)
+        var = (f.sum_sq2 - f.sum_sq * mean).clamp_min(0) / den.clamp_min(1e-300)
         se = (var * n2).sqrt() / safe
         return torch.where(den > 1e-9 * safe, se, torch.full_like(n, float("inf")))
+
+    def state_dict(self) -> dict:
+        out = super().state_dict()
+        # Deferred steps are saved as such: taking a checkpoint must not change when they are binned.
+        missed = self._missed[: len(self._pending)].tolist()
+        out["pending"] = [
+            {"bins": b.tolist(), "v": v.tolist(), "missed": m} for (b, v), m in zip(self._pending, missed)
+        ]
+        return out
+
+    def load_state_dict(self, state: dict) -> None:
+        state = dict(state)
+        pending = state.pop("pending", [])
+        super().load_state_dict(state)
+        self._pending = [(np.asarray(p["bins"], dtype=np.int64), np.asarray(p["v"], dtype=np.float64)) for p in pending]
+        self._missed[: len(pending)] = [float(p["missed"]) for p in pending]

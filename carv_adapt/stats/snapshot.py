@@ -54,7 +54,7 @@ class Statistics:
             pi_b=pi_b.double(),
             m=profile.compute(),
             m_se=profile.standard_error(),
-            counts=profile.count.clone(),
+            counts=profile.folded().count.clone(),
             proxy=proxy,
             param=param,
             costs=costs.compute(),

@@ -1,5 +1,6 @@
 """TimestepProfile: empty bins and exact standard errors, with and without forgetting."""
 
+import contextlib
 import math
 
 import pytest
@@ -26,3 +27,34 @@ def test_profile_empty_bin_takes_the_global_mean_and_standard_errors_are_exact()
     mean = (w * x).sum() / w.sum()
     V = (w * (x - mean) ** 2).sum() / (w.sum() - (w**2).sum() / w.sum())
     assert prof2.standard_error()[0].item() == pytest.approx(float((V * (w**2).sum()).sqrt() / w.sum()))
+
+
+def test_deferred_steps_equal_immediate_ones_and_resume_exactly():
+    """Deferred steps are binned later with the forgetting they missed: the same means, standard errors and counts
+    as immediate updates (up to rounding); a non-finite one is counted when seen; a checkpoint keeps them deferred."""
+    target = TargetMeasure(100)
+    edges = target.bin_edges(8)
+    g = torch.Generator().manual_seed(0)
+    now, later, resumed = TimestepProfile(edges), TimestepProfile(edges), TimestepProfile(edges)
+    for s in range(70):
+        t = torch.randint(0, 100, (3, 4), generator=g)
+        v = (1.0 + t.double() / 10.0) * torch.rand(3, 4, generator=g, dtype=torch.float64)
+        if s == 9:
+            v[0, 1] = float("inf")
+        with pytest.warns(RuntimeWarning) if s == 9 else contextlib.nullcontext():
+            now.update(t, v)
+            later.update(t, v, defer=True)
+        assert float(later.num_nonfinite) == float(now.num_nonfinite)
+        if s > 40:
+            resumed.update(t, v, defer=True)
+            resumed.decay(0.9)
+        now.decay(0.9)
+        later.decay(0.9)
+        if s == 40:
+            resumed.load_state_dict(later.state_dict())
+            assert len(resumed._pending) == len(later._pending) > 0
+    assert float(now.num_nonfinite) == 1.0
+    assert torch.allclose(later.compute(), now.compute(), rtol=1e-12)
+    assert torch.allclose(later.standard_error(), now.standard_error(), rtol=1e-9)
+    assert torch.allclose(later.folded().count_sq, now.count_sq, rtol=1e-12)
+    assert torch.equal(resumed.flat(), later.flat())

@@ -79,5 +79,5 @@ def test_attribution_with_common_random_numbers_replays_one_plan_per_round(attri
     res = wl.run(controller=ctrl, passes=2)
     Ks = [r.K for r in res.records]
     assert Ks[:M] == [Ks[0]] * M and Ks[M:] == [Ks[M]] * M  # K moves only between groups
-    assert float(ctrl.profile.count.sum()) == 2 * (Ks[0] + Ks[M])  # one folded observation per shared draw
+    assert float(ctrl.profile.folded().count.sum()) == 2 * (Ks[0] + Ks[M])  # one folded observation per shared draw
     ctrl.crn_group(M).close()  # the run closed its group
