@@ -16,14 +16,14 @@ from torch import Tensor
 
 from carv_adapt.config import ControllerConfig, parse_config
 from carv_adapt.crn import CRNGroup
-from carv_adapt.decide import DecisionState, decide, initial_state, probe_due, proposal_of, scheduled_k
+from carv_adapt.decide import DecisionState, decide, initial_state, probe_due, proposal_of, scheduled_k, warmup_cycles
 from carv_adapt.distributed import current_rank, derive_seed, reduced_copies
 from carv_adapt.errors import StateError
 from carv_adapt.metric import Preconditioner, in_metric
-from carv_adapt.plan import Plan, Refit, make_plan
+from carv_adapt.plan import Plan, PlanQueue, Refit, draw_plans
 from carv_adapt.proposals import Proposal, bin_sums, resolve_prior
 from carv_adapt.record import policy_snapshot, refit_record, summary_line
-from carv_adapt.schedule import is_refit_step
+from carv_adapt.schedule import is_refit_step, plans_ahead
 from carv_adapt.stats.control import ControlVariateStats
 from carv_adapt.stats.costs import CostTracker, StageRole, StageTimer
 from carv_adapt.stats.grouped import GroupedVariance
@@ -70,8 +70,7 @@ class AdaptiveController:
         **overrides: Any,
     ) -> None:
         self.config = parse_config(config, **overrides)
-        precond = self.config.metric == "preconditioned"
-        self._precond = Preconditioner(optimizer, params if params is not None else []) if precond else None
+        self._precond = Preconditioner(optimizer, params or []) if self.config.metric == "preconditioned" else None
         self.skipped_probes = 0
         self.rank, self.process_group = current_rank() if rank is None else rank, process_group
         self.loggers = [] if logger is None else list(logger) if isinstance(logger, Sequence) else [logger]
@@ -86,20 +85,18 @@ class AdaptiveController:
         self.edges = self.target.bin_edges(pol.num_bins)
         self.pi_b = self.target.bin_mass(self.edges)
         self.profile = TimestepProfile(self.edges, c.nonfinite)
-        self.grouped, self.param_grouped = GroupedVariance(c.nonfinite), GroupedVariance(c.nonfinite)
-        self.steps = StepVariance(c.nonfinite)
+        nf = c.nonfinite
+        self.grouped, self.param_grouped, self.steps = GroupedVariance(nf), GroupedVariance(nf), StepVariance(nf)
         self.costs = CostTracker({**CostTracker(None).roles, **self._extra_roles}, c.nonfinite)
         self.control = ControlVariateStats(self.edges, c.nonfinite)
         self.generator = torch.Generator().manual_seed(derive_seed(c.seed, self.rank))
-        self._step = 0
         if pol.proposal.kind == "weighted" and self._prior_pmf is None:
             self._prior_pmf = resolve_prior(torch.tensor(pol.proposal.g, dtype=torch.float64), self.target, 0.0)
         self.state: DecisionState = initial_state(c, self.edges, self._prior_pmf)
         self.history: list[Refit] = []
         self._pending: Plan | None = None
-        self._observed, self._proposal_obj, self._last_probe = False, None, None
-        self._timers, self._explicit_costs, self._crn = {}, {}, None  # stage timers, seconds, CRN group (§18)
-        self._seg: tuple[tuple, DecisionState, PolicySegment] | None = None
+        self._step, self._observed, self._proposal_obj, self._last_probe = 0, False, None, None
+        self._timers, self._explicit_costs, self._crn, self._queue = {}, {}, None, PlanQueue()  # CRN group: §18
 
     def probe_due(self) -> bool:
         """Whether to probe this step: while the probe statistics are loose and within ``probe_budget``."""
@@ -139,14 +136,15 @@ class AdaptiveController:
     )
 
     def plan(self) -> Plan:
-        """The allocation, timesteps, weights, noise seed and control-variate coefficients for this step."""
+        """The allocation, timesteps, weights, noise seed and control-variate coefficients for this step (drawn ahead,
+        together, for the steps the decision state in force stays: :func:`~carv_adapt.schedule.plans_ahead`)."""
         if self._pending is not None:
             raise StateError(f"plan() called twice in step {self._step}; call step() after observe() first")
-        pol, st = self.config.policy, self.state
-        draw = lambda: make_plan(  # noqa: E731
-            self.proposal, st.N, st.K, self.generator, step=self._step, stratification=pol.stratification,
-            antithetic=pol.antithetic, edges=self.edges, outer=pol.outer,
-        )  # fmt: skip
+        pol, st, sch = self.config.policy, self.state, self.config.policy.schedule
+        n = plans_ahead(self._step, sch.warmup_steps, sch.refit_every, warmup_cycles(self._step, self.config))
+        ahead = lambda: draw_plans(self.proposal, st.N, st.K, self.generator, n, stratification=pol.stratification,  # noqa: E731
+                                   antithetic=pol.antithetic, edges=self.edges, outer=pol.outer)  # fmt: skip
+        draw = lambda: self._queue.next(st, self._step, ahead)  # noqa: E731
         p = draw() if self._crn is None else self._crn.plan_for(self._step, draw)
         beta = self.control.betas(p.bins, (p.N, p.K))  # from earlier steps only; None before any control
         self._pending, self._observed = (p if beta is None else replace(p, cv_beta=beta)), False
@@ -216,21 +214,12 @@ class AdaptiveController:
         self.skipped_probes += probe is not None and scaled is None  # no second moments yet: last estimates stay
         self._last_probe = self._step if scaled is not None else self._last_probe
         if grad is not None and self.config.space == "parameter" and self._crn is None and outer.is_iid:
-            self.steps.update(grad, self._segment(plan.N, plan.K, design), self._precond)
+            seg = PolicySegment(plan.N, plan.K, design, self.state.proposal_kind, self.state.probs)
+            self.steps.update(grad, seg, self._precond)
         for stage, sec in (costs or {}).items():
             self.costs.role(stage)
             self._explicit_costs[stage] = self._explicit_costs.get(stage, 0.0) + float(sec)
         self._observed = True
-
-    def _segment(self, N: int, K: int, design: str) -> PolicySegment:
-        """The policy in force as a step segment, built once per decision state (compared on every step)."""
-        if self._seg is None or self._seg[0] != (N, K, design) or self._seg[1] is not self.state:
-            self._seg = (
-                (N, K, design),
-                self.state,
-                PolicySegment(N, K, design, self.state.proposal_kind, self.state.probs),
-            )
-        return self._seg[2]
 
     def step(self) -> None:
         """Close this step: record its costs, apply forgetting and refit when the schedule says so."""
@@ -282,6 +271,7 @@ class AdaptiveController:
             "generator": self.generator.get_state(), **{name: getattr(self, name).state_dict() for name in _TRACKERS},
             "history": [r.to_dict() for r in self.history],
             **({} if self._crn is None else {"crn": self._crn.state_dict()}),
+            "drawn": self._queue.state_dict(self.state),  # plans drawn ahead, not yet run: a resumed run runs them
         }  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -289,7 +279,7 @@ class AdaptiveController:
         the saved one, as with PyTorch schedulers)."""
         if self._pending is not None:
             raise StateError("load_state_dict() in the middle of a step: call it between steps")
-        missing = set(self.state_dict()) - set(state) - {"crn", "control", "steps"}  # declared once, by state_dict
+        missing = set(self.state_dict()) - set(state) - {"crn", "control", "steps", "drawn"}  # declared by state_dict
         if missing:
             raise StateError(f"controller state is missing {sorted(missing)}")
         self.config, self._extra_roles = parse_config(state["config"]), dict(state["stage_roles"])
@@ -298,6 +288,7 @@ class AdaptiveController:
         self._build()
         self._step, self._last_probe = int(state["step"]), state["last_probe"]
         self.state = DecisionState.from_dict(state["decision_state"])
+        self._queue.load_state_dict(self.state, state.get("drawn"))
         self.generator.set_state(state["generator"])
         for name in _TRACKERS:  # a checkpoint from before control variates (§14) or §7.8 lacks them: start empty
             getattr(self, name).load_state_dict(state.get(name, getattr(self, name).state_dict()))

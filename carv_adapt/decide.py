@@ -35,6 +35,7 @@ from carv_adapt.variance import (
 
 _MAX_LOG = math.log(1e6)  # the widest log-scale band of a variance (R5)
 __all__ = ["DecisionState", "Decision", "decide", "initial_state", "scheduled_k", "k_cap", "proposal_of", "probe_due"]
+__all__ += ["warmup_cycles"]
 
 
 @dataclass(frozen=True)
@@ -160,13 +161,17 @@ def proposal_of(state: DecisionState, target: TargetMeasure, edges: Tensor, prio
     return BinnedProposal(target, edges, state.probs)
 
 
-def scheduled_k(step: int, state: DecisionState, config: ControllerConfig) -> DecisionState:
-    """The state for ``step`` between refits: during the warm-up of a policy without a starting ``K``, the
-    warm-up cycle's ``K`` (clamped); otherwise unchanged."""
+def warmup_cycles(step: int, config: ControllerConfig) -> bool:
+    """Whether ``step`` is in a warm-up that cycles ``K`` (a policy that adapts ``K`` and starts without one)."""
     pol = config.policy
-    if step >= pol.schedule.warmup_steps or pol.allocation.K is not None or not pol.adapts_k:
+    return step < pol.schedule.warmup_steps and pol.allocation.K is None and pol.adapts_k
+
+
+def scheduled_k(step: int, state: DecisionState, config: ControllerConfig) -> DecisionState:
+    """The state for ``step`` between refits: the warm-up cycle's ``K`` (clamped) while it cycles, else unchanged."""
+    if not warmup_cycles(step, config):
         return state
-    return replace(state, K=_clamp(warmup_k(step, pol.allocation.warmup_k), config, state.N))
+    return replace(state, K=_clamp(warmup_k(step, config.policy.allocation.warmup_k), config, state.N))
 
 
 def decide(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -176,6 +177,107 @@ def resolve_stratification(stratification: str, K: int) -> str:
     return stratification
 
 
+@dataclass(frozen=True)
+class PlanDraws:
+    """The timesteps, weights, bins and noise seeds of ``S`` consecutive plans of one policy, drawn at once: a
+    plan's draws are a handful of calls on a few numbers, so drawing many together pays their dispatch once."""
+
+    N: int
+    K: int
+    t: Tensor  # S x N x K
+    rho: Tensor
+    bins: Tensor | None
+    seeds: tuple[int, ...]
+    stratification: str
+    antithetic: bool
+    outer: str
+    _rows: tuple = field(default=(), repr=False, compare=False)  # per-plan views, split once
+
+    def __post_init__(self) -> None:
+        bins = (None,) * len(self.seeds) if self.bins is None else self.bins.unbind(0)
+        object.__setattr__(self, "_rows", tuple(zip(self.t.unbind(0), self.rho.unbind(0), bins)))
+
+    def __len__(self) -> int:
+        return len(self.seeds)
+
+    def plan(self, i: int, step: int) -> Plan:
+        """The ``i``-th plan, for controller step ``step``."""
+        t, rho, bins = self._rows[i]
+        return Plan(
+            step=step, N=self.N, K=self.K, t=t, rho=rho, noise_seed=self.seeds[i], antithetic=self.antithetic,
+            stratification=self.stratification, bins=bins, outer=self.outer,
+        )  # fmt: skip
+
+    def to_dict(self, start: int = 0) -> dict[str, Any]:
+        """The plans from ``start`` on, as plain data (a controller's checkpoint keeps the ones it has not run)."""
+        return {
+            "N": self.N, "K": self.K, "t": self.t[start:].clone(), "rho": self.rho[start:].clone(),
+            "bins": None if self.bins is None else self.bins[start:].clone(), "seeds": list(self.seeds[start:]),
+            "stratification": self.stratification, "antithetic": self.antithetic, "outer": self.outer,
+        }  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PlanDraws:
+        bins = None if d["bins"] is None else torch.as_tensor(d["bins"]).long()
+        t, rho = torch.as_tensor(d["t"]).long(), torch.as_tensor(d["rho"]).double()
+        return cls(int(d["N"]), int(d["K"]), t, rho, bins, tuple(int(x) for x in d["seeds"]), str(d["stratification"]),
+                   bool(d["antithetic"]), str(d["outer"]))  # fmt: skip
+
+
+class PlanQueue:
+    """Plans drawn ahead for the policy in force (identified by an object, compared by identity), one per step."""
+
+    def __init__(self) -> None:
+        self._for: object = None
+        self._draws: PlanDraws | None = None
+        self._used = 0
+
+    def next(self, policy: object, step: int, draw: Callable[[], PlanDraws]) -> Plan:
+        """The next plan drawn for ``policy``; ``draw()`` refills when none is left or the policy changed."""
+        if self._draws is None or self._for is not policy or self._used >= len(self._draws):
+            self._for, self._draws, self._used = policy, draw(), 0
+        self._used += 1
+        return self._draws.plan(self._used - 1, step)
+
+    def state_dict(self, policy: object) -> dict[str, Any] | None:
+        """The plans left for ``policy`` (None when there are none)."""
+        if self._draws is None or self._for is not policy or self._used >= len(self._draws):
+            return None
+        return self._draws.to_dict(self._used)
+
+    def load_state_dict(self, policy: object, state: dict[str, Any] | None) -> None:
+        self._for, self._draws, self._used = policy, None if state is None else PlanDraws.from_dict(state), 0
+
+
+def draw_plans(
+    proposal: Proposal,
+    N: int,
+    K: int,
+    generator: torch.Generator,
+    count: int = 1,
+    *,
+    stratification: str = "auto",
+    antithetic: bool = False,
+    edges: Tensor | None = None,
+    outer: str = "iid",
+) -> PlanDraws:
+    """Draw ``count`` consecutive plans: timesteps by (stratified) inverse CDF of ``proposal``, then the noise seeds.
+
+    The one code path every sampler (controller, fixed policy, preview) goes through; with ``count = 1`` the
+    generator's stream is the same as for one :func:`make_plan`. ``outer`` is the design of each plan's outer
+    uniforms; their seed derives from the noise seed, so the generator's stream is the same for every design.
+    """
+    check_outer_design(outer)
+    strat = resolve_stratification(stratification, K)
+    if strat == "global":  # strata span one step's whole batch: per step
+        t, rho = (torch.stack(x) for x in zip(*(proposal.sample(N, K, generator, strat) for _ in range(count))))
+    else:  # per outer draw (or per draw): the steps' rows are independent
+        t, rho = (x.reshape(count, N, K) for x in proposal.sample(count * N, K, generator, strat))  # type: ignore[arg-type]
+    seeds = tuple(torch.randint(0, 2**62, (count,), generator=generator).tolist())
+    bins = proposal.bins(t, edges) if edges is not None else None
+    return PlanDraws(N, K, t, rho, bins, seeds, strat, antithetic, outer)
+
+
 def make_plan(
     proposal: Proposal,
     N: int,
@@ -188,21 +290,9 @@ def make_plan(
     edges: Tensor | None = None,
     outer: str = "iid",
 ) -> Plan:
-    """Draw a :class:`Plan`: timesteps by (stratified) inverse CDF of ``proposal``, then a noise seed.
-
-    The one code path every sampler (controller, fixed policy, preview) goes through. ``outer`` is the design of
-    the plan's outer uniforms; their seed derives from the noise seed, so the generator's stream is the same for
-    every design.
-    """
-    check_outer_design(outer)
-    strat = resolve_stratification(stratification, K)
-    t, rho = proposal.sample(N, K, generator, strat)  # type: ignore[arg-type]
-    noise_seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-    bins = proposal.bins(t, edges) if edges is not None else None
-    return Plan(
-        step=step, N=N, K=K, t=t, rho=rho, noise_seed=noise_seed, antithetic=antithetic, stratification=strat,
-        bins=bins, outer=outer,
-    )  # fmt: skip
+    """Draw one :class:`Plan` (:func:`draw_plans` with ``count = 1``)."""
+    kw = dict(stratification=stratification, antithetic=antithetic, edges=edges, outer=outer)
+    return draw_plans(proposal, N, K, generator, 1, **kw).plan(0, step)  # type: ignore[arg-type]
 
 
-__all__ += ["make_plan", "resolve_stratification"]
+__all__ += ["make_plan", "draw_plans", "PlanDraws", "PlanQueue", "resolve_stratification"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from carv_adapt.errors import ConfigError
 
-__all__ = ["is_refit_step", "refit_steps", "warmup_k"]
+__all__ = ["is_refit_step", "refit_steps", "steps_to_refit", "plans_ahead", "warmup_k"]
 
 
 def is_refit_step(step: int, warmup_steps: int, refit_every: int) -> bool:
@@ -15,6 +15,19 @@ def is_refit_step(step: int, warmup_steps: int, refit_every: int) -> bool:
     if refit_every < 1:
         raise ConfigError(f"refit_every must be >= 1, got {refit_every!r}")
     return step >= warmup_steps and step > 0 and (step - warmup_steps) % refit_every == 0
+
+
+def steps_to_refit(step: int, warmup_steps: int, refit_every: int) -> int:
+    """How many steps, ``step`` included, run before the next refit (which happens on entering a later step)."""
+    if step < warmup_steps:
+        return warmup_steps - step
+    return refit_every - (step - warmup_steps) % refit_every
+
+
+def plans_ahead(step: int, warmup_steps: int, refit_every: int, cycling: bool, most: int = 16) -> int:
+    """How many plans to draw at ``step`` for the state in force: until the next refit, at most ``most``; one while
+    a warm-up ``cycling`` K changes it every step."""
+    return 1 if cycling else min(most, steps_to_refit(step, warmup_steps, refit_every))
 
 
 def refit_steps(warmup_steps: int, refit_every: int, total_steps: int) -> list[int]:

@@ -96,3 +96,31 @@ def test_fitted_policy_predicts_measured_W_within_10_percent():
     measured, se = _measured_W(ctrl.proposal, ctrl.K, 2, c_out, c_in, R=3000, seed=12)
     assert se < 0.03 * measured  # the measurement itself is precise enough for a 10 % check
     assert abs(fitted.predicted_W - measured) < 0.10 * measured, (fitted.predicted_W, measured)
+
+
+def test_plans_drawn_together_are_stratified_per_step_and_one_equals_make_plan():
+    """``draw_plans`` draws several steps' plans in one batch: each step's timesteps keep one draw per stratum of
+    the proposal's CDF, every step gets its own noise seed, and one plan uses the generator's stream as make_plan."""
+    from carv_adapt.plan import draw_plans, make_plan
+    from carv_adapt.proposals import PmfProposal, TargetMeasure
+
+    target = TargetMeasure(200)
+    prop = PmfProposal(target, torch.linspace(1.0, 3.0, 200, dtype=torch.float64))
+    edges = target.bin_edges(10)
+    g = torch.Generator().manual_seed(0)
+    draws = draw_plans(prop, 3, 4, g, 12, stratification="stratified", edges=edges)
+    cdf = prop.cdf()
+    plans = [draws.plan(i, step=i) for i in range(len(draws))]
+    assert len(set(draws.seeds)) == 12
+    for p in plans:
+        assert p.t.shape == (3, 4) and p.bins is not None
+        # draw k of each outer draw falls in the k-th quarter of the proposal's probability
+        lo = torch.cat([torch.zeros(1, dtype=torch.float64), cdf])[p.t]
+        k = torch.arange(4, dtype=torch.float64)
+        assert bool(((cdf[p.t] > k / 4) & (lo < (k + 1) / 4)).all())
+        assert torch.equal(p.rho, prop.weights(p.t)) and torch.equal(p.bins, prop.bins(p.t, edges))
+    a, b = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    one = draw_plans(prop, 3, 4, a, 1, stratification="stratified", edges=edges).plan(0, step=7)
+    ref = make_plan(prop, 3, 4, b, step=7, stratification="stratified", edges=edges)
+    assert torch.equal(one.t, ref.t) and one.noise_seed == ref.noise_seed and one.step == 7
+    assert torch.equal(a.get_state(), b.get_state())

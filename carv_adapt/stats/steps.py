@@ -68,8 +68,10 @@ class PolicySegment:
         return (
             other is not None
             and key == (other.N, other.K, other.design, other.proposal_kind)
-            and self.probs.shape == other.probs.shape
-            and bool(torch.equal(self.probs, other.probs))
+            and (
+                self.probs is other.probs
+                or (self.probs.shape == other.probs.shape and torch.equal(self.probs, other.probs))
+            )
         )
 
     def to_dict(self) -> dict:
