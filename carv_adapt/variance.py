@@ -12,7 +12,7 @@ import math
 import torch
 from torch import Tensor
 
-from carv_adapt.errors import ConfigError
+from carv_adapt.errors import ConfigError, ShapeError
 
 __all__ = [
     "work_normalized_variance",
@@ -26,6 +26,7 @@ __all__ = [
     "step_sums",
     "stratified_within",
     "stratum_within_from_groups",
+    "split_half_within",
     "fit_linear_cost",
     "total_variation",
 ]
@@ -231,6 +232,22 @@ def _stratum_per_group(flat: Tensor) -> tuple[Tensor, Tensor]:
     if k_b >= 2:
         pairs = pairs - (d[:, :-1] * d[:, 1:]).sum(dim=(1, 2)) / (2.0 * (k_b - 1))
     return split, pairs
+
+
+def split_half_within(g_a: Tensor, g_b: Tensor, K: int) -> float:
+    """Parameter-space within variance from one split-half probe (docs/theory.md §7).
+
+    ``g_a`` and ``g_b`` are ``N x P`` gradients of the means of two interleaved halves (even and odd inner
+    indices, sizes ``ceil(K/2)`` and ``floor(K/2)``) of each outer draw's ``K`` inner contributions;
+    ``E ||g_A - g_B||^2 = sigma_w2 (1/k_A + 1/k_B)`` (``= 4 sigma_w2 / K`` for even K) for i.i.d. draws.
+    """
+    if g_a.shape != g_b.shape or g_a.dim() != 2:
+        raise ShapeError(f"split-half probe needs two N x P gradients, got {tuple(g_a.shape)}, {tuple(g_b.shape)}")
+    if K < 2:
+        raise ShapeError(f"split-half probe needs K >= 2 inner draws, got K={K}")
+    d = (g_a.double() - g_b.double()).pow(2).sum(dim=1).mean()
+    k_a, k_b = (K + 1) // 2, K // 2
+    return float(d) / (1.0 / k_a + 1.0 / k_b)
 
 
 def fit_linear_cost(

@@ -3,10 +3,11 @@
 from carv_adapt.stats.base import NonFinitePolicy, SumStatistic
 from carv_adapt.stats.control import ControlVariateEstimate, ControlVariateStats
 from carv_adapt.stats.costs import CostEstimate, CostTracker, StageRole, StageTimer
-from carv_adapt.stats.grouped import BetweenWithin, GroupedVariance, split_half_within
+from carv_adapt.stats.grouped import BetweenWithin, GroupedVariance
 from carv_adapt.stats.profile import TimestepProfile
 from carv_adapt.stats.steps import PolicySegment, SegmentEstimate, StepVariance
 from carv_adapt.stats.welford import Welford
+from carv_adapt.variance import split_half_within
 
 __all__ = [
     "SumStatistic",

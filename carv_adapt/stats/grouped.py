@@ -15,7 +15,7 @@ from carv_adapt.outer import OuterLayout, design_between, successive_between
 from carv_adapt.stats.base import NonFinitePolicy, SumStatistic, all_finite, reliability_mean_se
 from carv_adapt.variance import step_sums
 
-__all__ = ["GroupedVariance", "BetweenWithin", "split_half_within", "Design"]
+__all__ = ["GroupedVariance", "BetweenWithin", "Design"]
 
 # How the K inner draws of one outer draw were placed: independent, or one per-draw stratum each.
 Design = Literal["iid", "stratified"]
@@ -23,9 +23,7 @@ Design = Literal["iid", "stratified"]
 _DESIGN_SUMS = ("dof_bd", "sbd_num", "sbd_sq", "dof_bd2")
 # Per-group sums of the split and the pair estimates of the stratified within variance (docs/theory.md §7.4).
 _STRAT_SUMS = ("strat_split", "strat_pairs")
-# Deferred updates (``update(..., defer=True)``): steps of at most this many bytes are held and reduced together. A
-# small step's reductions cost far more in per-call dispatch than in arithmetic.
-_DEFER_BYTES = 1 << 18
+_DEFER_BYTES = 1 << 18  # update(defer=True) holds steps up to this size: their reductions cost dispatch, not arithmetic
 
 
 @dataclass(frozen=True)
@@ -392,29 +390,11 @@ class GroupedVariance(SumStatistic):
         self._pending = [(torch.as_tensor(p["x"]).clone(), None if p["w"] is None else torch.as_tensor(p["w"]).clone())
                          for p in pending]  # fmt: skip
         self._missed[: len(pending)] = [float(p["missed"]) for p in pending]
-        self._pending_key = None
-        if pending:
-            x = self._pending[0][0]
-            self._pending_key = (tuple(x.shape), x.dtype, x.device, design, self._pending[0][1] is None)
+        x, w = self._pending[0] if pending else (None, None)
+        self._pending_key = None if x is None else (tuple(x.shape), x.dtype, x.device, design, w is None)
         self._prev = None if prev is None else (torch.as_tensor(prev["mean"]).clone(), float(prev["var"]))
         self._prev_outer = (
             None
             if po is None
             else (torch.as_tensor(po["mean"]).clone(), float(po["var"]), int(po["N"]), str(po["design"]))
         )
-
-
-def split_half_within(g_a: Tensor, g_b: Tensor, K: int) -> float:
-    """Parameter-space within variance from one split-half probe (docs/theory.md §7).
-
-    ``g_a`` and ``g_b`` are ``N x P`` gradients of the means of two interleaved halves (even and odd inner
-    indices, sizes ``ceil(K/2)`` and ``floor(K/2)``) of each outer draw's ``K`` inner contributions;
-    ``E ||g_A - g_B||^2 = sigma_w2 (1/k_A + 1/k_B)`` (``= 4 sigma_w2 / K`` for even K) for i.i.d. draws.
-    """
-    if g_a.shape != g_b.shape or g_a.dim() != 2:
-        raise ShapeError(f"split-half probe needs two N x P gradients, got {tuple(g_a.shape)}, {tuple(g_b.shape)}")
-    if K < 2:
-        raise ShapeError(f"split-half probe needs K >= 2 inner draws, got K={K}")
-    d = (g_a.double() - g_b.double()).pow(2).sum(dim=1).mean()
-    k_a, k_b = (K + 1) // 2, K // 2
-    return float(d) / (1.0 / k_a + 1.0 / k_b)
