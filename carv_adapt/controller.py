@@ -24,6 +24,7 @@ from carv_adapt.plan import Plan, PlanQueue, Refit, draw_plans
 from carv_adapt.proposals import Proposal, bin_sums, resolve_prior
 from carv_adapt.record import policy_snapshot, refit_record, summary_line
 from carv_adapt.schedule import is_refit_step, plans_ahead
+from carv_adapt.stats.calibration import ProfileCalibration
 from carv_adapt.stats.control import ControlVariateStats
 from carv_adapt.stats.costs import CostTracker, StageRole, StageTimer
 from carv_adapt.stats.grouped import GroupedVariance
@@ -33,8 +34,9 @@ from carv_adapt.stats.steps import PolicySegment, StepVariance
 
 __all__ = ["AdaptiveController", "derive_seed"]
 
-_STATS = ("profile", "grouped", "param_grouped", "costs", "steps")  # what a decision reads, in reduce's order
+_STATS = ("profile", "grouped", "param_grouped", "costs", "steps", "calibration")  # a decision's inputs, reduce's order
 _TRACKERS = (*_STATS, "control")
+_LATER = {"crn", "control", "steps", "drawn", "calibration"}  # state a checkpoint may lack (optional or newer)
 
 
 class AdaptiveController:
@@ -42,11 +44,9 @@ class AdaptiveController:
     costs, and refits the IS proposal and ``K`` every ``refit_every`` steps after a warm-up.
 
     Args:
-        config: a :class:`ControllerConfig` or a dict; flat keyword overrides by setting name
-            (``AdaptiveController(batch_size=4, k_max=32, space="parameter")``).
-        prior: optional analytic proposal (``Proposal`` or ``T``-dim Tensor ``g``, used as ``q ∝ pi g``),
-            e.g. :func:`~carv_adapt.proposals.teacher_weight_proposal`; the warm-up proposal when
-            ``warmup_proposal="prior"``, and a candidate at every refit.
+        config: a :class:`ControllerConfig` or a dict; flat keyword overrides by name (``batch_size=4, k_max=32``).
+        prior: optional analytic proposal (``Proposal``, or ``T``-dim ``g`` as ``q ∝ pi g``, e.g. the teacher-weight
+            one): the warm-up proposal (``warmup_proposal="prior"``) and a candidate at every refit.
         stage_roles: extra cost stages and their role (``"outer" | "inner" | "fixed" | "measurement"``).
         rank, process_group: this process's rank (default: ``torch.distributed``'s, else 0; it seeds the rank's
             own stream) and the group whose statistics are summed at each refit (default: the world).
@@ -84,11 +84,11 @@ class AdaptiveController:
         self.target = pol.target_measure()
         self.edges = self.target.bin_edges(pol.num_bins)
         self.pi_b = self.target.bin_mass(self.edges)
-        self.profile = TimestepProfile(self.edges, c.nonfinite)
         nf = c.nonfinite
+        self.profile = TimestepProfile(self.edges, nf)
         self.grouped, self.param_grouped, self.steps = GroupedVariance(nf), GroupedVariance(nf), StepVariance(nf)
         self.costs = CostTracker({**CostTracker(None).roles, **self._extra_roles}, c.nonfinite)
-        self.control = ControlVariateStats(self.edges, c.nonfinite)
+        self.control, self.calibration = ControlVariateStats(self.edges, nf), ProfileCalibration(self.edges, nf)
         self.generator = torch.Generator().manual_seed(derive_seed(c.seed, self.rank))
         if pol.proposal.kind == "weighted" and self._prior_pmf is None:
             self._prior_pmf = resolve_prior(torch.tensor(pol.proposal.g, dtype=torch.float64), self.target, 0.0)
@@ -171,7 +171,7 @@ class AdaptiveController:
         *,
         sq_norms: Tensor | None = None,
         costs: dict[str, float] | None = None,
-        probe: tuple[Tensor, Tensor] | None = None,
+        probe: tuple[Tensor, ...] | None = None,
         control: tuple[Tensor, Tensor] | None = None,
         grad: Tensor | Sequence[Tensor] | None = None,
     ) -> None:
@@ -182,8 +182,8 @@ class AdaptiveController:
             contributions: ``N x K x ...`` rho-free per-draw contributions ``f`` (proxy space).
             sq_norms: ``N x K`` ``||f||^2`` when the full contributions are not at hand (profile only).
             costs: measured seconds per stage for this step (in addition to :meth:`timer` stages).
-            probe: ``(g_A, g_B)``, ``N x P`` parameter-space gradients of two interleaved halves of each outer
-                draw's inner contributions (docs/theory.md §7 split-half probe).
+            probe: ``(g_A, g_B)``, ``N x P`` parameter gradients of two interleaved halves of each outer draw (§7.5),
+                or ``(g_A, g_B, sq_norms)`` from :func:`~carv_adapt.probe.per_draw_probe` (profile calibration, §7.9).
             control: ``(g, mu_g)``, a surrogate on the same draws and its exact conditional mean (``N x K x ...``,
                 e.g. :meth:`~carv_adapt.control_variate.ControlVariate.evaluate`); the statistics then track the
                 controlled ``plan.controlled(f, g, mu_g)`` and the coefficients are refitted (docs/theory.md §14).
@@ -208,11 +208,13 @@ class AdaptiveController:
             self.grouped.update(flat, plan.rho, design=design, outer=outer, defer=True)
         if sq_norms is not None:
             self.profile.update(plan.t, sq_norms, bins=plan.bins, defer=True)
-        scaled = None if probe is None else in_metric(probe, self._precond)
-        if scaled is not None:
-            self.param_grouped.update_split_half(scaled[0], scaled[1], plan.K, design=design, outer=outer)
+        scaled = None if probe is None else in_metric((probe[0], probe[1]), self._precond)
         self.skipped_probes += probe is not None and scaled is None  # no second moments yet: last estimates stay
-        self._last_probe = self._step if scaled is not None else self._last_probe
+        if scaled is not None:
+            self._last_probe = self._step
+            self.param_grouped.update_split_half(scaled[0], scaled[1], plan.K, design=design, outer=outer)
+        if scaled is not None and probe[2:] and sq_norms is not None and not (self._precond or control or self._crn):
+            self.calibration.update(plan.t, sq_norms, probe[2], bins=plan.bins)  # §7.9: same draws, both spaces
         if grad is not None and self.config.space == "parameter" and self._crn is None and outer.is_iid:
             seg = PolicySegment(plan.N, plan.K, design, self.state.proposal_kind, self.state.probs)
             self.steps.update(grad, seg, self._precond)
@@ -233,8 +235,7 @@ class AdaptiveController:
         for name in _TRACKERS:
             getattr(self, name).decay(self.config.policy.safeguards.forgetting)
         self._step += 1
-        sched = self.config.policy.schedule
-        if is_refit_step(self._step, sched.warmup_steps, sched.refit_every):
+        if is_refit_step(self._step, (sc := self.config.policy.schedule).warmup_steps, sc.refit_every):
             self.refit()
         else:
             self.state = scheduled_k(self._step, self.state, self.config)
@@ -248,8 +249,7 @@ class AdaptiveController:
         """Decide ``K`` and the proposal now from the accumulated statistics (also called by :meth:`step`)."""
         stats = self.statistics()
         prior_b = None if self._prior_pmf is None else bin_sums(self._prior_pmf, self.edges)
-        before = self.state
-        decision = decide(stats, before, self.config, prior_b)
+        decision = decide(stats, before := self.state, self.config, prior_b)
         for text in decision.warnings:
             warnings.warn(f"carv_adapt controller: {text}", RuntimeWarning, stacklevel=3)
         self.state, self._proposal_obj = decision.state, None
@@ -279,7 +279,7 @@ class AdaptiveController:
         the saved one, as with PyTorch schedulers)."""
         if self._pending is not None:
             raise StateError("load_state_dict() in the middle of a step: call it between steps")
-        missing = set(self.state_dict()) - set(state) - {"crn", "control", "steps", "drawn"}  # declared by state_dict
+        missing = set(self.state_dict()) - set(state) - _LATER  # declared by state_dict
         if missing:
             raise StateError(f"controller state is missing {sorted(missing)}")
         self.config, self._extra_roles = parse_config(state["config"]), dict(state["stage_roles"])

@@ -204,8 +204,12 @@ def decide(
         )
     src = stats.param if use_param else stats.proxy
     assert src is not None
-    pi_b, p_cur, m = stats.pi_b.double(), state.probs.double(), stats.m.double()
+    pi_b, p_cur, m, m_se = stats.pi_b.double(), state.probs.double(), stats.m.double(), stats.m_se.double()
     M2 = stats.proxy.M2 if math.isfinite(stats.proxy.M2) else 0.0
+    if use_param and (calibrated := stats.param_profile()) is not None:  # §7.9: all in parameter space
+        m, m_se = calibrated
+        M2 = src.M2 if math.isfinite(src.M2) else 0.0
+        reasons.append("profile calibrated to the parameter space by per-draw probes")
     S_cur = float(is_second_moment(pi_b, p_cur, m))
     sw_iid = src.sigma_w2_iid
     if not use_param:
@@ -245,7 +249,7 @@ def decide(
     # R2-R3: the proposal.
     p_new, kind, proposal_changed = p_cur, state.proposal_kind, False
     if pol.adapts_proposal:
-        m_hat = regularized_profile(m, stats.m_se, stats.counts, sg.smoothing)
+        m_hat = regularized_profile(m, m_se, stats.counts, sg.smoothing)
         target = (1.0 - sg.alpha) * optimal_proposal_bins(pi_b, m_hat) + sg.alpha * pi_b
         candidates = [
             ("learned", target, "binned"),
@@ -255,7 +259,7 @@ def decide(
             candidates.append(("prior", prior_b.double(), "prior"))
         chosen = "current"
         for name, p, k in candidates:
-            gain, se = is_gain(pi_b, p_cur, p, m, stats.m_se)
+            gain, se = is_gain(pi_b, p_cur, p, m, m_se)
             if gain > 0 and gain > z * se:
                 p_new, kind, proposal_changed, chosen = p, k, True, f"{name} (gain {gain / S_cur:.1%} > {z:g} se)"
                 break

@@ -97,10 +97,10 @@ class Plan:
         return self.rho.to(device=f.device, dtype=f.dtype).reshape(self.N, self.K, *([1] * (f.dim() - 2)))
 
     def check_observation(
-        self, contributions: Tensor | None, sq_norms: Tensor | None, probe: tuple[Tensor, Tensor] | None
+        self, contributions: Tensor | None, sq_norms: Tensor | None, probe: tuple[Tensor, ...] | None
     ) -> None:
         """Raise :class:`ShapeError` unless what a step observed fits this plan: ``N x K x ...`` contributions,
-        ``N x K`` squared norms, two ``N x P`` probe gradients."""
+        ``N x K`` squared norms, two ``N x P`` probe gradients (and, from a per-draw probe, ``N x K`` norms)."""
         lead = (self.N, self.K)
         if contributions is not None and (contributions.dim() < 2 or tuple(contributions.shape[:2]) != lead):
             raise ShapeError(
@@ -109,10 +109,14 @@ class Plan:
         if sq_norms is not None and tuple(sq_norms.shape) != lead:
             raise ShapeError(f"sq_norms: shape {tuple(sq_norms.shape)}, expected N x K = {lead}")
         if probe is not None:
-            g_a, g_b = probe
+            if len(probe) not in (2, 3):
+                raise ShapeError(f"probe: (g_A, g_B) or (g_A, g_B, sq_norms) expected, got {len(probe)} items")
+            g_a, g_b = probe[0], probe[1]
             if g_a.shape != g_b.shape or g_a.dim() != 2 or g_a.shape[0] != self.N:
                 got = f"{tuple(g_a.shape)} and {tuple(g_b.shape)}"
                 raise ShapeError(f"probe: two N x P gradients with N={self.N} expected, got {got}")
+            if len(probe) == 3 and tuple(probe[2].shape) != lead:
+                raise ShapeError(f"probe sq_norms: shape {tuple(probe[2].shape)}, expected N x K = {lead}")
 
     def controlled(self, f: Tensor, g: Tensor, mu_g: Tensor) -> Tensor:
         """``f - cv_beta (g - mu_g)``: the controlled ``N x K x ...`` contributions to estimate from, with ``g`` a

@@ -11,6 +11,7 @@ the block says so instead of showing figures.
 - ``distill_ttq``: distillation at equal cost-clock compute, FD per seed (``distill_ttq.json``);
 - ``ttq``: SDS-3D time to quality, the tables of :func:`carv_adapt.bench.ttq_analysis.markdown` (``ttq/ttq.json``);
 - ``sd_tiny``: the shipped SD-shaped pipeline's classifier check (``sd_tiny.json``);
+- ``profile_space``: output- against parameter-space profile per workload (``profile_space.json``, docs/theory.md §7.9);
 - ``ablation_more``: the ECM ablation rows of runs kept apart from ``bench.json`` (``*_ablation/bench.json``: SDS-3D
   on the SD-shaped teacher), rendered like the main table.
 """
@@ -26,7 +27,7 @@ from carv_adapt.bench.markdown import _checked, md_table, outer_table
 __all__ = ["EXTRA_SECTIONS", "extra_sections", "attribution_sections"]
 
 EXTRA_SECTIONS = ("attribution_curve", "crn_gain", "outer", "control_variate", "diffusion_head")
-EXTRA_SECTIONS += ("real_scale", "distill_ttq", "ttq", "sd_tiny", "ablation_more", "demo")
+EXTRA_SECTIONS += ("real_scale", "distill_ttq", "ttq", "sd_tiny", "ablation_more", "demo", "profile_space")
 
 _SHORT = {
     "baseline": "baseline",
@@ -254,7 +255,23 @@ def extra_sections(bench_json: Path | str) -> dict[str, str]:
             [(p.parent.name, json.loads(p.read_text())) for p in sorted(root.glob("*_ablation/bench.json"))]
         ),
         "demo": demo_section(load("../demo/summary.json")),
+        "profile_space": profile_space_section(load("profile_space.json")),
     }
+
+
+def profile_space_section(result: dict[str, Any] | None) -> str:
+    """``profile_space``: :func:`carv_adapt.bench.profile_space.profile_space_table` and how it was measured."""
+    if result is None:
+        return "_Not measured: run `python benchmarks/profile_space.py --out docs/bench/profile_space.json`._"
+    from carv_adapt.bench.profile_space import profile_space_table
+
+    s = result["settings"]
+    note = (
+        f"Pilot: {s['plans']} plans of 4 x {s['K']} uniform i.i.d. draws per checkpoint, each draw's squared norm "
+        f'in both spaces; "calibrated" fits the ratio (theory §7.9) from one held-out plan\'s pairs. Within: the '
+        "parameter-space within variance of each proposal over that of `p*` of the parameter-space profile."
+    )
+    return _checked("profile_space", [*profile_space_table(result).splitlines(), "", note])
 
 
 def ttq_section(result: dict[str, Any] | None) -> str:

@@ -28,7 +28,8 @@ def synthetic_from_record(record: Refit, num_timesteps: int | None = None, D: in
     """A nested workload with ``record``'s statistics, all in the record's own space.
 
     ``sigma_B^2`` and ``sigma_W^2`` (under the record's proposal) are the record's, in the space its decision
-    used (parameter space for probed runs); the output-space profile only shapes ``sigma_W^2`` over ``t``
+    used (parameter space for probed runs); the profile the decision read (output space, or calibrated to the
+    parameter space by per-draw probes) only shapes ``sigma_W^2`` over ``t``
     (``s(t)^2 ∝ m(t) - M2``, scaled so the record's proposal gets the record's ``sigma_W^2``). Costs are the
     record's ``c_out``, ``c_in`` and the fixed ``c_0`` (charged as a per-step teacher-call cost).
     """
@@ -38,7 +39,10 @@ def synthetic_from_record(record: Refit, num_timesteps: int | None = None, D: in
     T = num_timesteps if num_timesteps is not None else record.num_timesteps
     if T is None:
         raise ConfigError(f"record at step {record.step} does not say num_timesteps; pass it explicitly")
-    M2 = stats.proxy.M2 if math.isfinite(stats.proxy.M2) else 0.0
+    # A profile calibrated to the parameter space (docs/theory.md §7.9) is what the decision read, with the probes' M2.
+    cal = stats.param_profile() if stats.param is not None else None
+    m, M2 = (stats.m, stats.proxy.M2) if cal is None else (cal[0], stats.param.M2)  # type: ignore[union-attr]
+    M2 = M2 if math.isfinite(M2) else 0.0
     sb2, sw2 = record.sigma_b2, record.sigma_w2
     if not (math.isfinite(sb2) and sb2 > 0 and math.isfinite(sw2) and sw2 > 0):
         raise ConfigError(
@@ -48,9 +52,9 @@ def synthetic_from_record(record: Refit, num_timesteps: int | None = None, D: in
     edges = torch.tensor(record.bin_edges)
     # The synthetic's m and M2 are the proxy's scaled by kappa, so sigma_W^2(p) = kappa (S(p) - M2) for every p:
     # the record's value under its own proposal, and the proxy's shape elsewhere (as the decision assumes).
-    shape = (stats.m - M2).clamp_min(1e-12 * float(stats.m.max()))
+    shape = (m - M2).clamp_min(1e-12 * float(m.max()))
     p_rec = torch.tensor(record.proposal, dtype=torch.float64)
-    kappa = sw2 / (float(is_second_moment(stats.pi_b, p_rec, stats.m)) - M2)
+    kappa = sw2 / (float(is_second_moment(stats.pi_b, p_rec, m)) - M2)
     if not (math.isfinite(kappa) and kappa > 0):
         raise ConfigError(f"record at step {record.step}: its profile does not resolve a within variance to replay")
     return SyntheticNested(

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from carv_adapt.stats.calibration import ProfileCalibration
 from carv_adapt.stats.costs import CostEstimate, CostTracker
 from carv_adapt.stats.grouped import BetweenWithin, GroupedVariance
 from carv_adapt.stats.profile import TimestepProfile
@@ -27,6 +28,8 @@ class Statistics:
         proxy: output-space between/within. param: parameter-space (split-half probe) ones, or None.
         costs: fitted ``c_0``, ``c_out``, ``c_in`` (and the measurement time per step, outside the model).
         steps: per-policy group-mean variances from the step gradients (docs/theory.md §7.8), current policy last.
+        ratio, ratio_se, ratio_counts: ``B``-dim parameter- over output-space squared-norm ratios of the same draws,
+            their standard errors and forgetting counts (docs/theory.md §7.9), or None without per-draw probes.
     """
 
     pi_b: Tensor
@@ -37,6 +40,9 @@ class Statistics:
     param: BetweenWithin | None
     costs: CostEstimate
     steps: tuple[SegmentEstimate, ...] = ()
+    ratio: Tensor | None = None
+    ratio_se: Tensor | None = None
+    ratio_counts: Tensor | None = None
 
     @classmethod
     def reduce(
@@ -47,8 +53,10 @@ class Statistics:
         param_grouped: GroupedVariance,
         costs: CostTracker,
         steps: StepVariance | None = None,
+        calibration: ProfileCalibration | None = None,
     ) -> Statistics:
         proxy = grouped.compute()
+        ratio = calibration.compute() if calibration is not None and calibration.observed else None
         param = param_grouped.compute(phi=proxy.phi) if float(param_grouped.groups) > 0 else None
         return cls(
             pi_b=pi_b.double(),
@@ -59,7 +67,45 @@ class Statistics:
             param=param,
             costs=costs.compute(),
             steps=() if steps is None else steps.compute(),
+            ratio=None if ratio is None else ratio[0],
+            ratio_se=None if ratio is None else ratio[1],
+            ratio_counts=None if ratio is None else calibration.folded().count.clone(),  # type: ignore[union-attr]
         )
+
+    def param_profile(self) -> tuple[Tensor, Tensor] | None:
+        """``(m, se)`` in the parameter space, or None without pairs (docs/theory.md §7.9): the output-space profile
+        times a smooth ratio, ``log r`` quadratic in the bin's position fitted to the bins' ratios weighted by
+        their pair counts (a bin's own ratio rests on a few heavy-tailed pairs); the fit's standard error joins
+        the profile's."""
+        if self.ratio is None or self.ratio_counts is None:
+            return None
+        r, n = self.ratio.double(), self.ratio_counts.double()
+        ok = torch.isfinite(r) & (r > 0) & (n > 0)
+        k = int(ok.sum())
+        if k == 0:
+            return None
+        B = r.numel()
+        u = (torch.arange(B, dtype=torch.float64) + 0.5) / B - 0.5
+        X = torch.stack([u**d for d in range(min(3, max(k - 1, 1)))], dim=1)  # one residual degree of freedom kept
+        w = n[ok]
+        Xo, yo = X[ok], torch.log(r[ok])
+        info = Xo.T @ (w[:, None] * Xo)
+        beta = torch.linalg.lstsq(info, Xo.T @ (w * yo)).solution
+        dof = k - X.shape[1]
+        # Residual scale per unit weight; a single bin has none, and its own standard error stands in.
+        s2 = (
+            float((w * (yo - Xo @ beta) ** 2).sum()) / dof
+            if dof > 0
+            else float(n[ok].sum())
+            * float(
+                (self.ratio_se[ok] / r[ok]).pow(2).sum()  # type: ignore[index]
+            )
+        )
+        var_log = s2 * ((X @ torch.linalg.pinv(info)) * X).sum(dim=1)
+        fit = torch.exp(X @ beta)
+        m = self.m.double()
+        rel_m = self.m_se.double() / m.abs().clamp_min(1e-300)
+        return m * fit, (m * fit).abs() * torch.sqrt(rel_m**2 + var_log.clamp_min(0))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (lists and floats; non-finite floats kept as floats: the JSON log writer encodes them)."""
@@ -72,6 +118,10 @@ class Statistics:
             "param": None if self.param is None else asdict(self.param),
             "costs": asdict(self.costs),
             "steps": [s.to_dict() for s in self.steps],
+            **{
+                k: None if getattr(self, k) is None else getattr(self, k).tolist()
+                for k in ("ratio", "ratio_se", "ratio_counts")
+            },
         }
 
     @classmethod
@@ -91,6 +141,7 @@ class Statistics:
             param=None if d.get("param") is None else BetweenWithin(**floats(d["param"])),
             costs=CostEstimate(**floats(d["costs"])),
             steps=tuple(SegmentEstimate.from_dict(s) for s in d.get("steps", ())),  # logs before §7.8 have none
+            **{k: None if d.get(k) is None else vec(d[k]) for k in ("ratio", "ratio_se", "ratio_counts")},  # §7.9
         )
 
     @property

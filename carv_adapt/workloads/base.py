@@ -60,23 +60,30 @@ def default_policy(teacher: Any, config: Any) -> Any:
 
 
 def descend(
-    plan: Any, outputs: Tensor, f: Tensor, params: list[Tensor], opt: Any, probe_now: bool
+    plan: Any, outputs: Tensor, f: Tensor, params: list[Tensor], opt: Any, probe_now: bool, per_draw: bool = False
 ) -> tuple[Any, float, float, float]:
-    """The shared update of the gradient workloads: an optional split-half probe (docs/theory.md §7.5), then one
-    backward of the rho-weighted inner mean through the upstream and an optimizer step.
+    """The shared update of the gradient workloads: an optional split-half probe (docs/theory.md §7.5; with
+    ``per_draw``, from every draw's gradient, which also calibrates the profile: §7.9), then one backward of the
+    rho-weighted inner mean through the upstream and an optimizer step.
 
     Returns ``(probe or None, probe seconds, backward seconds, flat gradient)``; the gradient is exactly the
     estimate's, which the controller's step-gradient statistics need (docs/theory.md §7.8).
     """
     import torch
 
-    from carv_adapt.probe import flat_gradient, split_half_probe
+    from carv_adapt.probe import flat_gradient, per_draw_probe, split_half_probe
 
     t0 = time.perf_counter()
     weighted = plan.weights_like(f) * f
     # A per-step generator from the plan's noise seed: the random pair split is reproducible on resume.
     g = torch.Generator().manual_seed(plan.noise_seed ^ 0x5EED)
-    probe = split_half_probe(outputs, params, weighted, g) if probe_now and plan.K >= 2 else None
+    probe: Any = None
+    if probe_now and plan.K >= 2:
+        probe = (
+            per_draw_probe(outputs, params, f, plan.rho, g)
+            if per_draw
+            else split_half_probe(outputs, params, weighted, g)
+        )
     t1 = time.perf_counter()
     opt.zero_grad(set_to_none=True)
     outputs.backward(weighted.mean(dim=1) / plan.N)

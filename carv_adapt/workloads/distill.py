@@ -53,6 +53,9 @@ class DistillConfig(BaseModel):
     t_min: int = Field(20, ge=0)
     t_max: int = Field(980, le=999)
     max_inner_batch: int | None = Field(64, ge=1)
+    per_draw_probe: bool = Field(
+        True, description="probe every draw's generator gradient: its output-space profile misleads (theory §7.9)"
+    )
     seed: int = 0
 
 
@@ -258,6 +261,7 @@ class DistillWorkload:
                 params,
                 opt,
                 probing and (controller.probe_due() if probe_every is None else step % probe_every == 0),
+                per_draw=c.per_draw_probe,
             )
             t3 = time.perf_counter()
             for _ in range(c.fake_updates):
