@@ -239,14 +239,16 @@ def _misses(result: dict[str, Any]) -> list[str]:
             if not measured < ORACLE_RATIO_TARGET or "adaptive" not in by:
                 continue
             a, o = by["adaptive"], by["oracle"]
+            sb = c["controller"].get("sigma_b2")  # the controller's at its last refit; the pilot's at frozen state
             rows.append(
                 [_name(w["workload"]), str(c["step"]), f"{measured:.2f}", f"{o['W_predicted'] / a['W_predicted']:.2f}"]
                 + [f"{a['K']} / {o['K']}", f"{a['proposal']} / {o['proposal']}"]
+                + [f"{_f(sb, '{:.3g}') if sb is not None else '-'} / {_f(c['pilot']['sigma_b2'], '{:.3g}')}"]
             )
     if not rows:
         return ["_Adaptive / oracle met the target at every checkpoint._"]
     header = ["workload", "step", "adaptive / oracle, measured", "predicted by the pilot", "K (adaptive / oracle)"]
-    return md_table([*header, "proposal (adaptive / oracle)"], rows)
+    return md_table([*header, "proposal (adaptive / oracle)", "σ_B² (controller / pilot)"], rows)
 
 
 def readme_sections(bench: dict[str, Any], gpu_scaling: Sequence[dict[str, Any]] | None = None) -> dict[str, str]:

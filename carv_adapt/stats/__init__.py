@@ -1,6 +1,7 @@
 """Streaming statistics the controller decides from (docs/theory.md §7)."""
 
 from carv_adapt.stats.base import NonFinitePolicy, SumStatistic
+from carv_adapt.stats.calibration import ProfileCalibration
 from carv_adapt.stats.control import ControlVariateEstimate, ControlVariateStats
 from carv_adapt.stats.costs import CostEstimate, CostTracker, StageRole, StageTimer
 from carv_adapt.stats.grouped import BetweenWithin, GroupedVariance
@@ -13,6 +14,7 @@ __all__ = [
     "SumStatistic",
     "NonFinitePolicy",
     "TimestepProfile",
+    "ProfileCalibration",
     "GroupedVariance",
     "BetweenWithin",
     "split_half_within",
