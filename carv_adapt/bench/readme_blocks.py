@@ -269,7 +269,8 @@ def profile_space_section(result: dict[str, Any] | None) -> str:
     note = (
         f"Pilot: {s['plans']} plans of 4 x {s['K']} uniform i.i.d. draws per checkpoint, each draw's squared norm "
         f'in both spaces; "calibrated" fits the ratio (theory §7.9) from one held-out plan\'s pairs. Within: the '
-        "parameter-space within variance of each proposal over that of `p*` of the parameter-space profile."
+        "parameter-space within variance of each proposal over that of `p*` of the parameter-space profile. "
+        f"{result['wall_seconds'] / 60:.1f} min on one CPU thread; raw numbers: `docs/bench/profile_space.json`."
     )
     return _checked("profile_space", [*profile_space_table(result).splitlines(), "", note])
 
