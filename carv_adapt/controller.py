@@ -95,7 +95,7 @@ class AdaptiveController:
         self.state: DecisionState = initial_state(c, self.edges, self._prior_pmf)
         self.history: list[Refit] = []
         self._pending: Plan | None = None
-        self._step, self._observed, self._proposal_obj, self._last_probe = 0, False, None, None
+        self._step, self._observed, self._probed, self._proposal_obj, self._last_probe = 0, False, False, None, None
         self._timers, self._explicit_costs, self._crn, self._queue = {}, {}, None, PlanQueue()  # CRN group: §18
 
     def probe_due(self) -> bool:
@@ -147,7 +147,7 @@ class AdaptiveController:
         draw = lambda: self._queue.next(st, self._step, ahead)  # noqa: E731
         p = draw() if self._crn is None else self._crn.plan_for(self._step, draw)
         beta = self.control.betas(p.bins, (p.N, p.K))  # from earlier steps only; None before any control
-        self._pending, self._observed = (p if beta is None else replace(p, cv_beta=beta)), False
+        self._pending, self._observed, self._probed = (p if beta is None else replace(p, cv_beta=beta)), False, False
         return self._pending
 
     def crn_group(self, items: int, *, center: bool = True) -> CRNGroup:
@@ -221,7 +221,7 @@ class AdaptiveController:
         for stage, sec in (costs or {}).items():
             self.costs.role(stage)
             self._explicit_costs[stage] = self._explicit_costs.get(stage, 0.0) + float(sec)
-        self._observed = True
+        self._observed, self._probed = True, probe is not None
 
     def step(self) -> None:
         """Close this step: record its costs, apply forgetting and refit when the schedule says so."""
@@ -230,7 +230,7 @@ class AdaptiveController:
         stage_seconds = {name: t.seconds() for name, t in self._timers.items()}
         stage_seconds.update({k: stage_seconds.get(k, 0.0) + v for k, v in self._explicit_costs.items()})
         if stage_seconds:
-            self.costs.update(self._pending.N, self._pending.K, stage_seconds)
+            self.costs.update(self._pending.N, self._pending.K, stage_seconds, measured=self._probed)
         self._timers, self._explicit_costs, self._pending = {}, {}, None
         for name in _TRACKERS:
             getattr(self, name).decay(self.config.policy.safeguards.forgetting)

@@ -151,10 +151,10 @@ class ScheduleSpec(_Strict):
     probe_tolerance: float = Field(
         0.2, gt=0.0, description="probe every step while the probe statistics' relative standard error exceeds this"
     )
-    probe_budget: float = Field(
-        0.03, gt=0.0, le=1.0, description="largest share of compute the probes may take (unless probe_every_max)"
+    probe_budget: float = Field(0.03, gt=0.0, le=1.0, description="largest share of compute the probes may take")
+    probe_every_max: int = Field(
+        64, ge=1, description="probe at least this often, unless one probe in this many steps exceeds the budget"
     )
-    probe_every_max: int = Field(64, ge=1, description="probe at least this often, whatever the budget")
 
 
 class Policy(_Strict):

@@ -14,17 +14,20 @@ def probe_due(
     step: int, last_probe: int | None, K: int, probe_stats: Any, costs: Any, config: ControllerConfig
 ) -> bool:
     """Whether to probe this step (docs/theory.md §13.6): in parameter space with ``K >= 2``, the first time, every
-    ``probe_every_max`` steps, and while the probe's estimates are looser than ``probe_tolerance`` and the probes'
-    share of compute, this probe included, stays within ``probe_budget``. ``probe_stats`` / ``costs`` may be
+    ``probe_every_max`` steps (or as often as ``probe_budget`` allows, if a probe is dearer than that), and while
+    the probe's estimates are looser than ``probe_tolerance`` and the probes' share of compute, this probe
+    included, stays within ``probe_budget``. ``probe_stats`` / ``costs`` may be
     callables, reduced only if still undecided."""
     sched = config.policy.schedule
     if config.space != "parameter" or K < 2:
         return False
-    if last_probe is None or step - last_probe >= sched.probe_every_max:
+    if last_probe is None:
         return True
     costs = costs() if callable(costs) else costs
+    policy_cost = costs.c_0 + config.policy.allocation.N * (costs.c_out + K * costs.c_in)
+    if step - last_probe >= _floor_interval(sched, costs.probe_step, policy_cost):
+        return True
     if costs.steps > 0:
-        policy_cost = costs.c_0 + config.policy.allocation.N * (costs.c_out + K * costs.c_in)
         # The share once this probe is paid (at the mean cost of the earlier ones): one probe is a large part of a
         # step, so testing the share before it let the share sit a probe's jump above the budget.
         after = (costs.measurement * costs.steps + costs.probe_step) / (costs.steps + 1)
@@ -36,3 +39,14 @@ def probe_due(
         for v, se in ((probe_stats.sigma_b2, probe_stats.sigma_b2_se), (probe_stats.sigma_w2, probe_stats.sigma_w2_se))
     ]
     return max(rel) > sched.probe_tolerance
+
+
+def _floor_interval(sched: Any, probe_cost: float, policy_cost: float) -> int:
+    """Steps between the probes that keep the statistics fresh: ``probe_every_max``, or more where one probe
+    every ``probe_every_max`` steps alone would take more than ``probe_budget`` of the compute (a probe dearer
+    than ``probe_every_max * budget / (1 - budget)`` steps): the interval ``I`` at which ``q / I`` is the budget's
+    share of ``C + q / I``, for a probe of mean cost ``q`` and a step of policy cost ``C``."""
+    b = sched.probe_budget
+    if probe_cost <= 0.0 or policy_cost <= 0.0 or b >= 1.0:
+        return sched.probe_every_max
+    return max(sched.probe_every_max, math.ceil(probe_cost * (1.0 - b) / (b * policy_cost)))

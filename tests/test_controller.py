@@ -200,3 +200,23 @@ def test_every_observation_is_accepted_or_rejected_with_a_named_problem(lead, tr
         return
     ctrl.step()
     assert lead == (p.N, p.K)
+
+
+def test_a_probe_timer_running_on_steps_without_a_probe_does_not_dilute_the_probe_cost():
+    """The mean cost of a probe (which stretches the probe floor, docs/theory.md §13.6) counts the steps that
+    passed a probe, not every step whose probe stage took time (a timer around a skipped probe reports a little),
+    and leaves out the first probe, whose one-time costs would hold the schedule back for long."""
+    kw = dict(num_timesteps=T, num_bins=BINS, batch_size=2, K=4, warmup_steps=100, seed=3, space="parameter")
+    ctrl = AdaptiveController(**kw)
+    wl = _workload(ctrl)
+    g = torch.Generator().manual_seed(0)
+    for step in range(40):
+        plan = ctrl.plan()
+        f = wl.contributions(plan, g)
+        wf = plan.weights_like(f) * f
+        probe = (wf[:, 0::2].mean(1), wf[:, 1::2].mean(1)) if step % 4 == 0 else None
+        cost = (0.5 if step == 0 else 0.03) if probe else 1e-4
+        ctrl.observe(plan, f, costs={**wl.costs(plan), "probe": cost}, probe=probe)
+        ctrl.step()
+    # With every step counted a measuring one, the mean would be about 0.03 / 4; with the first, about 0.05.
+    assert ctrl.costs.compute().probe_step == pytest.approx(0.03, rel=1e-9)

@@ -391,6 +391,11 @@ def test_probe_schedule_follows_uncertainty_and_the_compute_budget():
     edge = CostEstimate(0.0, 0.01, 0.001, 30.0, measurement=m, probe_step=0.02)
     assert not probe_due(10, 9, 4, loose, edge, cfg)
     assert probe_due(10, 9, 4, loose, replace(edge, probe_step=0.001), cfg)  # a cheap probe still fits
+    # A probe dearer than probe_every_max steps' budget (0.5 s against 0.028 s steps at 5 %) stretches the
+    # floor to the interval whose share is the budget: ceil(0.5 * 0.95 / (0.05 * 0.028)) = 340 steps.
+    heavy = replace(dear, probe_step=0.5)
+    assert not probe_due(29, 9, 4, tight, heavy, cfg) and not probe_due(9 + 339, 9, 4, tight, heavy, cfg)
+    assert probe_due(9 + 340, 9, 4, tight, heavy, cfg)
 
 
 def test_offline_fit_keeps_the_confidence_band():

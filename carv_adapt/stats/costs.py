@@ -84,7 +84,7 @@ class CostEstimate:
     c_in: float
     steps: float
     measurement: float = 0.0  # seconds per step in measurement stages (probes), outside the cost model
-    probe_step: float = 0.0  # mean measurement seconds of a step that measured (one probe), 0 before any
+    probe_step: float = 0.0  # mean measurement seconds of a probing step after the first, 0 before a second
 
 
 class CostTracker(SumStatistic):
@@ -104,7 +104,11 @@ class CostTracker(SumStatistic):
         self.add_state("steps", torch.zeros(()))
         self.add_state("fixed", torch.zeros(()))
         self.add_state("measurement", torch.zeros(()))
-        self.add_state("measured_steps", torch.zeros(()), added_later=True)  # steps that probed
+        # Probing steps after the first (the first pays one-time costs: allocations, the vectorized backward's
+        # set-up) and their measurement seconds: the cost of a probe that the probe schedule plans with.
+        self.add_state("measured_steps", torch.zeros(()), added_later=True)
+        self.add_state("probe_seconds", torch.zeros(()), added_later=True)
+        self.add_state("probes_seen", torch.zeros((), dtype=torch.float64), decay="none", added_later=True)
 
     def role(self, stage: str) -> StageRole:
         try:
@@ -115,8 +119,12 @@ class CostTracker(SumStatistic):
                 f"stage_roles={{{stage!r}: 'outer' | 'inner' | 'fixed' | 'measurement'}}"
             ) from None
 
-    def update(self, N: int, K: int, stage_seconds: dict[str, float]) -> None:
-        """Accumulate one step's per-stage seconds for an ``N x K`` plan."""
+    def update(self, N: int, K: int, stage_seconds: dict[str, float], measured: bool | None = None) -> None:
+        """Accumulate one step's per-stage seconds for an ``N x K`` plan. ``measured``: whether the step took a
+        probe (``None``: whether its measurement stages took any time). The controller says it, so that a probe
+        timer left running on steps without a probe does not make every step a measuring one, diluting the mean
+        cost of a probe that the probe schedule reads (docs/theory.md §13.6); the first probe, which pays one-time
+        costs, counts toward the probes' share of compute but not toward that mean."""
         totals = {"outer": 0.0, "inner": 0.0, "fixed": 0.0, "measurement": 0.0}
         for stage, sec in stage_seconds.items():
             if sec < 0:
@@ -131,7 +139,12 @@ class CostTracker(SumStatistic):
             ("out_sx", "out_sxx", "out_sy", "out_sxy", "in_sx", "in_sxx", "in_sy", "in_sxy", "steps", "fixed"),
             (xo, xo * xo, yo, xo * yo, xi, xi * xi, yi, xi * yi, 1.0, totals["fixed"]),
         )
-        self._add(("measurement", "measured_steps"), (totals["measurement"], float(totals["measurement"] > 0)))
+        measured = totals["measurement"] > 0 if measured is None else measured
+        warm = float(measured and float(self.probes_seen) > 0)
+        self._add(
+            ("measurement", "measured_steps", "probe_seconds", "probes_seen"),
+            (totals["measurement"], warm, warm * totals["measurement"], float(measured)),
+        )
 
     def compute(self) -> CostEstimate:
         v = self.scalars()  # one host transfer for all the 0-dim sums
@@ -140,5 +153,5 @@ class CostTracker(SumStatistic):
         a_in, c_in = fit_linear_cost(w, v["in_sx"], v["in_sxx"], v["in_sy"], v["in_sxy"])
         fixed = v["fixed"] / w if w > 0 else 0.0
         measurement = v["measurement"] / w if w > 0 else 0.0
-        probe_step = v["measurement"] / v["measured_steps"] if v["measured_steps"] > 0 else 0.0
+        probe_step = v["probe_seconds"] / v["measured_steps"] if v["measured_steps"] > 0 else 0.0
         return CostEstimate(a_out + a_in + fixed, c_out, c_in, w, measurement=measurement, probe_step=probe_step)

@@ -75,21 +75,23 @@ def descend(
 
     t0 = time.perf_counter()
     weighted = plan.weights_like(f) * f
-    # A per-step generator from the plan's noise seed: the random pair split is reproducible on resume.
-    g = torch.Generator().manual_seed(plan.noise_seed ^ 0x5EED)
     probe: Any = None
+    t1 = time.perf_counter()
     if probe_now and plan.K >= 2:
+        # A per-step generator from the plan's noise seed: the random pair split is reproducible on resume.
+        g = torch.Generator().manual_seed(plan.noise_seed ^ 0x5EED)
         probe = (
             per_draw_probe(outputs, params, f, plan.rho, g)
             if per_draw
             else split_half_probe(outputs, params, weighted, g)
         )
-    t1 = time.perf_counter()
+    t2 = time.perf_counter()
     opt.zero_grad(set_to_none=True)
     outputs.backward(weighted.mean(dim=1) / plan.N)
     grad = flat_gradient(params)
     opt.step()
-    return probe, t1 - t0, time.perf_counter() - t1, grad
+    # A step without a probe reports none of its time as the probe's (docs/theory.md §13.6).
+    return probe, (t2 - t1 if probe is not None else 0.0), time.perf_counter() - t2 + t1 - t0, grad
 
 
 def observe_step(controller: Any, plan: Any, out: tuple) -> tuple[Tensor, dict[str, float], Any, float]:

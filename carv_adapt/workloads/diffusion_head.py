@@ -337,7 +337,9 @@ class DiffusionHeadWorkload:
                 loss_hook(plan, d.loss.detach())
             # Rho-free output-space contributions (dl/dz_n, dl/deps_hat_nk): the proxy of docs/theory.md §16.
             f = (torch.cat([gz, gpred], dim=-1) / w.unsqueeze(-1)).detach()
-            sec = {"upstream": t1 - t0, "inner": t2 - t1 + t4 - t3, "backward": t5 - t4, "probe": t3 - t2}
+            sec = {"upstream": t1 - t0, "inner": t2 - t1 + t4 - t3, "backward": t5 - t4}
+            if probe is not None:
+                sec["probe"] = t3 - t2
             return f, sec, probe, flat
 
         def state() -> dict[str, Tensor]:
