@@ -9,14 +9,13 @@ guards live here and nowhere else.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
-from typing import Any
+from dataclasses import replace
 
-import torch
 from torch import Tensor
 
 from carv_adapt.allocation import budget_outer_batch, memory_k_max, optimal_allocation
 from carv_adapt.config import ControllerConfig
+from carv_adapt.decision_state import Decision, DecisionState
 from carv_adapt.plan import resolve_stratification
 from carv_adapt.probing import probe_due
 from carv_adapt.proposals.base import PmfProposal, Proposal, TargetMeasure, bin_sums
@@ -36,85 +35,6 @@ from carv_adapt.variance import (
 _MAX_LOG = math.log(1e6)  # the widest log-scale band of a variance (R5)
 __all__ = ["DecisionState", "Decision", "decide", "initial_state", "scheduled_k", "k_cap", "proposal_of", "probe_due"]
 __all__ += ["warmup_cycles"]
-
-
-@dataclass(frozen=True)
-class DecisionState:
-    """What the next decision starts from: ``K``, ``N``, the ``B``-dim bin proposal ``probs`` and its kind
-    (``"uniform" | "prior" | "binned"``), refits since the last ``K`` change, and one-time warnings given."""
-
-    K: int
-    N: int
-    probs: Tensor
-    proposal_kind: str
-    refits_since_k_change: int
-    refits: int = 0
-    warned: tuple[str, ...] = ()
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "K": self.K,
-            "N": self.N,
-            "probs": self.probs.tolist(),
-            "proposal_kind": self.proposal_kind,
-            "refits_since_k_change": self.refits_since_k_change,
-            "refits": self.refits,
-            "warned": list(self.warned),
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> DecisionState:
-        return cls(
-            K=int(d["K"]),
-            N=int(d["N"]),
-            probs=torch.as_tensor(d["probs"], dtype=torch.float64).clone(),
-            proposal_kind=str(d["proposal_kind"]),
-            refits_since_k_change=int(d["refits_since_k_change"]),
-            refits=int(d.get("refits", 0)),
-            warned=tuple(d.get("warned", ())),
-        )
-
-
-@dataclass(frozen=True)
-class Decision:
-    """One decision: the new state, what the variance model predicts for it, and every reason.
-
-    ``k_interval`` is the confidence band ``[K_lo, K_hi]`` of ``K*`` (R5); ``sigma_w2`` is the within variance
-    measured under the proposal in force before, ``predicted_sigma_w2`` the chosen policy's. ``warnings`` are
-    new one-time warnings the caller should emit. ``G2`` is ``|G|^2`` in the decision's space and metric,
-    ``noise_scale`` the gradient noise scale ``tr(Sigma_1)/|G|^2`` of one outer draw's estimate at the chosen K,
-    ``v_over_g2`` the chosen estimator's ``V/|G|^2``, ``progress_gain`` its predicted progress per second over
-    the baseline (``K = 1``, ``p = pi``) (docs/theory.md §13). ``sigma_b2_design`` is the between variance ``K*``,
-    ``W`` and ``V`` used: the outer design's (docs/theory.md §15) where measured, else ``sigma_b2``; ``W_baseline``
-    always uses the i.i.d. ``sigma_b2``.
-    """
-
-    state: DecisionState
-    space: str
-    sigma_b2: float
-    sigma_b2_se: float
-    sigma_w2: float
-    predicted_sigma_w2: float
-    sigma_w2_uniform: float
-    k_interval: tuple[int, int]
-    W: float
-    W_baseline: float
-    ecm: float
-    is_gain: float
-    k_changed: bool
-    proposal_changed: bool
-    reasons: tuple[str, ...]
-    warnings: tuple[str, ...] = field(default=())
-    G2: float = math.nan
-    G2_se: float = math.inf
-    noise_scale: float = math.nan
-    v_over_g2: float = math.nan
-    progress_gain: float = math.nan
-    sigma_b2_design: float = math.nan
-
-    @property
-    def reason(self) -> str:
-        return "; ".join(self.reasons)
 
 
 def k_cap(config: ControllerConfig, N: int) -> int:
@@ -333,13 +253,17 @@ def decide(
         else:
             K_lo, K_hi = k_min, cap
         band = K_lo, K_hi = min(K_lo, K_hi), max(K_lo, K_hi)
-        if K_cur < K_lo or K_cur > K_hi:
-            # Out of the band: to the point estimate, which the log band contains; without a positive sigma_B^2
-            # the point estimate is k_cap on noise alone, so only to the band's near end.
+        # Out of the band, or where a warm-up's cycle left K (no decision for the hysteresis to protect): to the
+        # point estimate, which the log band contains; without a positive sigma_B^2 the point estimate is k_cap on
+        # noise alone, so only to the band's near end.
+        if (first := not state.k_decided and a.K is None and K_hat is not None) or not K_lo <= K_cur <= K_hi:
             K_new = min(max(K_hat, K_lo), K_hi) if K_hat is not None else K_lo if K_cur < K_lo else K_hi
-            reasons.append(f"K {K_cur} -> {K_new} (K* in [{K_lo}, {K_hi}] at z={z:g})")
-        else:
-            reasons.append(f"K kept at {K_cur} (K* in [{K_lo}, {K_hi}] at z={z:g})")
+        move = (
+            f"K {K_cur} -> {K_new}" + (" after the warm-up" if first else "")
+            if K_new != K_cur
+            else f"K kept at {K_cur}"
+        )
+        reasons.append(f"{move} (K* in [{K_lo}, {K_hi}] at z={z:g})")
         if a.mode == "fixed_budget":
             N_new = budget_outer_batch(a.budget, K_new, c.c_out, c.c_in, c.c_0)  # type: ignore[arg-type]
     else:
@@ -367,6 +291,7 @@ def decide(
         refits_since_k_change=0 if k_changed else state.refits_since_k_change + 1,
         refits=state.refits + 1,
         warned=state.warned + tuple(w.split(":", 1)[0] for w in warnings),
+        k_decided=state.k_decided or keep_reason is None,
     )
     return Decision(
         state=new_state,
