@@ -456,8 +456,8 @@ def test_k_out_of_its_band_moves_to_the_point_estimate_not_the_near_end():
 
 def test_the_first_refit_leaves_the_warm_up_k_for_the_point_estimate():
     """Where a warm-up's cycle left K is no decision: the first refit moves to the point estimate even when the
-    band contains the warm-up K (the distillation benchmark kept its warm-up K = 2 under a band [1, 2] whose
-    point estimate was 1; theory §12, R5). A K a refit decided, or the policy's own starting K, stays in its band."""
+    band contains the warm-up K (theory §12, R5). A K a refit decided, or the policy's own starting K, stays in
+    its band."""
     cfg = parse_config(None, num_timesteps=T, num_bins=B, batch_size=4, k_max=64)
     st = stats_of(0.05, 0.02, 2.0, 0.4, c_out=0.02, c_in=0.001)
     lo, hi = decide(st, state_of(2), cfg).k_interval
