@@ -96,12 +96,19 @@ class AdaptiveController:
         self.history: list[Refit] = []
         self._pending: Plan | None = None
         self._step, self._observed, self._probed, self._proposal_obj, self._last_probe = 0, False, False, None, None
+        self._probe_cache: Any = None
         self._timers, self._explicit_costs, self._crn, self._queue = {}, {}, None, PlanQueue()  # CRN group: §18
 
     def probe_due(self) -> bool:
         """Whether to probe this step: while the probe statistics are loose and within ``probe_budget``."""
-        args = (self.K, self.param_grouped.compute, self.costs.compute, self.config)  # reduced only if needed
-        return probe_due(self._step, self._last_probe, *args)
+        return probe_due(self._step, self._last_probe, self.K, self._probe_stats, self.costs.compute, self.config)
+
+    def _probe_stats(self) -> Any:
+        # Forgetting scales every sum of a reliability-weighted mean alike, leaving it and its relative standard
+        # error unchanged: the probe statistics change only with a probe, so they are reduced once per probe.
+        if self._probe_cache is None:
+            self._probe_cache = self.param_grouped.compute()
+        return self._probe_cache
 
     @classmethod
     def from_policy(cls, policy: Any, **overrides: Any) -> AdaptiveController:
@@ -213,6 +220,7 @@ class AdaptiveController:
         if scaled is not None:
             self._last_probe = self._step
             self.param_grouped.update_split_half(scaled[0], scaled[1], plan.K, design=design, outer=outer)
+            self._probe_cache = None
         if scaled is not None and probe[2:] and sq_norms is not None and not (self._precond or control or self._crn):
             self.calibration.update(plan.t, sq_norms, probe[2], bins=plan.bins)  # §7.9: same draws, both spaces
         if grad is not None and self.config.space == "parameter" and self._crn is None and outer.is_iid:
@@ -247,6 +255,8 @@ class AdaptiveController:
 
     def refit(self) -> Refit:
         """Decide ``K`` and the proposal now from the accumulated statistics (also called by :meth:`step`)."""
+        for name in _STATS:  # at a refit, not on a copy per read: deferred steps are reduced once, at set steps
+            getattr(self, name).flush()
         stats = self.statistics()
         prior_b = None if self._prior_pmf is None else bin_sums(self._prior_pmf, self.edges)
         decision = decide(stats, before := self.state, self.config, prior_b)

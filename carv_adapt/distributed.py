@@ -40,13 +40,14 @@ def reduced_copies(stats: Sequence[SumStatistic], group: Any = None) -> list[Sum
     """Copies of ``stats`` holding the sum over all ranks, from one all-reduce on one flat float64 tensor.
 
     The local statistics are left untouched (reducing them in place would count other ranks' sums again
-    at the next refit). Without an initialized process group there is nothing to add: the inputs themselves
-    come back (callers only read them), which keeps a single-process refit free of copies.
+    at the next refit). Without an initialized process group there is nothing to add: the inputs come back with
+    their deferred observations folded in (:meth:`~carv_adapt.stats.base.SumStatistic.folded`: themselves when
+    nothing is deferred), so that a decision's many reads fold them once, not once per read.
     """
     import copy
 
     if world_size(group) == 1:
-        return list(stats)
+        return [s.folded() for s in stats]
     copies = [copy.deepcopy(s.folded()) for s in stats]  # deferred observations are in the sums to reduce
     flats = [s.flat() for s in copies]
     buf = torch.cat(flats)

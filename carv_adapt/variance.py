@@ -71,10 +71,12 @@ def is_second_moment(pi: Tensor, p: Tensor, m: Tensor) -> Tensor:
         p: ``B``-dim proposal mass on the same cells.
         m: ``B``-dim second moment ``E ||f||^2`` per cell (rho-free).
     """
-    support = pi > 0
-    if bool((p[support] <= 0).any()):
-        return torch.tensor(math.inf, dtype=torch.float64)
-    return (pi[support].double() ** 2 / p[support].double() * m[support].double()).sum()
+    # B numbers, evaluated many times per decision: NumPy, where torch's masked indexing costs its dispatch.
+    a_pi, a_p, a_m = (x.detach().cpu().double().numpy() for x in (pi, p, m))
+    s = a_pi > 0
+    if bool((a_p[s] <= 0).any()):
+        return torch.scalar_tensor(math.inf, dtype=torch.float64)
+    return torch.scalar_tensor(float((a_pi[s] ** 2 / a_p[s] * a_m[s]).sum()), dtype=torch.float64)
 
 
 def optimal_proposal_bins(pi: Tensor, m: Tensor) -> Tensor:

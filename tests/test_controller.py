@@ -116,6 +116,28 @@ def test_state_dict_round_trip_with_step_gradients_and_from_a_checkpoint_without
     assert c.statistics().steps == ()
 
 
+def test_probe_schedule_reads_statistics_that_forgetting_cannot_change():
+    """The probe schedule reduces the probe statistics once per probe: forgetting scales every sum of a
+    reliability-weighted mean alike, so between probes a fresh reduction gives the same estimates and relative
+    errors as the one kept."""
+    kw = dict(num_timesteps=T, num_bins=BINS, batch_size=2, warmup_steps=6, refit_every=4, seed=5, space="parameter")
+    a = AdaptiveController(**kw, forgetting=0.8)
+    wl = _workload(a)
+    g = torch.Generator().manual_seed(3)
+    checked = 0
+    for _ in range(40):
+        plan = a.plan()
+        _observe_in_parameter_space(a, plan, wl.contributions(plan, g), wl)
+        kept, fresh = a._probe_stats(), a.param_grouped.compute()
+        if a._last_probe is not None and a._last_probe < a.step_count - 1:  # decayed since the last probe
+            checked += 1
+            for field in ("sigma_b2", "sigma_w2", "G2"):
+                v, se = getattr(fresh, field), getattr(fresh, field + "_se")
+                assert getattr(kept, field) == pytest.approx(v, rel=1e-12)
+                assert getattr(kept, field + "_se") / abs(getattr(kept, field)) == pytest.approx(se / abs(v), rel=1e-9)
+    assert checked > 5
+
+
 def test_call_order_errors_say_the_fix():
     c = AdaptiveController(num_timesteps=T, num_bins=BINS)
     with pytest.raises(StateError, match="call plan"):

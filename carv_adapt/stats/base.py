@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import warnings
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -60,7 +61,7 @@ class SumStatistic:
         # factor per buffer entry (a square-decaying sum missed its square).
         self._pending: list[Any] = []
         self._missed = np.ones(DEFER_STEPS)
-        self._add_scale: np.ndarray | None = None
+        self._add_scale: np.ndarray | None = None  # S x entries while S deferred observations are added at once
         self.nonfinite = nonfinite
         self._warned = False
         self.add_state("num_nonfinite", torch.zeros((), dtype=torch.float64), decay="none")
@@ -127,9 +128,10 @@ class SumStatistic:
     def _decay_deferred(self, gamma: float) -> None:
         self._missed[: len(self._pending)] *= gamma
 
-    def _missed_scale(self, factor: float) -> np.ndarray:
-        """Per buffer entry, what a deferred observation that missed a linear forgetting ``factor`` is scaled by."""
-        return factor ** self._exponents.numpy()
+    def _missed_scale(self, factors: np.ndarray) -> np.ndarray:
+        """``S x entries``: what each of ``S`` deferred observations, having missed the linear forgetting
+        ``factors[s]``, is scaled by in each buffer entry (a square-decaying sum missed its square)."""
+        return np.asarray(factors, dtype=np.float64)[:, None] ** self._exponents.numpy()[None, :]
 
     def _defer(self, item: Any) -> None:
         """Hold one observation for :meth:`flush` (which runs once :data:`DEFER_STEPS` are held)."""
@@ -164,15 +166,22 @@ class SumStatistic:
         arr = self.folded()._buf.numpy()
         return {n: float(arr[self._layout[n][0]]) for n in self._scalar_names}
 
-    def _add(self, names: tuple[str, ...], values: tuple[float, ...] | list[float]) -> None:
-        """Add Python floats to several 0-dim states at once (per-step updates are many tiny adds)."""
+    def _add(self, names: tuple[str, ...], values: Sequence[float | np.ndarray]) -> None:
+        """Add to several 0-dim states at once (per-step updates are many tiny adds). Each value is a float, or an
+        ``S``-vector when ``S`` deferred observations are added together (while :attr:`_add_scale` holds their
+        ``S x entries`` forgetting): their scaled sum is added."""
         idx = self._add_index.get(names)
         if idx is None:
             idx = self._add_index[names] = np.array([self._layout[n][0] for n in names], dtype=np.int64)
-        arr, v = self._buf.numpy(), np.asarray(values, dtype=np.float64)
-        if self._add_scale is not None:
-            v = v * self._add_scale[idx]
-        arr[idx] += v
+        arr = self._buf.numpy()
+        if self._add_scale is None:
+            arr[idx] += np.asarray(values, dtype=np.float64)
+            return
+        rows = self._add_scale.shape[0]
+        v = np.stack([np.broadcast_to(np.asarray(x, dtype=np.float64), (rows,)) for x in values], axis=1)
+        # Added row after row (cumsum is sequential, unlike a pairwise sum): the sums of a batch of deferred
+        # observations equal, to the bit, those of adding them one at a time as they came.
+        arr[idx] = np.cumsum(np.concatenate([arr[idx][None], v * self._add_scale[:, idx]]), axis=0)[-1]
 
     def merge(self, other: SumStatistic) -> None:
         """Add ``other``'s sums into this one (equals one joint update over both streams)."""

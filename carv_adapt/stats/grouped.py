@@ -178,7 +178,7 @@ class GroupedVariance(SumStatistic):
         if g2 is not None:
             names += ["g2_w", "g2_w2", "g2_num", "g2_sq"]
             values += [w, w * w, w * g2, w * g2 * g2]
-        self._add(tuple(names), tuple(float(v) for v in values))
+        self._add(tuple(names), values)
 
     def _outer_between(
         self, n: int, v: float, ssb: float, means: Tensor | None, outer: OuterLayout
@@ -245,16 +245,26 @@ class GroupedVariance(SumStatistic):
         design = key[3]
         xs = torch.stack([p[0] for p in pending])
         ws = None if key[4] else torch.stack([p[1] for p in pending])  # type: ignore[misc]
-        rows = step_sums(xs, ws)[0].cpu().tolist()
-        try:
-            for (x, w), row, f in zip(pending, rows, missed.tolist()):
-                self._add_scale = self._missed_scale(f)
-                if all(math.isfinite(v) for v in row):
-                    self._from_totals(x.shape[0], x.shape[1], design, row, None, None)
-                else:
-                    self._update_now(x, w, design, None)
-        finally:
-            self._add_scale = None
+        rows = step_sums(xs, ws)[0].cpu().numpy()
+        n, K = pending[0][0].shape[:2]
+        finite = np.isfinite(rows).all(axis=1)
+        # Every held step shares N >= 2, K and the design, so their sums are added together, each row scaled by the
+        # forgetting it missed; a row whose totals overflowed is reduced alone (and counted) where it stood.
+        start = 0
+        for stop in [*np.flatnonzero(~finite).tolist(), len(pending)]:
+            if stop > start:
+                self._add_scale = self._missed_scale(missed[start:stop])
+                try:
+                    self._from_totals(n, K, design, list(rows[start:stop].T), None, None)
+                finally:
+                    self._add_scale = None
+            if stop < len(pending):
+                self._add_scale = self._missed_scale(missed[stop : stop + 1])
+                try:
+                    self._update_now(*pending[stop], design, None)
+                finally:
+                    self._add_scale = None
+            start = stop + 1
 
     def _update_now(self, x: Tensor, w: Tensor | None, design: Design, outer: OuterLayout | None) -> None:
         # The same reductions as a deferred batch (step_sums), so a step's sums do not depend on how it was reduced.
@@ -270,17 +280,21 @@ class GroupedVariance(SumStatistic):
             totals = rows[0].tolist()
         self._from_totals(x.shape[0], x.shape[1], design, totals, means[0], outer)
 
-    def _from_totals(
-        self, n: int, K: int, design: Design, totals: list[float], means: Tensor | None, outer: OuterLayout | None
-    ) -> None:
-        """Add one step from its ``[ssw, split, pairs, sum ||m||^2, sum ||m - mbar||^2]`` over ``n`` groups."""
+    def _from_totals(self, n: int, K: int, design: Design, totals: list, means: Tensor | None,
+                     outer: OuterLayout | None) -> None:  # fmt: skip
+        """Add one step from its ``[ssw, split, pairs, sum ||m||^2, sum ||m - mbar||^2]`` over ``n`` groups (floats),
+        or ``S`` deferred steps of the same ``n``, ``K`` and design at once (``S``-vectors; :meth:`_add`)."""
         ssw_f, split_f, pairs_f, msq, ssb = totals
         if design == "stratified":
             # Both estimates only over-state sbar^2 (a group mean's variance is sbar^2 / K): the smaller pooled one
-            # is the closer, and this step uses it (docs/theory.md §7.4).
+            # is the closer, and each step uses it, as pooled up to and including that step (docs/theory.md §7.4).
+            before = float(self.strat_split), float(self.strat_pairs)
             self._add(_STRAT_SUMS, (split_f, pairs_f))
-            split = float(self.strat_split) <= float(self.strat_pairs)
-            sw = (split_f if split else pairs_f) / n
+            f = 1.0 if self._add_scale is None else self._add_scale[:, self._layout["strat_split"][0]]
+            pooled_split = np.cumsum(np.append(before[0], f * np.asarray(split_f)))[1:]  # sequential, as added
+            pooled_pairs = np.cumsum(np.append(before[1], f * np.asarray(pairs_f)))[1:]
+            sw = np.where(pooled_split <= pooled_pairs, split_f, pairs_f) / n
+            sw = float(sw[0]) if self._add_scale is None else sw
             iid = (ssw_f / n + sw) / K  # E SSW_group = K sigma_iid - mean stratum variance
             self._accumulate(n, K, sw, float(n), iid, 1.0 / (K * K), msq, ssb, means, outer)
         else:

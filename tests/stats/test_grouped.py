@@ -200,3 +200,18 @@ def test_deferred_steps_survive_a_state_dict_round_trip_exactly():
             t.update(x, w, design=design, defer=True)
             t.decay(0.95)
     assert torch.equal(a.flat(), b.flat())
+
+
+def test_a_batch_of_deferred_steps_adds_to_the_bit_what_one_at_a_time_adds():
+    """Without forgetting, where the deferred steps are flushed does not change a single bit of the sums: a batch
+    is added row after row, in the order the steps came (the stratified choice included)."""
+    stream = [(x, w, d) for x, w, d in _stream(2) if all(bool(torch.isfinite(t).all()) for t in (x, w))]
+    full, often = GroupedVariance(), GroupedVariance()
+    for i, (x, w, design) in enumerate(stream):
+        full.update(x, w, design=design, defer=True)
+        often.update(x, w, design=design, defer=True)
+        if i % 5 == 4:
+            often.flush()
+    full.flush()
+    often.flush()
+    assert torch.equal(full.flat(), often.flat())

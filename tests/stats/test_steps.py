@@ -142,3 +142,28 @@ def test_a_gradient_buffer_the_caller_reuses_is_copied():
         fresh.update(x.clone(), policy())
         reused.update(buf.copy_(x), policy())
     assert [s.to_dict() for s in fresh.compute()] == [s.to_dict() for s in reused.compute()]
+
+
+def test_second_differences_match_the_direct_ones_and_a_late_nan_leaves_no_trace():
+    """The ring's matrix product gives each step's N ||g_t - 2 g_{t-1} + g_{t-2}||^2 / 6 and its lag-two check,
+    from flat or per-parameter gradients alike; a non-finite gradient after the ring has wrapped restarts the run
+    without poisoning later steps."""
+    g = torch.Generator().manual_seed(7)
+    xs = [step_gradient(g, 2, 4, 0.3, 2.0, torch.zeros(P, dtype=torch.float64)) for _ in range(14)]
+    flat, parts = StepVariance(), StepVariance()
+    for x in xs:
+        flat.update(x, policy())
+        parts.update([x[:15], x[15:].reshape(5, -1)], policy())
+    lag1 = [2 / 6 * float((xs[t] - 2 * xs[t - 1] + xs[t - 2]).pow(2).sum()) for t in range(2, 14)]
+    lag2 = [2 / 6 * float((xs[t] - 2 * xs[t - 2] + xs[t - 4]).pow(2).sum()) for t in range(4, 14)]
+    for t in (flat, parts):
+        assert float(t.wx.sum()) == pytest.approx(sum(lag1), rel=1e-12)
+        assert float(t.uy.sum()) == pytest.approx(sum(b - a for a, b in zip(lag1[2:], lag2)), rel=1e-12)
+    poisoned = StepVariance()
+    for i, x in enumerate(xs):
+        poisoned.update(torch.full_like(x, math.nan) if i == 8 else x, policy())
+    assert int(poisoned.num_nonfinite) == 1
+    after = [t for t in range(11, 14)]  # steps 9, 10 start the new run; 11 on give lag-one differences again
+    assert float(poisoned.w.sum()) == len(range(2, 8)) + len(after)
+    expect = sum(lag1[:6]) + sum(lag1[t - 2] for t in after)
+    assert float(poisoned.wx.sum()) == pytest.approx(expect, rel=1e-12)
