@@ -264,6 +264,12 @@ def decide(
             else f"K kept at {K_cur}"
         )
         reasons.append(f"{move} (K* in [{K_lo}, {K_hi}] at z={z:g})")
+        # R5b: K = 1 observes no within variance, and the between variance its steps give is V_g less that unobserved
+        # share: a within estimate that no longer holds would keep K at 1 for good. Held past one decision, K = 1
+        # gives way to K = 2 for a cooldown, which measures both again (theory §12, R5b).
+        if K_new == K_cur == 1 and cap >= 2 and state.refits_since_k_change > sg.k_cooldown:
+            K_new = 2
+            reasons.append("K 1 -> 2 to measure the within variance again (K = 1 observes none)")
         if a.mode == "fixed_budget":
             N_new = budget_outer_batch(a.budget, K_new, c.c_out, c.c_in, c.c_0)  # type: ignore[arg-type]
     else:

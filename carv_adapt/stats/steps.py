@@ -48,7 +48,6 @@ _DRIFT_INFLATION = overlap_inflation(LAG2, LAG1)
 _SUMS = ("w", "wx", "wx2", "u", "uy", "uy2")  # lag-1 estimates x; lag-2 less lag-1, y (the drift check)
 _SQUARES = ("w2", "u2")  # their squared weights
 _SLOT_STATES = (*_SUMS, *_SQUARES)
-_RING = 5  # this step's gradient and the four before it (lag-two differences reach back four steps)
 
 
 @dataclass(frozen=True)
@@ -129,25 +128,11 @@ class StepVariance(SumStatistic):
             self.add_state(name, torch.zeros(slots), decay="square")
         self._policies: list[PolicySegment | None] = [None] * slots
         self._current: int | None = None
-        # The current segment's last gradients, with this step's, as rows of one ring: both second differences are
-        # then one small matrix product over it (one pass over the gradients, not one per term).
-        self._ring: Tensor | None = None
-        self._head = 0  # the row the next gradient goes to
-        self._count = 0  # earlier gradients held (at most four)
-        self._coef: dict[tuple, Tensor] = {}  # difference coefficients per ring position, dtype and device
-
-    @property
-    def _last(self) -> list[Tensor]:
-        """The current segment's last (up to four) gradients, oldest first (views of the ring)."""
-        if self._ring is None:
-            return []
-        return [self._ring[(self._head - j) % _RING] for j in range(self._count, 0, -1)]
-
-    def _restart(self) -> None:
-        self._count = 0
+        self._last: list[Tensor] = []  # the current segment's last four raw gradients, oldest first
+        self._work: list[Tensor] = []  # two difference buffers, not state
 
     def _open(self, policy: PolicySegment) -> None:
-        self._restart()
+        self._last = []
         for i, p in enumerate(self._policies):
             if policy.same(p):  # back to a policy already measured: its sums still hold
                 self._current = i
@@ -157,38 +142,6 @@ class StepVariance(SumStatistic):
             getattr(self, name)[i] = 0.0
         self._policies[i], self._current = policy, i
 
-    def _store(self, grad: Tensor | Sequence[Tensor], numel: int, dtype: torch.dtype, device: torch.device) -> Tensor:
-        """Copy this step's gradient into the ring's next row (a caller's Tensor, often ``p.grad`` itself, changes
-        under the next backward). Half precision is widened: differences of large gradients lose little then."""
-        wide = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
-        r = self._ring
-        if r is None or r.shape[1] != numel or r.dtype != wide or r.device != device:
-            # Zeros, not empty: rows not yet written enter the product with coefficient 0, and 0 * NaN is NaN.
-            self._ring, self._head, self._count = torch.zeros(_RING, numel, dtype=wide, device=device), 0, 0
-        row = self._ring[self._head]  # type: ignore[index]
-        if isinstance(grad, Tensor):
-            row.copy_(grad.detach().reshape(-1))
-        else:
-            parts = [x.detach().reshape(-1) for x in grad]
-            if all(x.dtype == wide for x in parts):
-                torch.cat(parts, out=row)
-            else:
-                row.copy_(torch.cat(parts))
-        return row
-
-    def _coefficients(self, rows: int, like: Tensor) -> Tensor:
-        """``rows x 5``: the lag-one (and lag-two) second differences ``g_t - 2 g_{t-lag} + g_{t-2 lag}`` of the ring
-        whose newest row is ``_head``."""
-        key = (self._head, rows, like.dtype, like.device)
-        cached = self._coef.get(key)
-        if cached is None:
-            coef = [[0.0] * _RING for _ in range(rows)]
-            for r, lag in enumerate((1, 2)[:rows]):
-                for j, c in enumerate(LAG1):
-                    coef[r][(self._head - j * lag) % _RING] = c
-            cached = self._coef[key] = torch.tensor(coef, dtype=like.dtype, device=like.device)
-        return cached
-
     def update(
         self, grad: Tensor | Sequence[Tensor], policy: PolicySegment, metric: Preconditioner | None = None
     ) -> None:
@@ -197,26 +150,32 @@ class StepVariance(SumStatistic):
         optimizer has second moments is skipped."""
         scale = None if metric is None else metric.scale()
         if metric is not None and scale is None:
-            self._restart()
+            self._last = []
             return
-        parts = [grad] if isinstance(grad, Tensor) else list(grad)
-        numel = sum(x.numel() for x in parts)
+        g = grad.detach().reshape(-1) if isinstance(grad, Tensor) else torch.cat([x.detach().reshape(-1) for x in grad])
         if self._current is None or not policy.same(self._policies[self._current]):
             self._open(policy)
-        if self._count and self._ring is not None and self._ring.shape[1] != numel:
-            raise ShapeError(f"step gradient has {numel} entries, the previous one {self._ring.shape[1]}")
-        g = self._store(grad, numel, parts[0].dtype, parts[0].device)
+        if self._last and self._last[-1].shape != g.shape:
+            raise ShapeError(f"step gradient has {g.numel()} entries, the previous one {self._last[-1].numel()}")
+        h = self._last
         xs: list[float] = []
-        if self._count >= 2:
-            d = self._coefficients(2 if self._count == 4 else 1, g) @ self._ring  # type: ignore[operator]
+        if len(h) >= 2:
+            # Fused, into reused buffers, in the gradient's own precision (half precision is widened): a float64
+            # copy, or a fresh allocation, of a large gradient per step cost more than the rest of the controller.
+            if len(self._work) != 2 or self._work[0].shape != g.shape or self._work[0].dtype != g.dtype:
+                self._work = [torch.empty_like(g), torch.empty_like(g)]
+            ds = [torch.add(g, h[-2], out=self._work[0]).sub_(h[-1], alpha=2.0)]
+            if len(h) == 4:
+                ds.append(torch.add(g, h[-4], out=self._work[1]).sub_(h[-2], alpha=2.0))
+            if g.dtype in (torch.float16, torch.bfloat16):
+                ds = [d.float() for d in ds]
             if scale is not None:
-                d.mul_(scale.to(d.device, d.dtype))
-            xs = (policy.N / 6.0 * torch.linalg.vector_norm(d, dim=1).double().pow(2)).tolist()
+                ds = [d.mul_(scale.to(d.device, d.dtype)) for d in ds]
+            xs = (policy.N / 6.0 * torch.stack([torch.dot(d, d) for d in ds]).double()).tolist()
         # The earlier gradients are finite, so finite products mean a finite g: only otherwise pay the full check.
         if not all(math.isfinite(x) for x in xs) or not xs:
             if not self._finite_or_reject("step gradient", g):
-                self._ring.zero_()  # type: ignore[union-attr]  # a broken run of steps: start over, no NaN kept
-                self._restart()
+                self._last = []  # a broken run of steps: start over
                 return
         if xs and all(math.isfinite(x) for x in xs):
             names, values = ["w", "w2", "wx", "wx2"], [1.0, 1.0, xs[0], xs[0] ** 2]
@@ -228,7 +187,14 @@ class StepVariance(SumStatistic):
             assert i is not None
             arr = self._buf.numpy()  # one step's numbers: indexed NumPy adds, not a torch call per sum
             arr[[self._layout[n][0] + i for n in names]] += values
-        self._head, self._count = (self._head + 1) % _RING, min(self._count + 1, _RING - 1)
+        # A caller's Tensor (often p.grad itself) changes under the next backward, so it is copied, into the oldest
+        # gradient's storage once four are held; a concatenation is already a copy.
+        if not isinstance(grad, Tensor):
+            self._last = [*h[-3:], g]
+        elif len(h) == 4:
+            self._last = [*h[1:], h[0].copy_(g)]
+        else:
+            self._last = [*h, g.clone()]
 
     def compute(self, z: float = 2.0) -> tuple[SegmentEstimate, ...]:
         """Each kept segment with at least one lag-one estimate, the current one last. ``drift`` is the lag-two
@@ -249,8 +215,7 @@ class StepVariance(SumStatistic):
 
     def reset(self) -> None:
         super().reset()
-        self._policies, self._current = [None] * len(self._policies), None
-        self._ring, self._head, self._count = None, 0, 0
+        self._policies, self._current, self._last = [None] * len(self._policies), None, []
 
     def state_dict(self) -> dict:
         out = super().state_dict()
@@ -265,11 +230,7 @@ class StepVariance(SumStatistic):
         super().load_state_dict(state)
         self._policies = [None if p is None else PolicySegment.from_dict(p) for p in policies]
         self._current = None if current is None else int(current)
-        self._ring, self._head, self._count = None, 0, 0
-        for g in last:  # oldest first, as saved
-            g = torch.as_tensor(g)
-            self._store(g, g.numel(), g.dtype, g.device)
-            self._head, self._count = (self._head + 1) % _RING, self._count + 1
+        self._last = [torch.as_tensor(g).clone() for g in last]
 
 
 def pooled_between(
