@@ -145,9 +145,9 @@ def test_a_gradient_buffer_the_caller_reuses_is_copied():
 
 
 def test_second_differences_match_the_direct_ones_and_a_late_nan_leaves_no_trace():
-    """The ring's matrix product gives each step's N ||g_t - 2 g_{t-1} + g_{t-2}||^2 / 6 and its lag-two check,
-    from flat or per-parameter gradients alike; a non-finite gradient after the ring has wrapped restarts the run
-    without poisoning later steps."""
+    """Each step adds N ||g_t - 2 g_{t-1} + g_{t-2}||^2 / 6 and its lag-two check, from flat or per-parameter
+    gradients alike (the fused buffers reuse the oldest gradient's storage); a non-finite gradient after four
+    were held restarts the run without poisoning later steps."""
     g = torch.Generator().manual_seed(7)
     xs = [step_gradient(g, 2, 4, 0.3, 2.0, torch.zeros(P, dtype=torch.float64)) for _ in range(14)]
     flat, parts = StepVariance(), StepVariance()
