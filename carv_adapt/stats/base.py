@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import copy
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, Literal
 
 import numpy as np
@@ -132,6 +133,16 @@ class SumStatistic:
         """``S x entries``: what each of ``S`` deferred observations, having missed the linear forgetting
         ``factors[s]``, is scaled by in each buffer entry (a square-decaying sum missed its square)."""
         return np.asarray(factors, dtype=np.float64)[:, None] ** self._exponents.numpy()[None, :]
+
+    @contextmanager
+    def _scaled(self, missed: np.ndarray) -> Iterator[None]:
+        """While held, :meth:`_add` adds ``len(missed)`` deferred observations, each scaled by the forgetting it
+        missed."""
+        self._add_scale = self._missed_scale(missed)
+        try:
+            yield
+        finally:
+            self._add_scale = None
 
     def _defer(self, item: Any) -> None:
         """Hold one observation for :meth:`flush` (which runs once :data:`DEFER_STEPS` are held)."""

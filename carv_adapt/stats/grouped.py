@@ -90,11 +90,8 @@ class GroupedVariance(SumStatistic):
         # The last outer-design step's mean, v = sw / K, N and design, when that step alone did not identify the
         # design's between variance: successive steps pair up (§15.2).
         self._prev_outer: tuple[Tensor, float, int, str] | None = None
-        # Deferred steps (contributions, weights, forgetting count when seen) and what they share: shape, dtype,
-        # device, design, whether weighted.
-        self._pending_key: tuple | None = (
-            None  # what the deferred steps share: shape, dtype, device, design, unweighted
-        )
+        # What the deferred steps (contributions, weights) share: shape, dtype, device, design, whether unweighted.
+        self._pending_key: tuple | None = None
 
     def _drop_nonfinite(self, what: str, *xs: Tensor) -> tuple[Tensor, ...] | None:
         if all(all_finite(x) for x in xs):
@@ -248,23 +245,18 @@ class GroupedVariance(SumStatistic):
         rows = step_sums(xs, ws)[0].cpu().numpy()
         n, K = pending[0][0].shape[:2]
         finite = np.isfinite(rows).all(axis=1)
-        # Every held step shares N >= 2, K and the design, so their sums are added together, each row scaled by the
-        # forgetting it missed; a row whose totals overflowed is reduced alone (and counted) where it stood.
-        start = 0
-        for stop in [*np.flatnonzero(~finite).tolist(), len(pending)]:
-            if stop > start:
-                self._add_scale = self._missed_scale(missed[start:stop])
-                try:
-                    self._from_totals(n, K, design, list(rows[start:stop].T), None, None)
-                finally:
-                    self._add_scale = None
-            if stop < len(pending):
-                self._add_scale = self._missed_scale(missed[stop : stop + 1])
-                try:
-                    self._update_now(*pending[stop], design, None)
-                finally:
-                    self._add_scale = None
-            start = stop + 1
+        # Every held step shares N >= 2, K and the design: their sums are added together, each row scaled by the
+        # forgetting it missed. Held steps are finite, so a non-finite row is an overflow: then one at a time.
+        if finite.all():
+            with self._scaled(missed):
+                self._from_totals(n, K, design, list(rows.T), None, None)
+            return
+        for i, ((x, w), row) in enumerate(zip(pending, rows.tolist())):
+            with self._scaled(missed[i : i + 1]):
+                if finite[i]:
+                    self._from_totals(n, K, design, row, None, None)
+                else:
+                    self._update_now(x, w, design, None)
 
     def _update_now(self, x: Tensor, w: Tensor | None, design: Design, outer: OuterLayout | None) -> None:
         # The same reductions as a deferred batch (step_sums), so a step's sums do not depend on how it was reduced.
@@ -291,9 +283,9 @@ class GroupedVariance(SumStatistic):
             before = float(self.strat_split), float(self.strat_pairs)
             self._add(_STRAT_SUMS, (split_f, pairs_f))
             f = 1.0 if self._add_scale is None else self._add_scale[:, self._layout["strat_split"][0]]
-            pooled_split = np.cumsum(np.append(before[0], f * np.asarray(split_f)))[1:]  # sequential, as added
-            pooled_pairs = np.cumsum(np.append(before[1], f * np.asarray(pairs_f)))[1:]
-            sw = np.where(pooled_split <= pooled_pairs, split_f, pairs_f) / n
+            rows = np.column_stack([f * np.asarray(split_f), f * np.asarray(pairs_f)])
+            pooled = np.cumsum(np.vstack([before, rows]), axis=0)[1:]  # sequential, as added
+            sw = np.where(pooled[:, 0] <= pooled[:, 1], split_f, pairs_f) / n
             sw = float(sw[0]) if self._add_scale is None else sw
             iid = (ssw_f / n + sw) / K  # E SSW_group = K sigma_iid - mean stratum variance
             self._accumulate(n, K, sw, float(n), iid, 1.0 / (K * K), msq, ssb, means, outer)
@@ -378,22 +370,18 @@ class GroupedVariance(SumStatistic):
 
     def reset(self) -> None:
         super().reset()
-        self._prev = self._prev_outer = None
-        self._pending_key = None
+        self._prev = self._prev_outer = self._pending_key = None
 
     def state_dict(self) -> dict:
         out = super().state_dict()
         # Deferred steps are saved as such: taking a checkpoint must not change when they are reduced.
-        out["pending"] = [
-            {"x": x.cpu().clone(), "w": None if w is None else w.cpu().clone(), "missed": float(self._missed[i])}
-            for i, (x, w) in enumerate(self._pending)
-        ]
+        out["pending"] = [{"x": x.cpu().clone(), "w": None if w is None else w.cpu().clone(),
+                           "missed": float(self._missed[i])} for i, (x, w) in enumerate(self._pending)]  # fmt: skip
         out["pending_design"] = None if self._pending_key is None else self._pending_key[3]
         out["prev"] = None if self._prev is None else {"mean": self._prev[0].cpu().clone(), "var": self._prev[1]}
         po = self._prev_outer
-        out["prev_outer"] = (
-            None if po is None else {"mean": po[0].cpu().clone(), "var": po[1], "N": po[2], "design": po[3]}
-        )
+        out["prev_outer"] = None if po is None else {"mean": po[0].cpu().clone(), "var": po[1], "N": po[2],
+                                                     "design": po[3]}  # fmt: skip
         return out
 
     def load_state_dict(self, state: dict) -> None:
@@ -407,8 +395,5 @@ class GroupedVariance(SumStatistic):
         x, w = self._pending[0] if pending else (None, None)
         self._pending_key = None if x is None else (tuple(x.shape), x.dtype, x.device, design, w is None)
         self._prev = None if prev is None else (torch.as_tensor(prev["mean"]).clone(), float(prev["var"]))
-        self._prev_outer = (
-            None
-            if po is None
-            else (torch.as_tensor(po["mean"]).clone(), float(po["var"]), int(po["N"]), str(po["design"]))
-        )
+        self._prev_outer = None if po is None else (torch.as_tensor(po["mean"]).clone(), float(po["var"]),
+                                                    int(po["N"]), str(po["design"]))  # fmt: skip
