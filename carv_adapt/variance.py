@@ -28,6 +28,7 @@ __all__ = [
     "stratum_within_from_groups",
     "split_half_within",
     "fit_linear_cost",
+    "linear_cost_from_shape",
     "total_variation",
 ]
 
@@ -274,6 +275,16 @@ def fit_linear_cost(
         # A negative fixed cost is noise; refit through the origin.
         return 0.0, max(sxy / sxx, 0.0)
     return a, b
+
+
+def linear_cost_from_shape(r: float, sw: float, sx: float, sy: float) -> tuple[float, float]:
+    """``y = a + b x`` with the shape ``r = a / b`` given and the level from weighted sums ``(sw, sx, sy)``:
+    ``b = mean(y) / (r + mean(x))``, ``a = r b`` (docs/theory.md §7.1); a negative ``r`` (noise) is taken as 0."""
+    if sw <= 0 or sx <= 0:
+        return 0.0, 0.0
+    r = max(r, 0.0)
+    b = max(sy / sw, 0.0) / (r + sx / sw)
+    return r * b, b
 
 
 def total_variation(p: Tensor, q: Tensor) -> float:

@@ -21,8 +21,10 @@ NonFinitePolicy = Literal["skip", "error"]
 # Deferred observations (a subclass's ``update(..., defer=True)``) are reduced together once this many are held.
 DEFER_STEPS = 32
 # How a sum forgets: "linear" sums of weighted observations scale by gamma per step; "square" sums of squared
-# weights (for effective sample sizes) by gamma^2; "none" never decay (counters).
-Decay = Literal["linear", "square", "none"]
+# weights (for effective sample sizes) by gamma^2; "slow" ones by gamma^(1/8), a memory eight times longer (for
+# what changes more slowly than the level it splits, docs/theory.md §7.1); "none" never decay (counters).
+Decay = Literal["linear", "square", "slow", "none"]
+_EXPONENT: dict[str, float] = {"linear": 1.0, "square": 2.0, "slow": 0.125, "none": 0.0}
 
 
 def all_finite(x: Tensor) -> bool:
@@ -53,7 +55,7 @@ class SumStatistic:
         self._decay: dict[str, Decay] = {}
         self._layout: dict[str, tuple[int, torch.Size]] = {}  # offset and shape of each state in the buffer
         self._buf = torch.zeros(0, dtype=torch.float64)
-        self._exponents = torch.zeros(0, dtype=torch.float64)  # per entry: 1 linear, 2 square, 0 never decays
+        self._exponents = torch.zeros(0, dtype=torch.float64)  # per entry: 1 linear, 2 square, 1/8 slow, 0 never decays
         self._factor: tuple[float, np.ndarray] | None = None  # (gamma, gamma ** exponents), cached
         self._add_index: dict[tuple[str, ...], np.ndarray] = {}
         self._scalar_names: list[str] = []
@@ -86,7 +88,7 @@ class SumStatistic:
         for n, d in self._defaults.items():
             self._layout[n] = (pos, d.shape)
             parts.append(values[n].reshape(-1))
-            exps.append(torch.full((d.numel(),), {"linear": 1.0, "square": 2.0, "none": 0.0}[self._decay[n]]))
+            exps.append(torch.full((d.numel(),), _EXPONENT[self._decay[n]]))
             pos += d.numel()
         self._buf = torch.cat(parts).to(torch.float64) if parts else torch.zeros(0, dtype=torch.float64)
         self._exponents = torch.cat(exps).double() if exps else torch.zeros(0, dtype=torch.float64)

@@ -11,7 +11,7 @@ import torch
 
 from carv_adapt.errors import ConfigError
 from carv_adapt.stats.base import NonFinitePolicy, SumStatistic
-from carv_adapt.variance import fit_linear_cost
+from carv_adapt.variance import fit_linear_cost, linear_cost_from_shape
 
 __all__ = ["StageTimer", "CostTracker", "CostEstimate", "StageRole"]
 
@@ -90,9 +90,13 @@ class CostEstimate:
 class CostTracker(SumStatistic):
     """Fits ``T_outer = a_out + c_out N`` and ``T_inner = a_in + c_in N K`` over the steps actually run.
 
-    Least squares from sufficient sums (with forgetting); ``c_0 = a_out + a_in + mean fixed-stage time``.
-    With a single ``N K`` seen so far the inner intercept is not identified, and ``c_in`` is the average
-    cost per inner draw (an upper bound on the marginal cost); run steps at two ``K`` to separate them.
+    ``c_0 = a_out + a_in + mean fixed-stage time``. Each line's shape, ``r = a / c``, comes from pairs of
+    successive steps that ran different ``N K``: the machine's load scales both steps of a pair alike, so a pair
+    measures the shape whatever the load, and a held ``K`` (no new pairs) keeps the shape it had. The recent level
+    (sums with forgetting) then sets ``c`` and ``a`` under the current load. A least-squares line over the window
+    would instead read a change of load since ``K`` last moved as a slope (docs/theory.md §7.1). Before any
+    pair, the least-squares line over the window; with a single ``N K`` seen so far the inner intercept is not
+    identified, and ``c_in`` is the average cost per inner draw (an upper bound on the marginal cost).
     """
 
     def __init__(self, roles: dict[str, StageRole] | None = None, nonfinite: NonFinitePolicy = "skip") -> None:
@@ -102,6 +106,11 @@ class CostTracker(SumStatistic):
             for s in ("x", "xx", "y", "xy"):
                 self.add_state(f"{role}_s{s}", torch.zeros(()))
         self.add_state("steps", torch.zeros(()))
+        # Per role, sums of u^2 and u v over pairs of successive steps with different x (docs/theory.md §7.1).
+        for role in ("out", "in"):
+            for s in ("uu", "uv"):
+                self.add_state(f"{role}_p{s}", torch.zeros(()), decay="slow", added_later=True)
+        self._prev: tuple[float, float, float, float] | None = None  # last step's (x_out, y_out, x_in, y_in)
         self.add_state("fixed", torch.zeros(()))
         self.add_state("measurement", torch.zeros(()))
         # Probing steps after the first (the first pays one-time costs: allocations, the vectorized backward's
@@ -135,6 +144,15 @@ class CostTracker(SumStatistic):
         ):
             return
         xo, yo, xi, yi = float(N), totals["outer"], float(N * K), totals["inner"]
+        if self._prev is not None:
+            pxo, pyo, pxi, pyi = self._prev
+            # a (y_t - y_s) = c (x_t y_s - x_s y_t) for y = load (a + c x) at one load: u r = v with r = a / c.
+            uo, vo, ui, vi = yo - pyo, xo * pyo - pxo * yo, yi - pyi, xi * pyi - pxi * yi
+            self._add(
+                ("out_puu", "out_puv", "in_puu", "in_puv"),
+                (uo * uo * (xo != pxo), uo * vo * (xo != pxo), ui * ui * (xi != pxi), ui * vi * (xi != pxi)),
+            )
+        self._prev = (xo, yo, xi, yi)
         self._add(
             ("out_sx", "out_sxx", "out_sy", "out_sxy", "in_sx", "in_sxx", "in_sy", "in_sxy", "steps", "fixed"),
             (xo, xo * xo, yo, xo * yo, xi, xi * xi, yi, xi * yi, 1.0, totals["fixed"]),
@@ -149,9 +167,30 @@ class CostTracker(SumStatistic):
     def compute(self) -> CostEstimate:
         v = self.scalars()  # one host transfer for all the 0-dim sums
         w = v["steps"]
-        a_out, c_out = fit_linear_cost(w, v["out_sx"], v["out_sxx"], v["out_sy"], v["out_sxy"])
-        a_in, c_in = fit_linear_cost(w, v["in_sx"], v["in_sxx"], v["in_sy"], v["in_sxy"])
+
+        def line(role: str) -> tuple[float, float]:
+            recent = (w, *(v[f"{role}_s{s}"] for s in ("x", "xx", "y", "xy")))
+            if v[f"{role}_puu"] > 0:
+                return linear_cost_from_shape(v[f"{role}_puv"] / v[f"{role}_puu"], w, recent[1], recent[3])
+            return fit_linear_cost(*recent)
+
+        (a_out, c_out), (a_in, c_in) = line("out"), line("in")
         fixed = v["fixed"] / w if w > 0 else 0.0
         measurement = v["measurement"] / w if w > 0 else 0.0
         probe_step = v["probe_seconds"] / v["measured_steps"] if v["measured_steps"] > 0 else 0.0
         return CostEstimate(a_out + a_in + fixed, c_out, c_in, w, measurement=measurement, probe_step=probe_step)
+
+    def reset(self) -> None:
+        super().reset()
+        self._prev = None
+
+    def state_dict(self) -> dict:
+        out = super().state_dict()
+        out["prev"] = self._prev  # the last step, to pair with the next one; not a sum (merge leaves it)
+        return out
+
+    def load_state_dict(self, state: dict) -> None:
+        state = dict(state)
+        prev = state.pop("prev", None)
+        super().load_state_dict(state)
+        self._prev = None if prev is None else tuple(float(x) for x in prev)  # type: ignore[assignment]

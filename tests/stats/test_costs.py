@@ -20,6 +20,47 @@ def test_cost_tracker_recovers_marginal_cost_and_validates():
         ct.update(1, 1, {"render": 1.0})
 
 
+def _run(ct: CostTracker, K: int, load: float, N: int = 4) -> None:
+    ct.decay(0.97)
+    ct.update(N, K, {"upstream": load * 0.05 * N, "teacher": load * (0.007 + 0.001 * N * K)})
+
+
+def test_cost_shape_survives_a_change_of_load_while_k_is_held():
+    # Warm-up cycles K at one load; then K is held while the machine slows by 20 %. Least squares over the
+    # window would read the slowdown as slope (c_0 / c_in off by about a third); the pair contrasts keep it.
+    ct = CostTracker()
+    for _ in range(6):
+        for K in (2, 4, 8, 16):
+            _run(ct, K, 1.0)
+    for _ in range(200):
+        _run(ct, 16, 1.2)
+    est = ct.compute()
+    assert est.c_0 / est.c_in == pytest.approx(7.0, rel=1e-9)
+    assert est.c_out / est.c_in == pytest.approx(50.0, rel=1e-2)
+    assert est.c_in == pytest.approx(1.2e-3, rel=1e-2)  # the level follows the current load
+    v = ct.scalars()
+    from carv_adapt.variance import fit_linear_cost
+
+    a, c = fit_linear_cost(v["steps"], v["in_sx"], v["in_sxx"], v["in_sy"], v["in_sxy"])
+    assert not a / c == pytest.approx(7.0, rel=0.2)  # what the plain window fit would have given
+
+
+def test_cost_tracker_round_trips_the_pending_pair_and_loads_old_checkpoints():
+    ct = CostTracker()
+    for K in (2, 4, 8):
+        _run(ct, K, 1.0)
+    state = ct.state_dict()
+    twin = CostTracker()
+    twin.load_state_dict(state)
+    for t in (ct, twin):
+        _run(t, 16, 1.0)
+    assert twin.compute() == ct.compute()
+    old = {k: v for k, v in state.items() if k not in ("prev", "out_puu", "out_puv", "in_puu", "in_puv")}
+    legacy = CostTracker()
+    legacy.load_state_dict(old)  # a checkpoint from before the pair sums: least squares until pairs arrive
+    assert legacy.compute().c_in == pytest.approx(0.001)
+
+
 def test_stage_timer_accumulates_on_cpu():
     t = StageTimer()
     assert not t.uses_cuda_events
