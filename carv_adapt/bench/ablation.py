@@ -253,8 +253,11 @@ def _checkpoint(
         share = pilot.sigma_b2 / (pilot.sigma_b2 + sw_k) if pilot.sigma_b2 + sw_k > 0 else math.nan
         outer.update(K=K_is, between_share=share, gain_bound=1.0 / (1.0 - share) if share < 1 else math.inf)
     extra = {} if cv is None else {"control_variate": {**cv[1], "paired": paired_cv(estimate, cv[0], s.replications)}}
+    # W_oracle / W_adaptive with its own interval: both ECMs' replication noise, which a point ratio hides.
+    over = ecm_interval(reps["oracle"], reps["adaptive"], seed=seed + 50)
     return {
         **extra,
+        "adaptive_over_oracle": {"ratio": over[0], "ci90": [over[1], over[2]]},
         "outer": outer,
         "pilot": _pilot_summary(pilot),
         "iddpm": {

@@ -22,6 +22,10 @@ def test_quick_bench_writes_tables_json_and_figures(tmp_path):
         assert [r["variant"] for r in c["variants"]] == [v for v in VARIANTS if v != "+outer"]
         for r in c["variants"]:
             assert r["W"] > 0 and r["ecm_ci90"][0] <= r["ecm"] <= r["ecm_ci90"][1]
+        by = {r["variant"]: r for r in c["variants"]}
+        over = c["adaptive_over_oracle"]  # W_oracle / W_adaptive, the ratio of the two ECMs
+        assert over["ratio"] == pytest.approx(by["adaptive"]["ecm"] / by["oracle"]["ecm"], rel=1e-9)
+        assert over["ci90"][0] <= over["ratio"] <= over["ci90"][1]
     assert 0 < w["overhead"]["controller_fraction"] < 1
     md = (tmp_path / "bench.md").read_text()
     assert "| attribution |" in md and "adaptive / oracle" in md

@@ -56,7 +56,13 @@ def test_generated_sections_from_the_committed_bench_are_well_formed(sections, b
     c0 = first["checkpoints"][0]
     by = {v["variant"]: v for v in c0["variants"]}
     ratio = by["adaptive"]["ecm"] / by["oracle"]["ecm"]
-    assert rows[0].endswith(f"| {ratio:.2f} | {c0['pilot']['cost_ratio']:.1f} | {c0['pilot']['ratio_w_b']:.0f} |")
+    if "adaptive_over_oracle" in c0:  # runs that recorded the ratio's own interval
+        assert c0["adaptive_over_oracle"]["ratio"] == pytest.approx(ratio, rel=1e-9)
+        lo, hi = c0["adaptive_over_oracle"]["ci90"]
+        ratio_cell = f"{ratio:.2f} [{lo:.2f}, {hi:.2f}]"
+    else:
+        ratio_cell = f"{ratio:.2f}"
+    assert rows[0].endswith(f"| {ratio_cell} | {c0['pilot']['cost_ratio']:.1f} | {c0['pilot']['ratio_w_b']:.0f} |")
     assert len(_table_rows(sections["e2e"])) == len(bench["e2e"])
     assert len(_table_rows(sections["sweep"])) == len(bench["sweep"]["rows"])
     r = [v["W_predicted"] / v["W"] for w in bench["ablation"] for c in w["checkpoints"] for v in c["variants"]]
@@ -68,8 +74,22 @@ def test_generated_sections_from_the_committed_bench_are_well_formed(sections, b
         if (lambda by: by["adaptive"]["ecm"] / by["oracle"]["ecm"] >= 0.95)({v["variant"]: v for v in c["variants"]})
     )
     assert "| adaptive / oracle >= 0.95 |" in sections["targets"]
-    assert f"| met in {met} of {n_checkpoints} |" in sections["targets"]
+    assert f"| met in {met} of {n_checkpoints}" in sections["targets"]
     assert sections["wall_time"] == f"**{bench['wall_seconds'] / 60:.1f} min**"
+
+
+def test_adaptive_over_oracle_shows_its_interval_and_how_many_reach_the_target(bench):
+    b = copy.deepcopy(bench)
+    cps = [c for w in b["ablation"] for c in w["checkpoints"]]
+    for i, c in enumerate(cps):
+        by = {v["variant"]: v for v in c["variants"]}
+        by["adaptive"]["ecm"] = 0.9 * by["oracle"]["ecm"]  # every checkpoint misses 0.95 at the point estimate
+        c["adaptive_over_oracle"] = {"ratio": 0.9, "ci90": [0.8, 1.0 if i % 2 else 0.92]}
+    s = readme_sections(b)
+    assert all(r.split("|")[-4].strip().startswith("0.90 [0.80, ") for r in _table_rows(s["ablation"]))
+    reach = sum(i % 2 for i in range(len(cps)))
+    assert f"| missed; its 90 % interval reaches 0.95 in {reach} of {len(cps)} |" in s["targets"]
+    assert len(_table_rows(s["misses"])) == len(cps) and "0.90 [0.80, 0.92]" in s["misses"]
 
 
 def test_scaling_merges_the_gpu_rows_and_is_cpu_only_without_them(bench, sections):
