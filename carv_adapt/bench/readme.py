@@ -2,10 +2,9 @@
 
     python -m carv_adapt.bench.report --readme README.md --bench docs/bench/bench.json
 
-(``python -m carv_adapt.bench.readme`` is the same command). :func:`readme_sections` renders the blocks, every
-table through :func:`~carv_adapt.bench.markdown.md_table` and checked by
-:func:`~carv_adapt.bench.markdown.check_markdown_tables`; the README is only ever changed between
-``<!-- bench:NAME -->`` and ``<!-- /bench:NAME -->`` markers (:func:`update_readme`)."""
+(or ``python -m carv_adapt.bench.readme``). :func:`readme_sections` renders the blocks, every table through
+:func:`~carv_adapt.bench.markdown.md_table` and checked by :func:`~carv_adapt.bench.markdown.check_markdown_tables`;
+the README is only changed between ``<!-- bench:NAME -->`` and ``<!-- /bench:NAME -->`` (:func:`update_readme`)."""
 
 from __future__ import annotations
 
@@ -20,6 +19,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from carv_adapt.bench import report
 from carv_adapt.bench.ablation import VARIANTS
 from carv_adapt.bench.markdown import _checked, check_markdown_tables, md_table
 from carv_adapt.bench.readme_blocks import extra_sections
@@ -130,17 +130,9 @@ def _targets(result: dict[str, Any]) -> list[str]:
         + ["; ".join(status)]
     )
     measured, _, flags = _per_workload(result, _adaptive_over_oracle, lambda v: f"{v:.2f}", ORACLE_RATIO_TARGET)
-    status = _status(flags)
-    highs = [
-        c["adaptive_over_oracle"]["ci90"][1]
-        for w in result["ablation"]
-        for c in w["checkpoints"]
-        if "adaptive_over_oracle" in c
-    ]
-    if len(highs) == len(flags) and not all(flags):  # runs that recorded the ratio's interval
-        reach = sum(h >= ORACLE_RATIO_TARGET for h in highs)
-        status += f"; its 90 % interval reaches {ORACLE_RATIO_TARGET:g} in {reach} of {len(highs)}"
-    rows.append([f"adaptive / oracle >= {ORACLE_RATIO_TARGET:g}", "; ".join(measured), status])
+    reach = sum(hi >= ORACLE_RATIO_TARGET for hi in report.oracle_ratio_highs(result))
+    note = f"; 90 % CI reaches {ORACLE_RATIO_TARGET:g} in {reach} of {len(flags)}" if reach and not all(flags) else ""
+    rows.append([f"adaptive / oracle >= {ORACLE_RATIO_TARGET:g}", "; ".join(measured), _status(flags) + note])
     measured, status, _ = _per_workload(
         result,
         lambda c: _ratio(_ecm(c, "adaptive"), _ecm(c, "iddpm")),
@@ -245,21 +237,19 @@ def _misses(result: dict[str, Any]) -> list[str]:
     for w in result["ablation"]:
         for c in w["checkpoints"]:
             by = {r["variant"]: r for r in c["variants"]}
-            measured = _adaptive_over_oracle(c)
-            if not measured < ORACLE_RATIO_TARGET or "adaptive" not in by:
+            if not _adaptive_over_oracle(c) < ORACLE_RATIO_TARGET or "adaptive" not in by:
                 continue
             a, o = by["adaptive"], by["oracle"]
+            pred = _f(o["W_predicted"] / a["W_predicted"])
             sb = c["controller"].get("sigma_b2")  # the controller's at its last refit; the pilot's at frozen state
             rows.append(
-                [_name(w["workload"]), str(c["step"]), _adaptive_over_oracle_ci(c)]
-                + [f"{o['W_predicted'] / a['W_predicted']:.2f}"]
-                + [f"{a['K']} / {o['K']}", f"{a['proposal']} / {o['proposal']}"]
+                [_name(w["workload"]), str(c["step"]), _adaptive_over_oracle_ci(c), pred, f"{a['K']} / {o['K']}"]
+                + [f"{a['proposal']} / {o['proposal']}"]
                 + [f"{_f(sb, '{:.3g}') if sb is not None else '-'} / {_f(c['pilot']['sigma_b2'], '{:.3g}')}"]
             )
     if not rows:
         return ["_Adaptive / oracle met the target at every checkpoint._"]
-    header = ["workload", "step", "adaptive / oracle, measured [90 % CI]", "predicted by the pilot"]
-    header += ["K (adaptive / oracle)"]
+    header = ["workload", "step", "adaptive / oracle [90 % CI]", "predicted by the pilot", "K (adaptive / oracle)"]
     return md_table([*header, "proposal (adaptive / oracle)", "σ_B² (controller / pilot)"], rows)
 
 

@@ -71,6 +71,12 @@ def _adaptive_over_oracle_ci(c: dict[str, Any]) -> str:
     return f"{r['ratio']:.2f} [{r['ci90'][0]:.2f}, {r['ci90'][1]:.2f}]"
 
 
+def oracle_ratio_highs(result: dict[str, Any]) -> list[float]:
+    """Upper ends of the adaptive / oracle 90 % intervals, one per checkpoint (NaN where a run predates them)."""
+    cps = [c for w in result["ablation"] for c in w["checkpoints"]]
+    return [c.get("adaptive_over_oracle", {"ci90": [0.0, math.nan]})["ci90"][1] for c in cps]
+
+
 def _adaptive_over_oracle(c: dict[str, Any]) -> float:
     by = {r["variant"]: r for r in c["variants"]}
     if "adaptive" not in by or "oracle" not in by or not by["oracle"]["ecm"] > 0:

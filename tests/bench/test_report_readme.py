@@ -88,7 +88,7 @@ def test_adaptive_over_oracle_shows_its_interval_and_how_many_reach_the_target(b
     s = readme_sections(b)
     assert all(r.split("|")[-4].strip().startswith("0.90 [0.80, ") for r in _table_rows(s["ablation"]))
     reach = sum(i % 2 for i in range(len(cps)))
-    assert f"| missed; its 90 % interval reaches 0.95 in {reach} of {len(cps)} |" in s["targets"]
+    assert f"| missed; 90 % CI reaches 0.95 in {reach} of {len(cps)} |" in s["targets"]
     assert len(_table_rows(s["misses"])) == len(cps) and "0.90 [0.80, 0.92]" in s["misses"]
 
 
