@@ -40,18 +40,17 @@ _LATER = {"crn", "control", "steps", "drawn", "calibration"}  # state a checkpoi
 
 
 class AdaptiveController:
-    """Plans ``N x K`` draws, learns per-timestep second moments, between/within variances and stage
-    costs, and refits the IS proposal and ``K`` every ``refit_every`` steps after a warm-up.
+    """Plans ``N x K`` draws, learns per-timestep second moments, between/within variances and stage costs, and
+    refits the IS proposal and ``K`` every ``refit_every`` steps after a warm-up.
 
     Args:
         config: a :class:`ControllerConfig` or a dict; flat keyword overrides by name (``batch_size=4, k_max=32``).
         prior: optional analytic proposal (``Proposal``, or ``T``-dim ``g`` as ``q ∝ pi g``, e.g. the teacher-weight
             one): the warm-up proposal (``warmup_proposal="prior"``) and a candidate at every refit.
         stage_roles: extra cost stages and their role (``"outer" | "inner" | "fixed" | "measurement"``).
-        rank, process_group: this process's rank (default: ``torch.distributed``'s, else 0; it seeds the rank's
-            own stream) and the group whose statistics are summed at each refit (default: the world).
-        logger: called with each :class:`Refit` (e.g. :class:`~carv_adapt.integrations.RefitLogger`,
-            :class:`~carv_adapt.fit.JsonlRefitLog`), or a list of such callables.
+        rank, process_group: this rank (default ``torch.distributed``'s, else 0; seeds its stream), the group whose
+            statistics each refit sums (default: the world).
+        logger: callable(s) given each :class:`Refit` (e.g. :class:`~carv_adapt.integrations.RefitLogger`).
         optimizer, params: with ``metric="preconditioned"``, the optimizer whose per-coordinate scaling defines
             the metric and the parameters the probe's gradients are flattened over, in order (§13).
     """
@@ -103,11 +102,8 @@ class AdaptiveController:
         """Whether to probe this step: while the probe statistics are loose and within ``probe_budget``."""
         return probe_due(self._step, self._last_probe, self.K, self._probe_stats, self.costs.compute, self.config)
 
-    def _probe_stats(self) -> Any:
-        # Forgetting scales every sum of a reliability-weighted mean alike, leaving it and its relative standard
-        # error unchanged: the probe statistics change only with a probe, so they are reduced once per probe.
-        if self._probe_cache is None:
-            self._probe_cache = self.param_grouped.compute()
+    def _probe_stats(self) -> Any:  # once per probe: forgetting scales all sums of a weighted mean alike (§13.6)
+        self._probe_cache = self._probe_cache or self.param_grouped.compute()
         return self._probe_cache
 
     @classmethod
@@ -117,8 +113,7 @@ class AdaptiveController:
         return cls(ControllerConfig(policy=policy), **overrides)
 
     def to_policy(self, adaptive: bool = True, provenance: dict[str, Any] | None = None) -> Any:
-        """The current allocation and proposal, with this controller's settings, as a
-        :class:`~carv_adapt.policy.Policy`."""
+        """The current allocation and proposal, with this controller's settings, as a :class:`~.policy.Policy`."""
         provenance = dict(provenance or {}, step=self._step)
         return policy_snapshot(self.config.policy, self.state, self.edges, adaptive, provenance)
 
@@ -137,14 +132,11 @@ class AdaptiveController:
     estimated_ecm = property(  # the variance model's ECM for the current policy at the last refit
         lambda self: self.history[-1].predicted_ecm if self.history else math.nan, doc="ECM at the last refit (or NaN)."
     )
-    num_nonfinite = property(
-        lambda self: int(sum(float(getattr(self, n).num_nonfinite) for n in _TRACKERS)),
-        doc="Observations dropped for NaN/Inf (and draws run without their non-finite control) so far.",
-    )
+    num_nonfinite = property(lambda self: int(sum(float(getattr(self, n).num_nonfinite) for n in _TRACKERS)),
+                             doc="Observations dropped for NaN/Inf (and draws run uncontrolled) so far.")  # fmt: skip
 
     def plan(self) -> Plan:
-        """The allocation, timesteps, weights, noise seed and control-variate coefficients for this step (drawn ahead,
-        together, for the steps the decision state in force stays: :func:`~carv_adapt.schedule.plans_ahead`)."""
+        """This step's allocation, timesteps, weights, noise seed and control coefficients (drawn ahead to a refit)."""
         if self._pending is not None:
             raise StateError(f"plan() called twice in step {self._step}; call step() after observe() first")
         pol, st, sch = self.config.policy, self.state, self.config.policy.schedule
@@ -158,8 +150,7 @@ class AdaptiveController:
         return self._pending
 
     def crn_group(self, items: int, *, center: bool = True) -> CRNGroup:
-        """Common random numbers (docs/theory.md §18): every ``items`` consecutive steps replay one plan and are
-        observed once per group, folded (:class:`~carv_adapt.crn.CRNGroup`), until the returned group is closed."""
+        """Common random numbers (§18): every ``items`` steps replay one plan, observed once folded, until closed."""
         return CRNGroup.open_on(self, items, center, busy=self._pending is not None)
 
     @contextmanager
@@ -182,20 +173,19 @@ class AdaptiveController:
         control: tuple[Tensor, Tensor] | None = None,
         grad: Tensor | Sequence[Tensor] | None = None,
     ) -> None:
-        """Take what this step produced.
+        """Take what this step produced (docs/theory.md §7; all but ``plan`` optional).
 
         Args:
-            plan: the plan returned by :meth:`plan` this step.
-            contributions: ``N x K x ...`` rho-free per-draw contributions ``f`` (proxy space).
-            sq_norms: ``N x K`` ``||f||^2`` when the full contributions are not at hand (profile only).
-            costs: measured seconds per stage for this step (in addition to :meth:`timer` stages).
-            probe: ``(g_A, g_B)``, ``N x P`` parameter gradients of two interleaved halves of each outer draw (§7.5),
-                or ``(g_A, g_B, sq_norms)`` from :func:`~carv_adapt.probe.per_draw_probe` (profile calibration, §7.9).
-            control: ``(g, mu_g)``, a surrogate on the same draws and its exact conditional mean (``N x K x ...``,
-                e.g. :meth:`~carv_adapt.control_variate.ControlVariate.evaluate`); the statistics then track the
-                controlled ``plan.controlled(f, g, mu_g)`` and the coefficients are refitted (docs/theory.md §14).
-            grad: this step's gradient of the estimate (flat, or per parameter in the probe's order; nothing else
-                added): in parameter space, every step then measures sigma_B^2 (docs/theory.md §7.8).
+            plan: the plan :meth:`plan` returned this step.
+            contributions: ``N x K x ...`` rho-free per-draw contributions ``f`` (proxy space); or ``sq_norms``,
+                their ``N x K`` ``||f||^2`` (the profile only). costs: seconds per stage besides :meth:`timer`'s.
+            probe: ``(g_A, g_B)``, ``N x P`` gradients of the interleaved halves of each outer draw (§7.5), or
+                ``(g_A, g_B, sq_norms)`` from :func:`~carv_adapt.probe.per_draw_probe` (§7.9).
+            control: ``(g, mu_g)``, a surrogate on the same draws and its exact conditional mean (e.g.
+                :meth:`~carv_adapt.control_variate.ControlVariate.evaluate`): the statistics track the controlled
+                integrand and the coefficients are refitted (§14).
+            grad: the step's gradient of the estimate (flat, or per parameter in the probe's order): in parameter
+                space every step then measures sigma_B^2 (§7.8).
         """
         if self._pending is None or plan is not self._pending:
             raise StateError("observe() needs the plan returned by this step's plan(); call plan() first")
