@@ -87,6 +87,18 @@ class CostEstimate:
     probe_step: float = 0.0  # mean measurement seconds of a probing step after the first, 0 before a second
 
 
+def _pair(x_s: float, y_s: float, x_t: float, y_t: float) -> tuple[float, float]:
+    """One pair's ``(w dx u, w dx v)``: with ``y = load (a + c x)`` at one load, ``u = y_t - y_s`` is ``c dx`` and
+    ``v = x_t y_s - x_s y_t`` is ``a dx`` times the load, so ``sum w dx v / sum w dx u`` estimates ``r = a / c``.
+    ``dx``, known exactly, is the instrument (a regression of ``v`` on the noisy ``u`` would shrink ``r``); ``w``
+    weighs down pairs at large ``x``, whose ``v`` is noisy and says little about the intercept."""
+    dx = x_t - x_s
+    if dx == 0:
+        return 0.0, 0.0
+    w = dx / (x_t * x_t + x_s * x_s) ** 2
+    return w * (y_t - y_s), w * (x_t * y_s - x_s * y_t)
+
+
 class CostTracker(SumStatistic):
     """Fits ``T_outer = a_out + c_out N`` and ``T_inner = a_in + c_in N K`` over the steps actually run.
 
@@ -106,10 +118,10 @@ class CostTracker(SumStatistic):
             for s in ("x", "xx", "y", "xy"):
                 self.add_state(f"{role}_s{s}", torch.zeros(()))
         self.add_state("steps", torch.zeros(()))
-        # Per role, sums of u^2 and u v over pairs of successive steps with different x (docs/theory.md §7.1).
+        # Per role, weighted sums of dx u and dx v over pairs of successive steps with different x (theory §7.1).
         for role in ("out", "in"):
-            for s in ("uu", "uv"):
-                self.add_state(f"{role}_p{s}", torch.zeros(()), decay="slow", added_later=True)
+            for s in ("u", "v"):
+                self.add_state(f"{role}_px{s}", torch.zeros(()), decay="slow", added_later=True)
         self._prev: tuple[float, float, float, float] | None = None  # last step's (x_out, y_out, x_in, y_in)
         self.add_state("fixed", torch.zeros(()))
         self.add_state("measurement", torch.zeros(()))
@@ -146,12 +158,7 @@ class CostTracker(SumStatistic):
         xo, yo, xi, yi = float(N), totals["outer"], float(N * K), totals["inner"]
         if self._prev is not None:
             pxo, pyo, pxi, pyi = self._prev
-            # a (y_t - y_s) = c (x_t y_s - x_s y_t) for y = load (a + c x) at one load: u r = v with r = a / c.
-            uo, vo, ui, vi = yo - pyo, xo * pyo - pxo * yo, yi - pyi, xi * pyi - pxi * yi
-            self._add(
-                ("out_puu", "out_puv", "in_puu", "in_puv"),
-                (uo * uo * (xo != pxo), uo * vo * (xo != pxo), ui * ui * (xi != pxi), ui * vi * (xi != pxi)),
-            )
+            self._add(("out_pxu", "out_pxv", "in_pxu", "in_pxv"), (*_pair(pxo, pyo, xo, yo), *_pair(pxi, pyi, xi, yi)))
         self._prev = (xo, yo, xi, yi)
         self._add(
             ("out_sx", "out_sxx", "out_sy", "out_sxy", "in_sx", "in_sxx", "in_sy", "in_sxy", "steps", "fixed"),
@@ -170,8 +177,8 @@ class CostTracker(SumStatistic):
 
         def line(role: str) -> tuple[float, float]:
             recent = (w, *(v[f"{role}_s{s}"] for s in ("x", "xx", "y", "xy")))
-            if v[f"{role}_puu"] > 0:
-                return linear_cost_from_shape(v[f"{role}_puv"] / v[f"{role}_puu"], w, recent[1], recent[3])
+            if v[f"{role}_pxu"] > 0:
+                return linear_cost_from_shape(v[f"{role}_pxv"] / v[f"{role}_pxu"], w, recent[1], recent[3])
             return fit_linear_cost(*recent)
 
         (a_out, c_out), (a_in, c_in) = line("out"), line("in")
