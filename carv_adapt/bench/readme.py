@@ -171,7 +171,7 @@ def _calibration(result: dict[str, Any]) -> list[str]:
         "**Calibration.** The pilot's variance model predicts the measured `W` of every policy at every "
         f"checkpoint within {min(ratios):.2f}-{max(ratios):.2f}x (median {statistics.median(ratios):.2f}; "
         "`calibration.png`, full table in `docs/bench/bench.md`). The controller's own predicted ECM, from its "
-        f"online statistics: {ctl}."
+        f"online statistics: {ctl}. {report.cost_agreement(result)}"
     )
     # Wrapped like the README's prose, never inside ``a / b / c``.
     lines = textwrap.wrap(text.replace(" / ", "\0/\0"), 110, break_long_words=False, break_on_hyphens=False)

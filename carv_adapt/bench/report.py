@@ -77,6 +77,23 @@ def oracle_ratio_highs(result: dict[str, Any]) -> list[float]:
     return [c.get("adaptive_over_oracle", {"ci90": [0.0, math.nan]})["ci90"][1] for c in cps]
 
 
+def cost_agreement(result: dict[str, Any]) -> str:
+    """A sentence: how far the controller's cost ratio ``(c_out + c_0/N) / c_in`` (online, in training) is from the
+    pilot's (timed estimates at frozen parameters), over every checkpoint; empty for runs that lack the fields."""
+    r = []
+    for w in result["ablation"]:
+        for c in w["checkpoints"]:
+            v, n = c["controller"], w["config"].get("batch_size")
+            if n and v.get("c_in") and c["pilot"].get("cost_ratio"):
+                r.append((v["c_out"] + v["c_0"] / n) / v["c_in"] / c["pilot"]["cost_ratio"])
+    if not r:
+        return ""
+    return (
+        "The controller's cost ratio `(c_out + c_0/N) / c_in`, fitted in training, is "
+        f"{min(r):.2f}-{max(r):.2f}x the pilot's at every checkpoint."
+    )
+
+
 def _adaptive_over_oracle(c: dict[str, Any]) -> float:
     by = {r["variant"]: r for r in c["variants"]}
     if "adaptive" not in by or "oracle" not in by or not by["oracle"]["ecm"] > 0:
