@@ -21,7 +21,7 @@ from carv_adapt.probing import probe_due
 from carv_adapt.proposals.base import PmfProposal, Proposal, TargetMeasure, bin_sums
 from carv_adapt.proposals.families import BinnedProposal, UniformProposal
 from carv_adapt.proposals.shaping import capped_move, is_gain, regularized_profile
-from carv_adapt.schedule import warmup_k
+from carv_adapt.schedule import warmup_k, warmup_share
 from carv_adapt.stats.snapshot import Statistics
 from carv_adapt.stats.steps import PolicySegment, pooled_between
 from carv_adapt.variance import (
@@ -186,7 +186,8 @@ def decide(
         reasons.append(f"proposal: {chosen}")
     sw_new = sw_of(p_new)
 
-    # R5-R6: K (and N under a budget) from the confidence band.
+    # R5-R6: K (and N under a budget) from the confidence band; provisional while the warm-up weighs (R5c).
+    provisional = warmup_share(state.refits, pol.schedule, sg.forgetting) > sg.provisional_share
     N = state.N if a.mode == "fixed_budget" else a.N
     K_cur = _clamp(state.K, config, N)
     c = stats.costs
@@ -208,7 +209,7 @@ def decide(
                 "batch_size=1: sigma_B^2 comes from successive steps' means, which needs K >= 2 on two steps in "
                 "a row; until then K cannot adapt (batch_size >= 2 identifies it within one step)",
             )
-    elif state.refits_since_k_change < sg.k_cooldown:
+    elif state.refits_since_k_change < sg.k_cooldown and not provisional:
         keep_reason = "K in cooldown"
     # Progress (§13): for a fixed batch the signal N |G|^2 acts as extra between variance; under a per-step budget
     # progress per second falls with V alone, so the variance decision is already the progress one.
@@ -256,10 +257,11 @@ def decide(
         # Out of the band, or where a warm-up's cycle left K (no decision for the hysteresis to protect): to the
         # point estimate, which the log band contains; without a positive sigma_B^2 the point estimate is k_cap on
         # noise alone, so only to the band's near end.
-        if (first := not state.k_decided and a.K is None and K_hat is not None) or not K_lo <= K_cur <= K_hi:
+        first = (not state.k_decided or provisional) and a.K is None and K_hat is not None
+        if first or not K_lo <= K_cur <= K_hi:
             K_new = min(max(K_hat, K_lo), K_hi) if K_hat is not None else K_lo if K_cur < K_lo else K_hi
         move = (
-            f"K {K_cur} -> {K_new}" + (" after the warm-up" if first else "")
+            f"K {K_cur} -> {K_new}" + (" (provisional: the warm-up still weighs)" if first else "")
             if K_new != K_cur
             else f"K kept at {K_cur}"
         )
@@ -297,7 +299,7 @@ def decide(
         refits_since_k_change=0 if k_changed else state.refits_since_k_change + 1,
         refits=state.refits + 1,
         warned=state.warned + tuple(w.split(":", 1)[0] for w in warnings),
-        k_decided=state.k_decided or keep_reason is None,
+        k_decided=state.k_decided or (keep_reason is None and not provisional),
     )
     return Decision(
         state=new_state,

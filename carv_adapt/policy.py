@@ -137,6 +137,9 @@ class Safeguards(_Strict):
     max_move: float = Field(0.25, gt=0.0, le=1.0, description="TV cap on a proposal move the evidence cannot back")
     confidence: float = Field(2.0, ge=0.0, description="z: a change must beat z standard errors of its gain")
     k_cooldown: int = Field(1, ge=0, description="refits to wait after a K change")
+    provisional_share: float = Field(
+        0.25, ge=0.0, le=1.0, description="K follows its point estimate while the warm-up holds more weight (1: off)"
+    )
     forgetting: float = Field(0.99, gt=0.0, le=1.0, description="per-step decay of the statistics")
 
 

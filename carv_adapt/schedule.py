@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from carv_adapt.errors import ConfigError
 
-__all__ = ["is_refit_step", "refit_steps", "steps_to_refit", "plans_ahead", "warmup_k"]
+__all__ = ["is_refit_step", "refit_steps", "steps_to_refit", "plans_ahead", "warmup_k", "warmup_share"]
 
 
 def is_refit_step(step: int, warmup_steps: int, refit_every: int) -> bool:
@@ -38,3 +40,13 @@ def refit_steps(warmup_steps: int, refit_every: int, total_steps: int) -> list[i
 def warmup_k(step: int, schedule: tuple[int, ...]) -> int:
     """The warm-up ``K`` at ``step``: cycles through ``schedule``, so the cost fit sees several ``N K``."""
     return schedule[step % len(schedule)]
+
+
+def warmup_share(refits: int, schedule: Any, forgetting: float) -> float:
+    """The share of the statistics' weight that the warm-up's steps still hold at the refit after ``refits``
+    earlier ones, under ``forgetting`` per step: ``(g^(t - w) - g^t) / (1 - g^t)`` at ``t = w + refits R``
+    (``w`` warm-up steps, ``R`` steps per refit; 1 at the first refit, and without forgetting ``w / t``)."""
+    w, t = schedule.warmup_steps, schedule.warmup_steps + refits * schedule.refit_every
+    if forgetting >= 1.0:
+        return w / t if t > 0 else 1.0
+    return (forgetting ** (t - w) - forgetting**t) / (1.0 - forgetting**t)

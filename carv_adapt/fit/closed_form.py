@@ -4,6 +4,7 @@ function, undamped, on the record's statistics."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -68,7 +69,7 @@ def fit_from_record(record: Refit, policy: Policy | None = None, **settings: Any
         if not math.isfinite(v):
             raise ConfigError(f"refit record at step {record.step}: {name}={v!r} is not finite; log more steps first")
     policy = policy or record_policy(record, **settings)
-    undamped = policy.safeguards.model_copy(update={"max_move": 1.0, "k_cooldown": 0})
+    undamped = policy.safeguards.model_copy(update={"max_move": 1.0, "k_cooldown": 0, "provisional_share": 1.0})
     config = ControllerConfig(
         policy=policy.model_copy(update={"safeguards": undamped, "adaptive": True}),
         space="parameter" if record.space == "parameter" or record.extra.get("space") == "parameter" else "proxy",
@@ -78,6 +79,7 @@ def fit_from_record(record: Refit, policy: Policy | None = None, **settings: Any
     else:
         probs = torch.tensor(record.proposal, dtype=torch.float64)
         state = DecisionState(K=record.K, N=record.N, probs=probs, proposal_kind="binned", refits_since_k_change=0)
+    state = replace(state, k_decided=True)  # the band decides, not the point estimate a first refit would take
     stats = record_statistics(record)
     if stats.pi_b.numel() != state.probs.numel():
         raise ConfigError(
