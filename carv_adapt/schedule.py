@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from carv_adapt.errors import ConfigError
+
+if TYPE_CHECKING:
+    from carv_adapt.policy import ScheduleSpec
 
 __all__ = ["is_refit_step", "refit_steps", "steps_to_refit", "plans_ahead", "warmup_k", "warmup_share"]
 
@@ -42,7 +45,7 @@ def warmup_k(step: int, schedule: tuple[int, ...]) -> int:
     return schedule[step % len(schedule)]
 
 
-def warmup_share(refits: int, schedule: Any, forgetting: float) -> float:
+def warmup_share(refits: int, schedule: ScheduleSpec, forgetting: float) -> float:
     """The share of the statistics' weight that the warm-up's steps still hold at the refit after ``refits``
     earlier ones, under ``forgetting`` per step: ``(g^(t - w) - g^t) / (1 - g^t)`` at ``t = w + refits R``
     (``w`` warm-up steps, ``R`` steps per refit; 1 at the first refit, and without forgetting ``w / t``)."""

@@ -87,6 +87,12 @@ class CostEstimate:
     probe_step: float = 0.0  # mean measurement seconds of a probing step after the first, 0 before a second
 
 
+# What one step adds (CostTracker.update): the lines' sums, the pair sums, the probe bookkeeping.
+_STEP_SUMS = ("out_sx", "out_sxx", "out_sy", "out_sxy", "in_sx", "in_sxx", "in_sy", "in_sxy", "steps", "fixed")
+_STEP_SUMS += ("out_pxu", "out_pxv", "in_pxu", "in_pxv")
+_STEP_SUMS += ("measurement", "measured_steps", "probe_seconds", "probes_seen")
+
+
 def _pair(x_s: float, y_s: float, x_t: float, y_t: float) -> tuple[float, float]:
     """One pair's ``(w dx u, w dx v)``: with ``y = load (a + c x)`` at one load, ``u = y_t - y_s`` is ``c dx`` and
     ``v = x_t y_s - x_s y_t`` is ``a dx`` times the load, so ``sum w dx v / sum w dx u`` estimates ``r = a / c``.
@@ -156,19 +162,15 @@ class CostTracker(SumStatistic):
         ):
             return
         xo, yo, xi, yi = float(N), totals["outer"], float(N * K), totals["inner"]
-        if self._prev is not None:
-            pxo, pyo, pxi, pyi = self._prev
-            self._add(("out_pxu", "out_pxv", "in_pxu", "in_pxv"), (*_pair(pxo, pyo, xo, yo), *_pair(pxi, pyi, xi, yi)))
+        pxo, pyo, pxi, pyi = self._prev or (xo, yo, xi, yi)  # the first step pairs with itself: dx = 0 adds nothing
         self._prev = (xo, yo, xi, yi)
-        self._add(
-            ("out_sx", "out_sxx", "out_sy", "out_sxy", "in_sx", "in_sxx", "in_sy", "in_sxy", "steps", "fixed"),
-            (xo, xo * xo, yo, xo * yo, xi, xi * xi, yi, xi * yi, 1.0, totals["fixed"]),
-        )
         measured = totals["measurement"] > 0 if measured is None else measured
         warm = float(measured and float(self.probes_seen) > 0)
-        self._add(
-            ("measurement", "measured_steps", "probe_seconds", "probes_seen"),
-            (totals["measurement"], warm, warm * totals["measurement"], float(measured)),
+        self._add(  # one indexed add per step: this runs on every step
+            _STEP_SUMS,
+            (xo, xo * xo, yo, xo * yo, xi, xi * xi, yi, xi * yi, 1.0, totals["fixed"])
+            + (*_pair(pxo, pyo, xo, yo), *_pair(pxi, pyi, xi, yi))
+            + (totals["measurement"], warm, warm * totals["measurement"], float(measured)),
         )
 
     def compute(self) -> CostEstimate:
