@@ -197,14 +197,14 @@ class AdaptiveController:
         if self._crn is not None:  # shared draws: the statistics see one folded observation per group (§18)
             contributions, sq_norms = self._crn.add(contributions, sq_norms, probe), None
         design, outer = ("stratified" if plan.stratification == "stratified" else "iid"), plan.outer_layout()
+        flat, own = None, sq_norms is None
         if contributions is not None:
             # Reductions run in the contributions' own dtype; per-draw and per-group sums accumulate in float64.
             flat = contributions.detach().reshape(plan.N, plan.K, -1)
-            if sq_norms is None:
-                sq_norms = torch.linalg.vector_norm(flat, dim=-1).double().pow(2)
-            self.grouped.update(flat, plan.rho, design=design, outer=outer, defer=True)
-        if sq_norms is not None:
-            self.profile.update(plan.t, sq_norms, bins=plan.bins, defer=True)
+            sq_norms = torch.linalg.vector_norm(flat, dim=-1).double().pow(2) if own else sq_norms
+        finite = sq_norms is not None and self.profile.update(plan.t, sq_norms, bins=plan.bins, defer=True)
+        if flat is not None:  # finite norms of these very draws mean finite draws (plans' weights are finite)
+            self.grouped.update(flat, plan.rho, design=design, outer=outer, defer=True, finite=own and finite)
         scaled = None if probe is None else in_metric((probe[0], probe[1]), self._precond)
         self.skipped_probes += probe is not None and scaled is None  # no second moments yet: last estimates stay
         if scaled is not None:

@@ -15,6 +15,8 @@ Pure functions: tensors and floats in, tensors and floats out.
 
 from __future__ import annotations
 
+import functools
+
 from dataclasses import dataclass
 from typing import Literal
 
@@ -91,6 +93,12 @@ class OuterLayout:
         return self.design == "iid" or self.N < 2
 
 
+@functools.lru_cache(maxsize=64)
+def iid_layout(N: int) -> OuterLayout:
+    """The layout of ``N`` i.i.d. outer draws (asked for every step, so made once per ``N``; do not modify it)."""
+    return OuterLayout("iid", torch.arange(N))
+
+
 def layout_of(u: Tensor, design: str) -> OuterLayout:
     """The :class:`OuterLayout` of ``N x d`` outer uniforms drawn under ``design``."""
     check_outer_design(design)
@@ -144,4 +152,4 @@ def successive_between(
     return b_design, (ssb - (N - 1) * v + b_design) / N, 1.0
 
 
-__all__ += ["layout_of", "successive_between"]
+__all__ += ["iid_layout", "layout_of", "successive_between"]

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from carv_adapt.errors import ShapeError
-from carv_adapt.outer import OuterLayout, check_outer_design, layout_of, outer_seed, outer_uniforms
+from carv_adapt.outer import OuterLayout, check_outer_design, iid_layout, layout_of, outer_seed, outer_uniforms
 from carv_adapt.proposals.base import Proposal
 
 __all__ = ["Plan", "Refit"]
@@ -58,7 +58,7 @@ class Plan:
     def outer_layout(self) -> OuterLayout:
         """The design and draw order the statistics pair the outer draws by (docs/theory.md §15.2)."""
         if self.outer == "iid":  # nothing to pair: skip drawing the uniforms (observe() asks every step)
-            return OuterLayout("iid", torch.arange(self.N))
+            return iid_layout(self.N)
         return layout_of(self.outer_uniforms(1), self.outer)
 
     def noise(

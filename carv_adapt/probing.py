@@ -23,6 +23,10 @@ def probe_due(
         return False
     if last_probe is None:
         return True
+    # Before probe_every_max steps (the floor interval's least) only loose statistics call for a probe: tight ones
+    # answer without reducing the costs, which this rule is asked for at every step.
+    if step - last_probe < sched.probe_every_max and not _loose(probe_stats, sched.probe_tolerance):
+        return False
     costs = costs() if callable(costs) else costs
     policy_cost = costs.c_0 + config.policy.allocation.N * (costs.c_out + K * costs.c_in)
     if step - last_probe >= _floor_interval(sched, costs.probe_step, policy_cost):
@@ -33,12 +37,17 @@ def probe_due(
         after = (costs.measurement * costs.steps + costs.probe_step) / (costs.steps + 1)
         if after > sched.probe_budget * (policy_cost + after):
             return False
+    return _loose(probe_stats, sched.probe_tolerance)
+
+
+def _loose(probe_stats: Any, tolerance: float) -> bool:
+    """Whether the probe's between or within estimate is looser than ``tolerance`` (relative standard error)."""
     probe_stats = probe_stats() if callable(probe_stats) else probe_stats
     rel = [
         se / abs(v) if v != 0 and math.isfinite(v) else math.inf
         for v, se in ((probe_stats.sigma_b2, probe_stats.sigma_b2_se), (probe_stats.sigma_w2, probe_stats.sigma_w2_se))
     ]
-    return max(rel) > sched.probe_tolerance
+    return max(rel) > tolerance
 
 
 def _floor_interval(sched: Any, probe_cost: float, policy_cost: float) -> int:

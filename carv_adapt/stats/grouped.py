@@ -90,8 +90,6 @@ class GroupedVariance(SumStatistic):
         # The last outer-design step's mean, v = sw / K, N and design, when that step alone did not identify the
         # design's between variance: successive steps pair up (§15.2).
         self._prev_outer: tuple[Tensor, float, int, str] | None = None
-        # What the deferred steps (contributions, weights) share: shape, dtype, device, design, whether unweighted.
-        self._pending_key: tuple | None = None
 
     def _drop_nonfinite(self, what: str, *xs: Tensor) -> tuple[Tensor, ...] | None:
         if all(all_finite(x) for x in xs):
@@ -203,15 +201,17 @@ class GroupedVariance(SumStatistic):
         design: Design = "iid",
         outer: OuterLayout | None = None,
         defer: bool = False,
+        finite: bool = False,
     ) -> None:
         """Accumulate one step's ``N x K x ...`` weighted contributions ``rho f`` (or ``f`` with ``N x K``
         ``weights`` ``rho``, which avoids materializing the product), drawn under ``design`` (inner) and the
         ``outer`` layout (default i.i.d. outer draws; docs/theory.md §15).
 
         An outer draw with any non-finite entry is dropped whole (its group would be biased otherwise). With
-        ``defer``, a small step (i.i.d. outer draws, ``N >= 2``, non-finite policy ``"skip"``) is copied and reduced
-        later together with the next ones (:meth:`flush`; every read flushes), with the forgetting it missed: the
-        sums are those of immediate updates up to rounding.
+        ``defer``, a small step (i.i.d. outer draws, ``N >= 2``) is copied and reduced later together with the
+        next ones (:meth:`flush`; every read flushes), with the forgetting it missed: the sums are those of
+        immediate updates up to rounding. ``finite``: the caller knows ``x`` and ``weights`` are finite (their
+        squared norms were), which spares the check.
         """
         if x.dim() < 2:
             raise ShapeError(f"grouped update needs N x K x ... contributions, got shape {tuple(x.shape)}")
@@ -225,33 +225,44 @@ class GroupedVariance(SumStatistic):
         small = x.numel() * x.element_size() <= _DEFER_BYTES
         iid_outer = outer is None or outer.is_iid
         # A non-finite step is reduced now, so that it is counted (and warned about) when it is seen.
-        if defer and small and x.shape[0] >= 2 and iid_outer and all_finite(x) and (w is None or all_finite(w)):
-            key = (tuple(x.shape), x.dtype, x.device, design, w is None)
-            if key != self._pending_key:
-                self.flush()
+        if defer and small and x.shape[0] >= 2 and iid_outer and (finite or self._finite(x, w)):
             w_copy = None if w is None else (w.clone() if w is weights else w)  # a caller may reuse its buffers
-            self._pending_key = key
-            self._defer((x.clone(), w_copy))
+            self._defer((x.clone(), w_copy, design))
             return
         self.flush()
         self._update_now(x, w, design, outer)
 
-    def _reduce_deferred(self, pending: list[tuple[Tensor, Tensor | None]], missed: np.ndarray) -> None:
-        key, self._pending_key = self._pending_key, None
-        assert key is not None
-        design = key[3]
-        xs = torch.stack([p[0] for p in pending])
-        ws = None if key[4] else torch.stack([p[1] for p in pending])  # type: ignore[misc]
-        rows = step_sums(xs, ws)[0].cpu().numpy()
-        n, K = pending[0][0].shape[:2]
+    @staticmethod
+    def _finite(x: Tensor, w: Tensor | None) -> bool:
+        return all_finite(x) and (w is None or all_finite(w))
+
+    def _reduce_deferred(self, pending: list[tuple[Tensor, Tensor | None, Design]], missed: np.ndarray) -> None:
+        # Held steps of one shape, dtype, device, design and weighting are reduced as one batch; their sums are then
+        # added in the order the steps came, runs of one kind at a time (a warm-up cycling K holds two kinds).
+        keys = [(tuple(x.shape), x.dtype, x.device, d, w is None) for x, w, d in pending]
+        rows = np.empty((len(pending), 5))
+        for key in dict.fromkeys(keys):
+            idx = [i for i, k in enumerate(keys) if k == key]
+            xs = torch.stack([pending[i][0] for i in idx])
+            ws = None if key[4] else torch.stack([pending[i][1] for i in idx])  # type: ignore[misc]
+            rows[idx] = step_sums(xs, ws)[0].cpu().numpy()
+        start = 0
+        for end in range(1, len(pending) + 1):
+            if end == len(pending) or keys[end] != keys[start]:
+                self._add_run(pending[start:end], rows[start:end], missed[start:end])
+                start = end
+
+    def _add_run(self, run: list[tuple[Tensor, Tensor | None, Design]], rows: np.ndarray, missed: np.ndarray) -> None:
+        n, K = run[0][0].shape[:2]
+        design = run[0][2]
         finite = np.isfinite(rows).all(axis=1)
-        # Every held step shares N >= 2, K and the design: their sums are added together, each row scaled by the
+        # Every step of a run shares N >= 2, K and the design: their sums are added together, each row scaled by the
         # forgetting it missed. Held steps are finite, so a non-finite row is an overflow: then one at a time.
         if finite.all():
             with self._scaled(missed):
                 self._from_totals(n, K, design, list(rows.T), None, None)
             return
-        for i, ((x, w), row) in enumerate(zip(pending, rows.tolist())):
+        for i, ((x, w, _), row) in enumerate(zip(run, rows.tolist())):
             with self._scaled(missed[i : i + 1]):
                 if finite[i]:
                     self._from_totals(n, K, design, row, None, None)
@@ -364,20 +375,15 @@ class GroupedVariance(SumStatistic):
             sigma_b2_dof=dof_b,
         )
 
-    def load_flat(self, vec: Tensor) -> None:
-        super().load_flat(vec)
-        self._pending_key = None
-
     def reset(self) -> None:
         super().reset()
-        self._prev = self._prev_outer = self._pending_key = None
+        self._prev = self._prev_outer = None
 
     def state_dict(self) -> dict:
         out = super().state_dict()
         # Deferred steps are saved as such: taking a checkpoint must not change when they are reduced.
-        out["pending"] = [{"x": x.cpu().clone(), "w": None if w is None else w.cpu().clone(),
-                           "missed": float(self._missed[i])} for i, (x, w) in enumerate(self._pending)]  # fmt: skip
-        out["pending_design"] = None if self._pending_key is None else self._pending_key[3]
+        out["pending"] = [{"x": x.cpu().clone(), "w": None if w is None else w.cpu().clone(), "design": d,
+                           "missed": float(self._missed[i])} for i, (x, w, d) in enumerate(self._pending)]  # fmt: skip
         out["prev"] = None if self._prev is None else {"mean": self._prev[0].cpu().clone(), "var": self._prev[1]}
         po = self._prev_outer
         out["prev_outer"] = None if po is None else {"mean": po[0].cpu().clone(), "var": po[1], "N": po[2],
@@ -389,11 +395,10 @@ class GroupedVariance(SumStatistic):
         prev, po = state.pop("prev", None), state.pop("prev_outer", None)
         pending, design = state.pop("pending", []), state.pop("pending_design", None)
         super().load_state_dict(state)
-        self._pending = [(torch.as_tensor(p["x"]).clone(), None if p["w"] is None else torch.as_tensor(p["w"]).clone())
-                         for p in pending]  # fmt: skip
+        # A checkpoint from before held steps of several kinds saved one design for all of them.
+        self._pending = [(torch.as_tensor(p["x"]).clone(), None if p["w"] is None else torch.as_tensor(p["w"]).clone(),
+                          p.get("design", design)) for p in pending]  # fmt: skip
         self._missed[: len(pending)] = [float(p["missed"]) for p in pending]
-        x, w = self._pending[0] if pending else (None, None)
-        self._pending_key = None if x is None else (tuple(x.shape), x.dtype, x.device, design, w is None)
         self._prev = None if prev is None else (torch.as_tensor(prev["mean"]).clone(), float(prev["var"]))
         self._prev_outer = None if po is None else (torch.as_tensor(po["mean"]).clone(), float(po["var"]),
                                                     int(po["N"]), str(po["design"]))  # fmt: skip

@@ -37,10 +37,11 @@ class TimestepProfile(SumStatistic):
     def num_bins(self) -> int:
         return self.edges.numel() - 1
 
-    def update(self, t: Tensor, sq_norms: Tensor, bins: Tensor | None = None, defer: bool = False) -> None:
+    def update(self, t: Tensor, sq_norms: Tensor, bins: Tensor | None = None, defer: bool = False) -> bool:
         """Accumulate ``sq_norms`` (same shape as the long Tensor ``t``); ``bins``, if given, are the bin
         indices of ``t`` for these edges (a plan carries them), which saves the search. With ``defer`` a finite
-        step is held and binned later with the next ones (reads see it: :meth:`folded`)."""
+        step is held and binned later with the next ones (reads see it: :meth:`folded`). Returns whether every
+        squared norm was finite."""
         if t.shape != sq_norms.shape:
             raise ShapeError(f"profile update: t {tuple(t.shape)} and sq_norms {tuple(sq_norms.shape)} differ")
         # A step's few numbers are binned in NumPy (sharing the states' memory): torch calls on tensors this small
@@ -53,10 +54,13 @@ class TimestepProfile(SumStatistic):
             self._finite_or_reject("squared norm", torch.from_numpy(v))  # applies the policy (raises or warns once)
             self.num_nonfinite += bad - 1
             v, b = v[ok], b[ok]
-        elif defer:
+            self._bin(b, v, np.ones_like(v), np.ones_like(v))
+            return False
+        if defer:
             self._defer((b.copy(), v.copy()))  # a caller's Tensors may change before they are binned
-            return
-        self._bin(b, v, np.ones_like(v), np.ones_like(v))
+        else:
+            self._bin(b, v, np.ones_like(v), np.ones_like(v))
+        return True
 
     def _bin(self, b: np.ndarray, v: np.ndarray, w: np.ndarray, w_sq: np.ndarray) -> None:
         """Add observations ``v`` in bins ``b`` with forgetting weights ``w`` (``w_sq`` for the squared-weight sum)."""

@@ -185,7 +185,7 @@ class StepVariance(SumStatistic):
                 values += [1.0, 1.0, y, y * y]
             i = self._current
             assert i is not None
-            arr = self._buf.numpy()  # one step's numbers: indexed NumPy adds, not a torch call per sum
+            arr = self._arr  # one step's numbers: indexed NumPy adds, not a torch call per sum
             arr[[self._layout[n][0] + i for n in names]] += values
         # A caller's Tensor (often p.grad itself) changes under the next backward, so it is copied, into the oldest
         # gradient's storage once four are held; a concatenation is already a copy.
