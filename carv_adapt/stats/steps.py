@@ -8,6 +8,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -128,11 +129,19 @@ class StepVariance(SumStatistic):
             self.add_state(name, torch.zeros(slots), decay="square")
         self._policies: list[PolicySegment | None] = [None] * slots
         self._current: int | None = None
-        self._last: list[Tensor] = []  # the current segment's last four raw gradients, oldest first
-        self._work: list[Tensor] = []  # two difference buffers, not state
+        # The current segment's stream: its last gradient, up to four first differences e_t = g_t - g_{t-1} in the
+        # rows of one buffer (``_order``: their rows, oldest first) and their inner products (``_gram``, by row).
+        self._prev: Tensor | None = None
+        self._diffs: Tensor | None = None
+        self._order: list[int] = []
+        self._gram = np.zeros((4, 4))
+
+    def _restart(self) -> None:
+        """Start the stream over (a new segment, or a broken run of steps); the buffer is kept for reuse."""
+        self._prev, self._order = None, []
 
     def _open(self, policy: PolicySegment) -> None:
-        self._last = []
+        self._restart()
         for i, p in enumerate(self._policies):
             if policy.same(p):  # back to a policy already measured: its sums still hold
                 self._current = i
@@ -150,51 +159,62 @@ class StepVariance(SumStatistic):
         optimizer has second moments is skipped."""
         scale = None if metric is None else metric.scale()
         if metric is not None and scale is None:
-            self._last = []
+            self._restart()
             return
         g = grad.detach().reshape(-1) if isinstance(grad, Tensor) else torch.cat([x.detach().reshape(-1) for x in grad])
         if self._current is None or not policy.same(self._policies[self._current]):
             self._open(policy)
-        if self._last and self._last[-1].shape != g.shape:
-            raise ShapeError(f"step gradient has {g.numel()} entries, the previous one {self._last[-1].numel()}")
-        h = self._last
-        xs: list[float] = []
-        if len(h) >= 2:
-            # Fused, into reused buffers, in the gradient's own precision (half precision is widened): a float64
-            # copy, or a fresh allocation, of a large gradient per step cost more than the rest of the controller.
-            if len(self._work) != 2 or self._work[0].shape != g.shape or self._work[0].dtype != g.dtype:
-                self._work = [torch.empty_like(g), torch.empty_like(g)]
-            ds = [torch.add(g, h[-2], out=self._work[0]).sub_(h[-1], alpha=2.0)]
-            if len(h) == 4:
-                ds.append(torch.add(g, h[-4], out=self._work[1]).sub_(h[-2], alpha=2.0))
-            if g.dtype in (torch.float16, torch.bfloat16):
-                ds = [d.float() for d in ds]
-            if scale is not None:
-                ds = [d.mul_(scale.to(d.device, d.dtype)) for d in ds]
-            xs = (policy.N / 6.0 * torch.stack([torch.dot(d, d) for d in ds]).double()).tolist()
-        # The earlier gradients are finite, so finite products mean a finite g: only otherwise pay the full check.
-        if not all(math.isfinite(x) for x in xs) or not xs:
-            if not self._finite_or_reject("step gradient", g):
-                self._last = []  # a broken run of steps: start over
-                return
-        if xs and all(math.isfinite(x) for x in xs):
-            names, values = ["w", "w2", "wx", "wx2"], [1.0, 1.0, xs[0], xs[0] ** 2]
-            if len(xs) == 2:
-                y = xs[1] - xs[0]
-                names += ["u", "u2", "uy", "uy2"]
-                values += [1.0, 1.0, y, y * y]
-            i = self._current
-            assert i is not None
-            arr = self._arr  # one step's numbers: indexed NumPy adds, not a torch call per sum
-            arr[[self._layout[n][0] + i for n in names]] += values
-        # A caller's Tensor (often p.grad itself) changes under the next backward, so it is copied, into the oldest
-        # gradient's storage once four are held; a concatenation is already a copy.
-        if not isinstance(grad, Tensor):
-            self._last = [*h[-3:], g]
-        elif len(h) == 4:
-            self._last = [*h[1:], h[0].copy_(g)]
+        prev = self._prev
+        if prev is not None and prev.shape != g.shape:
+            raise ShapeError(f"step gradient has {g.numel()} entries, the previous one {prev.numel()}")
+        if prev is None:
+            if self._finite_or_reject("step gradient", g):
+                self._prev = g.clone() if isinstance(grad, Tensor) else g  # p.grad changes under the next backward
+            return
+        # Second differences from first ones: d1 = e_t - e_{t-1}, d2 = e_t + e_{t-1} - e_{t-2} - e_{t-3}. One pass
+        # writes e_t, one matrix-vector product gives its inner products with the held ones; the held ones' products
+        # are kept, so a step reads each P-sized vector about once (half precision is widened).
+        wide = torch.float32 if g.dtype in (torch.float16, torch.bfloat16) else g.dtype
+        if self._diffs is None or self._diffs.shape[1] != g.numel() or self._diffs.dtype != wide:
+            self._diffs, self._order = torch.zeros(4, g.numel(), dtype=wide, device=g.device), []
+        row = self._order[0] if len(self._order) == 4 else min(set(range(4)) - set(self._order))
+        e = self._diffs[row]
+        torch.sub(g.to(wide), prev.to(wide), out=e)
+        order = [*self._order[-3:], row]
+        if scale is None:
+            prods = (self._diffs @ e).double().cpu().numpy()
+            self._gram[row, :] = prods
+            self._gram[:, row] = prods
+            G = self._gram
+        else:  # the metric changes every step: all products in the current one
+            w = self._diffs[order] * scale.to(e.device, wide)
+            G = np.zeros((4, 4))
+            G[np.ix_(order, order)] = (w @ w.T).double().cpu().numpy()
+        if not np.isfinite(G[np.ix_(order, order)]).all():
+            # The held differences are finite, so a non-finite product means a non-finite (or overflowing) g.
+            self._finite_or_reject("step gradient", g)
+            self._restart()
+            return
+        self._order = order
+        if isinstance(grad, Tensor):
+            self._prev = prev.copy_(g)  # the previous gradient's storage: p.grad changes under the next backward
         else:
-            self._last = [*h, g.clone()]
+            self._prev = g  # a concatenation is already a copy
+        if len(order) < 2:
+            return
+        coef = [(1.0, order[-1]), (-1.0, order[-2])]
+        xs = [_quad(G, coef)]
+        if len(order) == 4:
+            xs.append(_quad(G, [(1.0, order[-1]), (1.0, order[-2]), (-1.0, order[-3]), (-1.0, order[-4])]))
+        xs = [policy.N / 6.0 * x for x in xs]
+        names, values = ["w", "w2", "wx", "wx2"], [1.0, 1.0, xs[0], xs[0] ** 2]
+        if len(xs) == 2:
+            y = xs[1] - xs[0]
+            names += ["u", "u2", "uy", "uy2"]
+            values += [1.0, 1.0, y, y * y]
+        i = self._current
+        assert i is not None
+        self._arr[[self._layout[n][0] + i for n in names]] += values  # indexed NumPy adds, not a torch call per sum
 
     def compute(self, z: float = 2.0) -> tuple[SegmentEstimate, ...]:
         """Each kept segment with at least one lag-one estimate, the current one last. ``drift`` is the lag-two
@@ -215,22 +235,45 @@ class StepVariance(SumStatistic):
 
     def reset(self) -> None:
         super().reset()
-        self._policies, self._current, self._last = [None] * len(self._policies), None, []
+        self._policies, self._current = [None] * len(self._policies), None
+        self._restart()
 
     def state_dict(self) -> dict:
         out = super().state_dict()
         out["policies"] = [None if p is None else p.to_dict() for p in self._policies]
         out["current"] = self._current
-        out["last"] = [g.cpu().clone() for g in self._last]
+        o = self._order
+        out["prev"] = None if self._prev is None else self._prev.cpu().clone()
+        out["diffs"] = [] if self._diffs is None else [self._diffs[r].cpu().clone() for r in o]  # oldest first
+        out["gram"] = torch.from_numpy(self._gram[np.ix_(o, o)].copy())
         return out
 
     def load_state_dict(self, state: dict) -> None:
         state = dict(state)
-        policies, current, last = state.pop("policies"), state.pop("current"), state.pop("last")
+        policies, current, last = state.pop("policies"), state.pop("current"), state.pop("last", None)
+        prev, diffs, gram = state.pop("prev", None), state.pop("diffs", []), state.pop("gram", None)
         super().load_state_dict(state)
         self._policies = [None if p is None else PolicySegment.from_dict(p) for p in policies]
         self._current = None if current is None else int(current)
-        self._last = [torch.as_tensor(g).clone() for g in last]
+        if last is not None:  # a checkpoint from before first differences: its last raw gradients, oldest first
+            raw = [torch.as_tensor(g) for g in last]
+            prev = raw[-1] if raw else None
+            diffs = [b.float() - a.float() if b.dtype in (torch.float16, torch.bfloat16) else b - a
+                     for a, b in zip(raw, raw[1:])]  # fmt: skip
+        self._restart()
+        self._prev = None if prev is None else torch.as_tensor(prev).clone()
+        if diffs:
+            d = torch.stack([torch.as_tensor(x) for x in diffs])
+            self._diffs = torch.zeros(4, d.shape[1], dtype=d.dtype)
+            self._diffs[: len(diffs)] = d
+            self._order = list(range(len(diffs)))
+            g = (d @ d.T).double().numpy() if gram is None else torch.as_tensor(gram, dtype=torch.float64).numpy()
+            self._gram[: len(diffs), : len(diffs)] = g
+
+
+def _quad(G: np.ndarray, coef: Sequence[tuple[float, int]]) -> float:
+    """``||sum_i c_i e_i||^2`` from the inner products ``G`` of the ``e_i`` (by row)."""
+    return float(sum(a * b * G[i, j] for a, i in coef for b, j in coef))
 
 
 def pooled_between(
