@@ -59,6 +59,7 @@ class SumStatistic:
         self._factor: tuple[float, np.ndarray] | None = None  # (gamma, gamma ** exponents), cached
         self._add_index: dict[tuple[str, ...], np.ndarray] = {}
         self._scalar_names: list[str] = []
+        self._scalar_index: np.ndarray | None = None  # buffer offsets of the 0-dim states, in name order
         self._added_later: set[str] = set()
         # Deferred observations, the forgetting factor each has missed since it came, and, while one is added, that
         # factor per buffer entry (a square-decaying sum missed its square).
@@ -92,7 +93,7 @@ class SumStatistic:
             pos += d.numel()
         self._buf = torch.cat(parts).to(torch.float64) if parts else torch.zeros(0, dtype=torch.float64)
         self._exponents = torch.cat(exps).double() if exps else torch.zeros(0, dtype=torch.float64)
-        self._factor, self._add_index = None, {}
+        self._factor, self._add_index, self._scalar_index = None, {}, None
         self._bind()
 
     def _bind(self) -> None:
@@ -177,8 +178,9 @@ class SumStatistic:
 
     def scalars(self) -> dict[str, float]:
         """Every 0-dim state as a Python float (``compute`` reads many of them)."""
-        arr = self.folded()._buf.numpy()
-        return {n: float(arr[self._layout[n][0]]) for n in self._scalar_names}
+        if self._scalar_index is None or len(self._scalar_index) != len(self._scalar_names):
+            self._scalar_index = np.array([self._layout[n][0] for n in self._scalar_names], dtype=np.int64)
+        return dict(zip(self._scalar_names, self.folded()._arr[self._scalar_index].tolist()))
 
     def _add(self, names: tuple[str, ...], values: Sequence[float | np.ndarray]) -> None:
         """Add to several 0-dim states at once (per-step updates are many tiny adds). Each value is a float, or an
