@@ -16,7 +16,6 @@ Pure functions: tensors and floats in, tensors and floats out.
 from __future__ import annotations
 
 import functools
-
 from dataclasses import dataclass
 from typing import Literal
 

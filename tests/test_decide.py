@@ -388,6 +388,11 @@ def test_probe_schedule_follows_uncertainty_and_the_compute_budget():
     assert probe_due(10, 9, 4, loose, cheap, cfg) and not probe_due(10, 9, 4, tight, cheap, cfg)
     assert not probe_due(10, 9, 4, loose, dear, cfg)  # loose but over budget
     assert probe_due(29, 9, 4, tight, dear, cfg)  # probe_every_max
+
+    def unread() -> CostEstimate:
+        raise AssertionError("tight statistics before probe_every_max answer without the costs")
+
+    assert not probe_due(10, 9, 4, tight, unread, cfg)
     assert not probe_due(10, None, 1, loose, cheap, cfg)  # K = 1 has no halves
     assert not probe_due(10, None, 4, loose, cheap, parse_config(None, space="proxy"))
     # 4.9 % of compute so far, but one more probe (0.02 s) would take the share to 6.8 %: not due.

@@ -215,3 +215,28 @@ def test_a_batch_of_deferred_steps_adds_to_the_bit_what_one_at_a_time_adds():
     full.flush()
     often.flush()
     assert torch.equal(full.flat(), often.flat())
+
+
+def test_held_steps_of_alternating_kinds_stay_held_and_add_up_as_immediate_ones():
+    """A warm-up cycling K alternates two shapes (and here two designs): they are held together, reduced per kind,
+    and added in the order they came, so the sums are those of immediate updates; without forgetting, to the bit
+    whatever the flush points."""
+    g = torch.Generator().manual_seed(3)
+    stream = []
+    for s in range(70):
+        K = (2, 4, 3)[s % 3]
+        x = _nested(g, 2, K, 5, 0.6, 1.3).float()
+        stream.append((x, 0.5 + torch.rand(2, K, generator=g, dtype=torch.float64), ("iid", "stratified")[s % 2]))
+    now, later, often = GroupedVariance(), GroupedVariance(), GroupedVariance()
+    for i, (x, w, design) in enumerate(stream):
+        now.update(x, w, design=design)
+        later.update(x, w, design=design, defer=True, finite=True)
+        often.update(x, w, design=design, defer=True)
+        if i == 5:
+            assert len({p[0].shape for p in later._pending}) == 3 and len(later._pending) == 6
+        if i % 7 == 6:
+            often.flush()
+    later.flush()
+    often.flush()
+    assert torch.equal(later.flat(), often.flat())
+    assert torch.allclose(later.flat(), now.flat(), rtol=1e-12, atol=0.0)
