@@ -64,7 +64,7 @@ class ControlVariateStats(SumStatistic):
     def betas(self, bins: Tensor | None, shape: tuple[int, ...]) -> Tensor | None:
         """``N x K`` float64 coefficients for draws in ``bins`` (``N x K`` bin indices); None (every coefficient 0)
         without bins or before any controlled draw, so a run without a control pays nothing per step."""
-        if bins is None or not bool(self.count.any()):
+        if bins is None or not self.count.numpy().any():  # NumPy: asked every step, a torch call costs its dispatch
             return None
         return self.beta()[bins.cpu()].reshape(shape)
 
