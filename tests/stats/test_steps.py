@@ -189,3 +189,17 @@ def test_a_checkpoint_of_raw_gradients_resumes_the_stream():
             t.update(x, policy())
     assert torch.equal(new.flat(), a.flat())
     assert torch.allclose(old.flat(), a.flat(), rtol=1e-10, atol=0.0)
+
+
+def test_float32_gradients_with_a_mean_far_above_the_noise_keep_their_second_differences():
+    """The products are of first differences, which carry noise and drift but not the mean gradient: in float32,
+    with a mean 1000 times the noise's scale per coordinate, the estimates match a float64 computation."""
+    g = torch.Generator().manual_seed(11)
+    mean = 1000.0 * torch.randn(4096, generator=g, dtype=torch.float64)
+    xs = [mean + torch.randn(4096, generator=g, dtype=torch.float64) for _ in range(12)]
+    tracker = StepVariance()
+    for x in xs:
+        tracker.update(x.float(), policy())
+    xs32 = [x.float().double() for x in xs]  # the same float32 inputs, differenced in float64
+    lag1 = [2 / 6 * float((xs32[t] - 2 * xs32[t - 1] + xs32[t - 2]).pow(2).sum()) for t in range(2, 12)]
+    assert float(tracker.wx.sum()) == pytest.approx(sum(lag1), rel=1e-5)
