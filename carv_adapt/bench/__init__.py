@@ -57,6 +57,7 @@ class BenchSettings:
                 steps=self.steps_for(workload),
                 seed=self.seed,
                 replications=min(self.replications, 8),
+                ratio_replications=1,
                 pilot_outer=8,
                 pilot_inner=6,
                 cost_Ks=(1, 8),

@@ -46,6 +46,7 @@ class AblationSettings:
     seed: int = 0
     checkpoints: tuple[float, ...] = (0.25, 0.5, 1.0)
     replications: int = 40
+    ratio_replications: int = 4  # adaptive and oracle get this many times `replications`: the targets judge their ratio
     pilot_outer: int = 48
     pilot_inner: int = 16
     cost_Ks: tuple[int, ...] = (1, 4, 16, 32)
@@ -137,6 +138,7 @@ def _policy_row(
         "stratification": pol.stratification,
         "variance": rep.variance,
         "variance_rel_se": rep.relative_se,
+        "replications": rep.R,
         "seconds_per_estimate": rep.seconds_per_estimate,
         "W": rep.W,
         "W_predicted": W_pred,
@@ -241,7 +243,8 @@ def _checkpoint(
             est = policy_estimator(carv, N, K_is, "stratified", seed + 17 + j, outer=design)
             pols[f"+outer:{design}"] = (est, math.nan, "p* (alpha 0.1)")
     t1 = time.perf_counter()
-    reps = replicate(estimate, {k: v[0] for k, v in pols.items()}, s.replications, fixed_seconds)
+    ratio_reps = {k: s.ratio_replications * s.replications for k in ("adaptive", "oracle")}
+    reps = replicate(estimate, {k: v[0] for k, v in pols.items()}, s.replications, fixed_seconds, counts=ratio_reps)
     measure_seconds = time.perf_counter() - t1
     base = reps["baseline"]
     rows = [_policy_row(k, v[0], reps[k], base, v[1], v[2], seed + 20 + i) for i, (k, v) in enumerate(pols.items())]

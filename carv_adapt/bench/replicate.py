@@ -68,19 +68,25 @@ def replicate(
     policies: dict[str, HierarchicalEstimator],
     R: int,
     fixed_seconds: float = 0.0,
+    counts: dict[str, int] | None = None,
 ) -> dict[str, Replications]:
     """``R`` estimates per policy, interleaved round-robin so that machine drift hits every policy alike.
 
     ``estimate(plan)`` returns the flattened final estimate; its wall time (plan drawing included) plus
     ``fixed_seconds`` (per-step work a training step pays whatever the policy, measured elsewhere) is the
-    compute of one estimate.
+    compute of one estimate. ``counts`` gives some policies more (or fewer) than ``R``: every round runs each
+    policy not yet done, so the extra rounds of the others are still interleaved among themselves.
     """
-    if R < 3:
-        raise ValueError(f"need R >= 3 replications, got {R!r}")
+    n = {name: (counts or {}).get(name, R) for name in policies}
+    bad = {k: v for k, v in n.items() if v < 3}
+    if bad:
+        raise ValueError(f"need >= 3 replications per policy, got {bad!r}")
     samples: dict[str, list[Tensor]] = {k: [] for k in policies}
     seconds: dict[str, list[float]] = {k: [] for k in policies}
-    for _ in range(R):
+    for r in range(max(n.values(), default=0)):
         for name, pol in policies.items():
+            if r >= n[name]:
+                continue
             t0 = time.perf_counter()
             g = estimate(pol.plan())
             seconds[name].append(time.perf_counter() - t0 + fixed_seconds)
