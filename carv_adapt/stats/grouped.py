@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -225,16 +226,13 @@ class GroupedVariance(SumStatistic):
         small = x.numel() * x.element_size() <= _DEFER_BYTES
         iid_outer = outer is None or outer.is_iid
         # A non-finite step is reduced now, so that it is counted (and warned about) when it is seen.
-        if defer and small and x.shape[0] >= 2 and iid_outer and (finite or self._finite(x, w)):
+        held = defer and small and x.shape[0] >= 2 and iid_outer  # checked first: only a held step needs the check
+        if held and (finite or (all_finite(x) and (w is None or all_finite(w)))):
             w_copy = None if w is None else (w.clone() if w is weights else w)  # a caller may reuse its buffers
             self._defer((x.clone(), w_copy, design))
             return
         self.flush()
         self._update_now(x, w, design, outer)
-
-    @staticmethod
-    def _finite(x: Tensor, w: Tensor | None) -> bool:
-        return all_finite(x) and (w is None or all_finite(w))
 
     def _reduce_deferred(self, pending: list[tuple[Tensor, Tensor | None, Design]], missed: np.ndarray) -> None:
         # Held steps of one shape, dtype, device, design and weighting are reduced as one batch; their sums are then
@@ -246,11 +244,9 @@ class GroupedVariance(SumStatistic):
             xs = torch.stack([pending[i][0] for i in idx])
             ws = None if key[4] else torch.stack([pending[i][1] for i in idx])  # type: ignore[misc]
             rows[idx] = step_sums(xs, ws)[0].cpu().numpy()
-        start = 0
-        for end in range(1, len(pending) + 1):
-            if end == len(pending) or keys[end] != keys[start]:
-                self._add_run(pending[start:end], rows[start:end], missed[start:end])
-                start = end
+        for _, run in itertools.groupby(range(len(pending)), key=keys.__getitem__):
+            i = list(run)
+            self._add_run(pending[i[0] : i[-1] + 1], rows[i], missed[i])
 
     def _add_run(self, run: list[tuple[Tensor, Tensor | None, Design]], rows: np.ndarray, missed: np.ndarray) -> None:
         n, K = run[0][0].shape[:2]
