@@ -1,6 +1,5 @@
-"""The online controller (docs/theory.md §8), used like an LR scheduler: ``plan()`` → your step →
-``observe()`` → ``step()``. It measures, reduces its statistics, calls :func:`~carv_adapt.decide.decide` and
-applies the decision; it decides nothing itself."""
+"""The online controller (docs/theory.md §8), used like an LR scheduler: ``plan()`` → your step → ``observe()`` →
+``step()``. It measures, reduces its statistics, calls :func:`~carv_adapt.decide.decide` and applies the decision."""
 
 from __future__ import annotations
 
@@ -29,7 +28,7 @@ from carv_adapt.stats.control import ControlVariateStats
 from carv_adapt.stats.costs import CostTracker, StageRole, StageTimer
 from carv_adapt.stats.grouped import GroupedVariance
 from carv_adapt.stats.profile import TimestepProfile
-from carv_adapt.stats.snapshot import Statistics
+from carv_adapt.stats.snapshot import Statistics, set_references
 from carv_adapt.stats.steps import PolicySegment, StepVariance
 
 __all__ = ["AdaptiveController", "derive_seed"]
@@ -250,6 +249,7 @@ class AdaptiveController:
         stats = self.statistics()
         prior_b = None if self._prior_pmf is None else bin_sums(self._prior_pmf, self.edges)
         decision = decide(stats, before := self.state, self.config, prior_b)
+        set_references(self.grouped, self.param_grouped, stats, decision)  # what weighs the next steps (§7.10)
         for text in decision.warnings:
             warnings.warn(f"carv_adapt controller: {text}", RuntimeWarning, stacklevel=3)
         self.state, self._proposal_obj = decision.state, None

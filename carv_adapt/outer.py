@@ -152,3 +152,28 @@ def successive_between(
 
 
 __all__ += ["iid_layout", "layout_of", "successive_between"]
+
+
+PrevOuter = tuple[Tensor, float, int, str]  # the last unpaired step: mean over its draws, v = sw / K, N, design
+
+
+def outer_step_between(
+    prev: PrevOuter | None, n: int, v: float, ssb: float, means: Tensor | None, outer: OuterLayout
+) -> tuple[tuple[float, float, float, float] | None, PrevOuter | None]:
+    """``(b_design, b_iid, dof of b_design, weight of b_iid)`` of a step under an outer design, from its own paired
+    group means or, when those do not identify it, paired with the ``prev`` step of the same design and ``N``
+    (docs/theory.md §15.2); with the unpaired step to keep for the next."""
+    if means is None or n != outer.N:  # draws were dropped (non-finite): the pairing is broken
+        return None, None
+    est = design_between(means, v, ssb, outer)
+    if est is not None:
+        return (est[0], est[1], est[2], float(n - 1)), None
+    cur = means.detach().reshape(n, -1).mean(0)
+    keep = (cur.clone(), v, n, outer.design)
+    if prev is None or (prev[2], prev[3]) != (n, outer.design) or prev[0].shape != cur.shape:
+        return None, keep
+    b_design, b_iid, dof = successive_between(cur, prev[0].to(cur.device, cur.dtype), v, prev[1], n, ssb)
+    return (b_design, b_iid, dof, 1.0), keep
+
+
+__all__ += ["outer_step_between"]

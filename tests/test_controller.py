@@ -82,7 +82,7 @@ def test_state_dict_round_trip_gives_identical_next_plans():
         b.observe(pb, fb, costs=wl.costs(pb))
         a.step()
         b.step()
-    assert len(a.history) == len(b.history) and a.history[-1] == b.history[-1]
+    assert len(a.history) == len(b.history) and repr(a.history[-1]) == repr(b.history[-1])
 
 
 def _observe_in_parameter_space(ctrl, plan, f, wl):
@@ -109,7 +109,7 @@ def test_state_dict_round_trip_with_step_gradients_and_from_a_checkpoint_without
         pa, pb = a.plan(), b.plan()
         _observe_in_parameter_space(a, pa, wl.contributions(pa, g), wl)
         _observe_in_parameter_space(b, pb, wl.contributions(pb, g_b), wl)
-    assert a.history[-1] == b.history[-1]
+    assert repr(a.history[-1]) == repr(b.history[-1])  # repr: NaN predictions (no signal yet) compare equal
     old = {k: v for k, v in state.items() if k != "steps"}
     c = AdaptiveController(**kw)
     c.load_state_dict(old)

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from carv_adapt.errors import NonFiniteError, StateError
 
-__all__ = ["SumStatistic", "NonFinitePolicy", "Decay", "reliability_mean_se"]
+__all__ = ["SumStatistic", "NonFinitePolicy", "Decay", "reliability_mean_se", "precision_mean_se"]
 
 NonFinitePolicy = Literal["skip", "error"]
 # Deferred observations (a subclass's ``update(..., defer=True)``) are reduced together once this many are held.
@@ -182,23 +182,31 @@ class SumStatistic:
             self._scalar_index = np.array([self._layout[n][0] for n in self._scalar_names], dtype=np.int64)
         return dict(zip(self._scalar_names, self.folded()._arr[self._scalar_index].tolist()))
 
+    def _index(self, names: tuple[str, ...]) -> np.ndarray:
+        idx = self._add_index.get(names)
+        if idx is None:
+            idx = self._add_index[names] = np.array([self._layout[n][0] for n in names], dtype=np.int64)
+        return idx
+
+    def _partial_sums(self, idx: np.ndarray, values: Sequence[float | np.ndarray]) -> np.ndarray:
+        """``(S + 1) x len(idx)``: the sums at ``idx`` before each of the ``S`` deferred observations and after the
+        last. Added row after row (cumsum is sequential, unlike a pairwise sum): the sums of a batch of deferred
+        observations equal, to the bit, those of adding them one at a time as they came."""
+        assert self._add_scale is not None
+        v = np.empty((self._add_scale.shape[0], len(values)))
+        for j, x in enumerate(values):  # column by column: one stack of broadcast views cost ~10x more per call
+            v[:, j] = x
+        return np.cumsum(np.concatenate([self._arr[idx][None], v * self._add_scale[:, idx]]), axis=0)
+
     def _add(self, names: tuple[str, ...], values: Sequence[float | np.ndarray]) -> None:
         """Add to several 0-dim states at once (per-step updates are many tiny adds). Each value is a float, or an
         ``S``-vector when ``S`` deferred observations are added together (while :attr:`_add_scale` holds their
         ``S x entries`` forgetting): their scaled sum is added."""
-        idx = self._add_index.get(names)
-        if idx is None:
-            idx = self._add_index[names] = np.array([self._layout[n][0] for n in names], dtype=np.int64)
-        arr = self._arr
+        idx = self._index(names)
         if self._add_scale is None:
-            arr[idx] += np.asarray(values, dtype=np.float64)
-            return
-        v = np.empty((self._add_scale.shape[0], len(values)))
-        for j, x in enumerate(values):  # column by column: one stack of broadcast views cost ~10x more per call
-            v[:, j] = x
-        # Added row after row (cumsum is sequential, unlike a pairwise sum): the sums of a batch of deferred
-        # observations equal, to the bit, those of adding them one at a time as they came.
-        arr[idx] = np.cumsum(np.concatenate([arr[idx][None], v * self._add_scale[:, idx]]), axis=0)[-1]
+            self._arr[idx] += np.asarray(values, dtype=np.float64)
+        else:
+            self._arr[idx] = self._partial_sums(idx, values)[-1]
 
     def merge(self, other: SumStatistic) -> None:
         """Add ``other``'s sums into this one (equals one joint update over both streams)."""
@@ -245,6 +253,22 @@ class SumStatistic:
         for name, value in values.items():
             getattr(self, name).copy_(value)
 
+    def _drop_nonfinite(self, what: str, *xs: Tensor) -> tuple[Tensor, ...] | None:
+        """``xs`` (sharing their first dimension) without the rows where any is non-finite, each dropped row counted
+        (or an error, as :attr:`nonfinite` says); None when no row is left."""
+        if all(all_finite(x) for x in xs):
+            return xs
+        finite = torch.ones(xs[0].shape[0], dtype=torch.bool)
+        for x in xs:
+            finite &= torch.isfinite(x.reshape(x.shape[0], -1)).all(dim=1).cpu()
+        if bool(finite.all()):
+            return xs
+        bad = int((~finite).sum())
+        self._finite_or_reject(what, *xs)
+        self.num_nonfinite += bad - 1
+        kept = tuple(x[finite.to(x.device)] for x in xs)
+        return kept if kept[0].shape[0] > 0 else None
+
     def _finite_or_reject(self, what: str, *tensors: Tensor) -> bool:
         """True if all finite; else apply the non-finite policy and return False."""
         if all(all_finite(t) for t in tensors):
@@ -262,6 +286,28 @@ class SumStatistic:
                 stacklevel=3,
             )
         return False
+
+
+def precision_mean_se(s_w: float, s_fw: float, s_f: float, s_wx: float, s_wx2: float) -> tuple[float, float]:
+    """Precision-weighted mean of per-step estimates ``x_s`` with ``Var x_s = c / omega_s`` (``c`` unknown) and its
+    standard error (docs/theory.md §7.10).
+
+    Step ``s`` enters with forgetting ``f_s`` and weight ``w_s = f_s omega_s``. From ``sum w``, ``sum f w``
+    (``sum f^2 omega``, a square-decaying sum), ``sum f``, ``sum w x`` and ``sum w x^2``:
+    ``E[sum w x^2 - (sum w x)^2 / sum w] = c (sum f - sum f w / sum w)`` gives ``c``, and
+    ``se^2 = c sum f w / (sum w)^2``. With equal ``omega`` this is :func:`reliability_mean_se`.
+    ``(nan, inf)`` before the first step; ``se = inf`` until two steps are seen.
+    """
+    import math
+
+    if s_w <= 0:
+        return math.nan, math.inf
+    mean = s_wx / s_w
+    den = s_f - s_fw / s_w
+    if den <= 1e-12 * s_f:
+        return mean, math.inf
+    c = max(s_wx2 - s_wx * s_wx / s_w, 0.0) / den
+    return mean, math.sqrt(c * s_fw) / s_w
 
 
 def reliability_mean_se(s_w: float, s_w2: float, s_wx: float, s_wx2: float) -> tuple[float, float]:

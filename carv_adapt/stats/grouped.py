@@ -12,8 +12,8 @@ import torch
 from torch import Tensor
 
 from carv_adapt.errors import ShapeError
-from carv_adapt.outer import OuterLayout, design_between, successive_between
-from carv_adapt.stats.base import NonFinitePolicy, SumStatistic, all_finite, reliability_mean_se
+from carv_adapt.outer import OuterLayout, outer_step_between
+from carv_adapt.stats.base import NonFinitePolicy, SumStatistic, all_finite, precision_mean_se, reliability_mean_se
 from carv_adapt.variance import step_sums
 
 __all__ = ["GroupedVariance", "BetweenWithin", "Design"]
@@ -24,6 +24,10 @@ Design = Literal["iid", "stratified"]
 _DESIGN_SUMS = ("dof_bd", "sbd_num", "sbd_sq", "dof_bd2")
 # Per-group sums of the split and the pair estimates of the stratified within variance (docs/theory.md §7.4).
 _STRAT_SUMS = ("strat_split", "strat_pairs")
+# Precision-weighted sums of the between estimates (docs/theory.md §7.10): w, f w (square decay), f, w b, w b^2.
+_PRECISION_SUMS = ("prec_w", "prec_fw", "prec_f", "prec_x", "prec_x2")
+# Of every between estimate: f, f^2 d (square decay), f d / K: what converts the sums above to a first reference.
+_COUNT_SUMS = ("b_f", "b_fd", "b_invk")
 _DEFER_BYTES = 1 << 18  # update(defer=True) holds steps up to this size: their reductions cost dispatch, not arithmetic
 
 
@@ -64,10 +68,10 @@ class GroupedVariance(SumStatistic):
     within-group estimate for i.i.d. draws, the smaller pooled of two one-draw-per-stratum estimates for stratified
     draws) and one between estimate
     ``b_s = (ssb_s - (n - 1) sw_s / K_s) / (n - 1)``: the variance of a group mean is ``sw_s / K_s`` for either
-    design, so the between term is not biased by an i.i.d.-style correction under stratification. Both are
-    pooled with reliability weights (degrees of freedom), and their standard errors come from the spread of the
-    per-step estimates (docs/theory.md §12, R5). Steps with ``K = 1`` carry no within information and are only
-    checked for non-finite values.
+    design, so the between term is not biased by an i.i.d.-style correction under stratification. Within estimates
+    are pooled by degrees of freedom, between estimates by the precision a reference predicts (:meth:`set_reference`,
+    docs/theory.md §7.10); standard errors come from the spread of the per-step estimates (§12, R5). Steps with
+    ``K = 1`` carry no within information and are only checked for non-finite values.
     """
 
     def __init__(self, nonfinite: NonFinitePolicy = "skip") -> None:
@@ -83,6 +87,10 @@ class GroupedVariance(SumStatistic):
             self.add_state(name, torch.zeros(()), added_later=True)
         for name in ("dof_w2", "dof_b2", "g2_w2"):
             self.add_state(name, torch.zeros(()), decay="square")
+        for name in _PRECISION_SUMS + _COUNT_SUMS:
+            decay = "square" if name in ("prec_fw", "b_fd") else "linear"
+            self.add_state(name, torch.zeros(()), decay=decay, added_later=True)  # type: ignore[arg-type]
+        self._ref: tuple[float, float] | None = None  # (sigma_B^2, sigma_W^2) the between estimates are weighted by
         for name in _DESIGN_SUMS:
             decay = "square" if name == "dof_bd2" else "linear"
             self.add_state(name, torch.zeros(()), decay=decay, added_later=True)  # before outer designs existed
@@ -91,20 +99,6 @@ class GroupedVariance(SumStatistic):
         # The last outer-design step's mean, v = sw / K, N and design, when that step alone did not identify the
         # design's between variance: successive steps pair up (§15.2).
         self._prev_outer: tuple[Tensor, float, int, str] | None = None
-
-    def _drop_nonfinite(self, what: str, *xs: Tensor) -> tuple[Tensor, ...] | None:
-        if all(all_finite(x) for x in xs):
-            return xs
-        finite = torch.ones(xs[0].shape[0], dtype=torch.bool)
-        for x in xs:
-            finite &= torch.isfinite(x.reshape(x.shape[0], -1)).all(dim=1).cpu()
-        if bool(finite.all()):
-            return xs
-        bad = int((~finite).sum())
-        self._finite_or_reject(what, *xs)
-        self.num_nonfinite += bad - 1
-        kept = tuple(x[finite.to(x.device)] for x in xs)
-        return kept if kept[0].shape[0] > 0 else None
 
     @staticmethod
     def _totals(ssw: Tensor, means: Tensor, strat: tuple[Tensor, Tensor]) -> list[float]:
@@ -146,7 +140,7 @@ class GroupedVariance(SumStatistic):
         b = g2 = None
         d = w = 0.0
         if outer is not None and not outer.is_iid:
-            est = self._outer_between(n, sw / K, ssb, mean, outer)
+            est, self._prev_outer = outer_step_between(self._prev_outer, n, sw / K, ssb, mean, outer)
             self._prev = None
             if est is not None:
                 b_design, b, dof, d = est
@@ -169,31 +163,16 @@ class GroupedVariance(SumStatistic):
                 g2, w = pair[1], 1.0
             self._prev = (cur.clone(), sw / K)
         if b is not None:
-            names += ["dof_b", "dof_b2", "sb_num", "sb_sq"]
-            values += [d, d * d, d * b, d * b * b]
+            names += ["dof_b", "dof_b2", "sb_num", "sb_sq", *_COUNT_SUMS]
+            values += [d, d * d, d * b, d * b * b, 1.0, d, d / K]
+            if self._ref is not None:  # weighted by the reference's precision (docs/theory.md §7.10)
+                om = d / (self._ref[0] + self._ref[1] / K) ** 2
+                names += list(_PRECISION_SUMS)
+                values += [om, om, 1.0, om * b, om * b * b]
         if g2 is not None:
             names += ["g2_w", "g2_w2", "g2_num", "g2_sq"]
             values += [w, w * w, w * g2, w * g2 * g2]
         self._add(tuple(names), values)
-
-    def _outer_between(
-        self, n: int, v: float, ssb: float, means: Tensor | None, outer: OuterLayout
-    ) -> tuple[float, float, float, float] | None:
-        """``(b_design, b_iid, dof of b_design, weight of b_iid)`` of a step under an outer design, from its own paired
-        group means or, when those do not identify it, paired with the previous step of the same design and ``N``."""
-        if means is None or n != outer.N:  # draws were dropped (non-finite): the pairing is broken
-            self._prev_outer = None
-            return None
-        est = design_between(means, v, ssb, outer)
-        if est is not None:
-            self._prev_outer = None
-            return est[0], est[1], est[2], float(n - 1)
-        cur = means.detach().reshape(n, -1).mean(0)
-        prev, self._prev_outer = self._prev_outer, (cur.clone(), v, n, outer.design)
-        if prev is None or (prev[2], prev[3]) != (n, outer.design) or prev[0].shape != cur.shape:
-            return None
-        b_design, b_iid, dof = successive_between(cur, prev[0].to(cur.device, cur.dtype), v, prev[1], n, ssb)
-        return b_design, b_iid, dof, 1.0
 
     def update(
         self,
@@ -340,7 +319,9 @@ class GroupedVariance(SumStatistic):
         v = self.scalars()
         dof_w, dof_b = v["dof_w"], v["dof_b"]
         sw, sw_se = reliability_mean_se(dof_w, v["dof_w2"], v["sw_num"], v["sw_sq"])
-        sb, sb_se = reliability_mean_se(dof_b, v["dof_b2"], v["sb_num"], v["sb_sq"])
+        sb, sb_se = precision_mean_se(*(v[k] for k in _PRECISION_SUMS))
+        if not math.isfinite(sb_se):  # fewer than two weighted steps (or a checkpoint from before the weights)
+            sb, sb_se = reliability_mean_se(dof_b, v["dof_b2"], v["sb_num"], v["sb_sq"])
         own_phi = v["phi_num"] / v["phi_den"] if v["phi_den"] > 0 else math.nan
         use_phi = own_phi if phi is None else phi
         x_mean = v["x_num"] / dof_w if dof_w > 0 else math.nan
@@ -371,15 +352,33 @@ class GroupedVariance(SumStatistic):
             sigma_b2_dof=dof_b,
         )
 
+    def set_reference(self, sigma_b2: float, sigma_w2: float) -> None:
+        """Weight the between estimates of the steps to come by ``d / (sigma_B^2 + sigma_W^2 / K)^2``, their
+        precision under these estimates (docs/theory.md §7.10; a controller sets them at each refit from the
+        statistics it decided on, the same on every rank). Until a first reference, estimates are pooled by degrees
+        of freedom; the first converts that pool at its mean ``1 / K``. Values that give no positive scale are
+        ignored."""
+        b = max(sigma_b2, 0.0) if math.isfinite(sigma_b2) else 0.0
+        if not (math.isfinite(sigma_w2) and sigma_w2 > 0):
+            return
+        self.flush()  # held steps are weighted by the reference in force when they came
+        v = self.scalars()
+        if self._ref is None and v["prec_f"] == 0 and v["dof_b"] > 0 and v["b_f"] > 0:
+            u2 = (b + sigma_w2 * v["b_invk"] / v["dof_b"]) ** 2
+            pool = (v["dof_b"], v["b_fd"], v["b_f"], v["sb_num"], v["sb_sq"])
+            self._add(_PRECISION_SUMS, [x if k == "prec_f" else x / u2 for k, x in zip(_PRECISION_SUMS, pool)])
+        self._ref = (b, sigma_w2)
+
     def reset(self) -> None:
         super().reset()
-        self._prev = self._prev_outer = None
+        self._prev = self._prev_outer = self._ref = None
 
     def state_dict(self) -> dict:
         out = super().state_dict()
         # Deferred steps are saved as such: taking a checkpoint must not change when they are reduced.
         out["pending"] = [{"x": x.cpu().clone(), "w": None if w is None else w.cpu().clone(), "design": d,
                            "missed": float(self._missed[i])} for i, (x, w, d) in enumerate(self._pending)]  # fmt: skip
+        out["reference"] = None if self._ref is None else list(self._ref)
         out["prev"] = None if self._prev is None else {"mean": self._prev[0].cpu().clone(), "var": self._prev[1]}
         po = self._prev_outer
         out["prev_outer"] = None if po is None else {"mean": po[0].cpu().clone(), "var": po[1], "N": po[2],
@@ -388,7 +387,8 @@ class GroupedVariance(SumStatistic):
 
     def load_state_dict(self, state: dict) -> None:
         state = dict(state)
-        prev, po = state.pop("prev", None), state.pop("prev_outer", None)
+        prev, po, ref = state.pop("prev", None), state.pop("prev_outer", None), state.pop("reference", None)
+        self._ref = None if ref is None else (float(ref[0]), float(ref[1]))
         pending, design = state.pop("pending", []), state.pop("pending_design", None)
         super().load_state_dict(state)
         # A checkpoint from before held steps of several kinds saved one design for all of them.

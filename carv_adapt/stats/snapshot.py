@@ -15,7 +15,7 @@ from carv_adapt.stats.grouped import BetweenWithin, GroupedVariance
 from carv_adapt.stats.profile import TimestepProfile
 from carv_adapt.stats.steps import SegmentEstimate, StepVariance
 
-__all__ = ["Statistics"]
+__all__ = ["Statistics", "set_references"]
 
 
 @dataclass(frozen=True)
@@ -148,3 +148,15 @@ class Statistics:
     def identified(self) -> bool:
         """Whether between and within are both estimated in the proxy space."""
         return math.isfinite(self.proxy.sigma_b2) and math.isfinite(self.proxy.sigma_w2)
+
+
+def set_references(proxy: GroupedVariance, param: GroupedVariance, stats: Statistics, decision: Any) -> None:
+    """Give the between trackers the precision reference of the steps to come (docs/theory.md §7.10): the tracker
+    of the decision's space gets its ``sigma_B^2`` and the chosen policy's predicted within variance, the other its
+    own pooled estimates. Every rank decides on the same reduced statistics, so every rank sets the same."""
+    own = proxy if decision.space == "proxy" else param
+    for g, bw in ((proxy, stats.proxy), (param, stats.param)):
+        if g is own and math.isfinite(decision.predicted_sigma_w2):
+            g.set_reference(decision.sigma_b2, decision.predicted_sigma_w2)
+        elif bw is not None:
+            g.set_reference(bw.sigma_b2, bw.sigma_w2)
