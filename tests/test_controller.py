@@ -242,3 +242,16 @@ def test_a_probe_timer_running_on_steps_without_a_probe_does_not_dilute_the_prob
         ctrl.step()
     # With every step counted a measuring one, the mean would be about 0.03 / 4; with the first, about 0.05.
     assert ctrl.costs.compute().probe_step == pytest.approx(0.03, rel=1e-9)
+
+
+def test_each_refit_sets_the_precision_reference_the_next_steps_are_weighted_by():
+    """docs/theory.md §7.10: after a refit in proxy space the output-space tracker weighs the next steps by the
+    decision's sigma_B^2 and the chosen policy's predicted within variance; the unused probe tracker keeps none."""
+    ctrl = AdaptiveController(num_timesteps=T, num_bins=BINS, batch_size=4, warmup_steps=8, refit_every=4, seed=2)
+    wl = _workload(ctrl)
+    _run(ctrl, wl, 16, torch.Generator().manual_seed(4))
+    last = ctrl.history[-1]
+    assert last.space == "proxy"
+    assert ctrl.grouped._ref == (max(last.sigma_b2, 0.0), last.predicted_sigma_w2)
+    assert ctrl.param_grouped._ref is None
+    assert ctrl.grouped.scalars()["prec_w"] > 0
