@@ -24,8 +24,9 @@ def test_between_within_unbiased_on_nested_model(N, K):
     D, sb, sw = 6, 0.8, 1.7
     R = 3000
     est_b, est_w = torch.empty(R, dtype=torch.float64), torch.empty(R, dtype=torch.float64)
+    gv = GroupedVariance()
     for r in range(R):
-        gv = GroupedVariance()
+        gv.reset()  # a fresh tracker per repetition (construction declares every state; reset restores them)
         gv.update(_nested(g, N, K, D, sb, sw))
         out = gv.compute()
         est_b[r], est_w[r] = out.sigma_b2, out.sigma_w2
@@ -252,8 +253,9 @@ def test_between_estimates_weighted_by_their_precision_are_unbiased_and_far_less
     g = torch.Generator().manual_seed(7)
     D, sb, R = 4, 0.3, 200
     prec, dof, se2 = (torch.empty(R, dtype=torch.float64) for _ in range(3))
+    gv = GroupedVariance()
     for r in range(R):
-        gv = GroupedVariance()
+        gv.reset()
         for s in range(40):
             K, sw = (2, 2.0) if s < 20 else (16, 1.0)
             gv.update(_nested(g, 2, K, D, sb, sw), defer=True)
