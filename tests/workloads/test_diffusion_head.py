@@ -123,6 +123,11 @@ def test_demo_runs_on_the_diffusion_head_with_its_cost_clock(tmp_path):
     ]
     assert main(args) == 0
     summary = _check_report(out, "diffusion_head", steps=12)
-    assert summary["clock"]["kind"] == "cost_clock" and summary["clock"]["costs"]["c_out"] > 0
+    # Calibrated by timing: a stage may come out at 0 (the condition net's slope drowns in its fixed cost on a loaded
+    # machine), so the check is the clock's form: every cost finite and non-negative, a step costing something.
+    assert summary["clock"]["kind"] == "cost_clock"
+    costs = summary["clock"]["costs"]
+    assert all(math.isfinite(v) and v >= 0 for v in costs.values()), costs
+    assert costs["c_0"] + costs["c_out"] + costs["c_in"] > 0
     assert summary["quality_metric"] == "val loss" and summary["higher_is_better"] is False
     assert (out / "views.png").stat().st_size > 1000
