@@ -182,31 +182,23 @@ class SumStatistic:
             self._scalar_index = np.array([self._layout[n][0] for n in self._scalar_names], dtype=np.int64)
         return dict(zip(self._scalar_names, self.folded()._arr[self._scalar_index].tolist()))
 
-    def _index(self, names: tuple[str, ...]) -> np.ndarray:
-        idx = self._add_index.get(names)
-        if idx is None:
-            idx = self._add_index[names] = np.array([self._layout[n][0] for n in names], dtype=np.int64)
-        return idx
-
-    def _partial_sums(self, idx: np.ndarray, values: Sequence[float | np.ndarray]) -> np.ndarray:
-        """``(S + 1) x len(idx)``: the sums at ``idx`` before each of the ``S`` deferred observations and after the
-        last. Added row after row (cumsum is sequential, unlike a pairwise sum): the sums of a batch of deferred
-        observations equal, to the bit, those of adding them one at a time as they came."""
-        assert self._add_scale is not None
-        v = np.empty((self._add_scale.shape[0], len(values)))
-        for j, x in enumerate(values):  # column by column: one stack of broadcast views cost ~10x more per call
-            v[:, j] = x
-        return np.cumsum(np.concatenate([self._arr[idx][None], v * self._add_scale[:, idx]]), axis=0)
-
     def _add(self, names: tuple[str, ...], values: Sequence[float | np.ndarray]) -> None:
         """Add to several 0-dim states at once (per-step updates are many tiny adds). Each value is a float, or an
         ``S``-vector when ``S`` deferred observations are added together (while :attr:`_add_scale` holds their
         ``S x entries`` forgetting): their scaled sum is added."""
-        idx = self._index(names)
+        idx = self._add_index.get(names)
+        if idx is None:
+            idx = self._add_index[names] = np.array([self._layout[n][0] for n in names], dtype=np.int64)
+        arr = self._arr
         if self._add_scale is None:
-            self._arr[idx] += np.asarray(values, dtype=np.float64)
-        else:
-            self._arr[idx] = self._partial_sums(idx, values)[-1]
+            arr[idx] += np.asarray(values, dtype=np.float64)
+            return
+        v = np.empty((self._add_scale.shape[0], len(values)))
+        for j, x in enumerate(values):  # column by column: one stack of broadcast views cost ~10x more per call
+            v[:, j] = x
+        # Added row after row (cumsum is sequential, unlike a pairwise sum): the sums of a batch of deferred
+        # observations equal, to the bit, those of adding them one at a time as they came.
+        arr[idx] = np.cumsum(np.concatenate([arr[idx][None], v * self._add_scale[:, idx]]), axis=0)[-1]
 
     def merge(self, other: SumStatistic) -> None:
         """Add ``other``'s sums into this one (equals one joint update over both streams)."""
@@ -315,16 +307,7 @@ def reliability_mean_se(s_w: float, s_w2: float, s_wx: float, s_wx2: float) -> t
 
     From the sums ``sum w``, ``sum w^2``, ``sum w x`` and ``sum w x^2`` (forgetting folded into the weights):
     the unbiased reliability-weighted variance ``V = (sum w x^2 - (sum w x)^2 / sum w) / (sum w - sum w^2 / sum w)``
-    of one step's estimate, and ``se^2 = V sum w^2 / (sum w)^2``. ``(nan, inf)`` before the first step; ``se = inf``
-    until two steps with weight are seen.
+    of one step's estimate, and ``se^2 = V sum w^2 / (sum w)^2``: :func:`precision_mean_se` with every weight a
+    forgetting (``omega = 1``). ``(nan, inf)`` before the first step; ``se = inf`` until two steps with weight are seen.
     """
-    import math
-
-    if s_w <= 0:
-        return math.nan, math.inf
-    mean = s_wx / s_w
-    den = s_w - s_w2 / s_w
-    if den <= 1e-12 * s_w:
-        return mean, math.inf
-    var = max(s_wx2 - s_wx * s_wx / s_w, 0.0) / den
-    return mean, math.sqrt(var * s_w2) / s_w
+    return precision_mean_se(s_w, s_w2, s_w, s_wx, s_wx2)

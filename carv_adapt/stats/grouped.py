@@ -90,7 +90,6 @@ class GroupedVariance(SumStatistic):
         for name in _PRECISION_SUMS + _COUNT_SUMS:
             decay = "square" if name in ("prec_fw", "b_fd") else "linear"
             self.add_state(name, torch.zeros(()), decay=decay, added_later=True)  # type: ignore[arg-type]
-        self._ref: tuple[float, float] | None = None  # (sigma_B^2, sigma_W^2) the between estimates are weighted by
         for name in _DESIGN_SUMS:
             decay = "square" if name == "dof_bd2" else "linear"
             self.add_state(name, torch.zeros(()), decay=decay, added_later=True)  # before outer designs existed
@@ -99,6 +98,7 @@ class GroupedVariance(SumStatistic):
         # The last outer-design step's mean, v = sw / K, N and design, when that step alone did not identify the
         # design's between variance: successive steps pair up (§15.2).
         self._prev_outer: tuple[Tensor, float, int, str] | None = None
+        self._ref: tuple[float, float] | None = None  # (sigma_B^2, sigma_W^2) the between estimates are weighted by
 
     @staticmethod
     def _totals(ssw: Tensor, means: Tensor, strat: tuple[Tensor, Tensor]) -> list[float]:
