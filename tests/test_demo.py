@@ -108,7 +108,11 @@ def test_demo_runs_end_to_end_and_writes_report(tmp_path):
     summary = _check_report(out, "sds3d", steps=6)
     # sds3d has a cost clock: the budget is the baseline's 6 steps at its step cost, calibrated once and cached.
     clock = summary["clock"]
-    assert clock["kind"] == "cost_clock" and clock["costs"]["c_in"] > 0 and (out / "calibration.json").exists()
+    assert clock["kind"] == "cost_clock" and (out / "calibration.json").exists()
+    # The clock's form, not a timed slope's sign (a loaded machine can fit a slope of 0): finite, non-negative
+    # costs and a step that costs something.
+    costs = [clock["costs"][k] for k in ("c_0", "c_out", "c_in")]
+    assert all(math.isfinite(v) and v >= 0 for v in costs) and sum(costs) > 0
     assert summary["quality_metric"] == "log p(digit)" and summary["baseline"]["quality"] < 0
     assert summary["config"]["max_angle_deg"] == 90.0 and summary["config"]["init_noise"] == 0.1  # DEMO_CONFIG
     for name in ("proposal.png", "k.png", "costs.png", "views.png"):

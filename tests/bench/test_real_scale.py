@@ -86,5 +86,6 @@ def test_measure_costs_fits_positive_costs_on_a_tiny_grid():
     assert len(r["steps"]) == 4
     for name in ("all", "render", "vae", "unet"):
         assert all(math.isfinite(v) and v >= 0 for v in r["fits"][name].values())
-    assert r["fits"]["all"]["c_in"] > 0 and r["fits"]["all"]["c_out"] > 0
+    # A step costs something; each slope's sign is timing, which a loaded machine can flatten to 0.
+    assert sum(r["fits"]["all"].values()) > 0
     assert r["fits"]["render"]["c_in"] == 0 and r["fits"]["unet"]["c_out"] == 0  # other stages fitted out
