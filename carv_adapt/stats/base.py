@@ -4,6 +4,7 @@ forgetting, and all-reducing across ranks are each one generic operation."""
 from __future__ import annotations
 
 import copy
+import functools
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -70,6 +71,28 @@ class SumStatistic:
         self._warned = False
         self.add_state("num_nonfinite", torch.zeros((), dtype=torch.float64), decay="none")
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # States declared while a subclass's __init__ runs are laid out once, when the outermost __init__ returns:
+        # one buffer build instead of one per declaration (a tracker declares ~30 states).
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is None:
+            return
+
+        @functools.wraps(init)
+        def __init__(self: SumStatistic, *args: Any, **kw: Any) -> None:
+            outer = not self.__dict__.get("_declaring", False)
+            self.__dict__["_declaring"] = True
+            try:
+                init(self, *args, **kw)
+            finally:
+                if outer:
+                    self.__dict__["_declaring"] = False
+            if outer:
+                self._lay_out_declared()
+
+        cls.__init__ = __init__  # type: ignore[misc]
+
     def add_state(self, name: str, default: Tensor, decay: Decay = "linear", added_later: bool = False) -> None:
         """Declare a summed state (float64) with its reset value and how it forgets. ``added_later``: checkpoints
         saved before the state existed may lack it; :meth:`load_state_dict` then starts it at its default."""
@@ -78,8 +101,15 @@ class SumStatistic:
         self._defaults[name] = default.detach().to("cpu", torch.float64).clone()
         self._decay[name] = decay
         self._scalar_names = [n for n in self._scalar_names if n != name] + ([name] if default.dim() == 0 else [])
-        values = {n: getattr(self, n).clone() for n in self._layout if n != name}
-        values[name] = self._defaults[name]
+        if not self.__dict__.get("_declaring", False):
+            self._lay_out_declared(name)
+
+    def _lay_out_declared(self, redeclared: str | None = None) -> None:
+        """Lay out every declared state: those already in the buffer keep their values (but ``redeclared``), the
+        others start at their defaults."""
+        values = {n: getattr(self, n).clone() for n in self._layout if n in self._defaults and n != redeclared}
+        for n, d in self._defaults.items():
+            values.setdefault(n, d)
         self._relayout(values)
 
     def _relayout(self, values: dict[str, Tensor]) -> None:

@@ -133,3 +133,34 @@ def test_states_added_later_start_at_their_default_when_a_checkpoint_lacks_them(
     del old["steps"]
     with pytest.raises(StateError, match="steps"):
         CostTracker().load_state_dict(old)
+
+
+def test_states_declared_in_init_are_laid_out_once_and_later_declarations_keep_values():
+    from carv_adapt.stats.base import SumStatistic
+
+    class A(SumStatistic):
+        def __init__(self) -> None:
+            super().__init__()
+            self.add_state("a", torch.full((2,), 3.0))
+
+    class B(A):
+        def __init__(self) -> None:
+            super().__init__()  # A's __init__ runs inside B's: still one layout, when B's returns
+            self.add_state("b", torch.zeros(()), decay="none")
+
+    laid = []
+    original = SumStatistic._relayout
+    SumStatistic._relayout = lambda self, values: (laid.append(len(values)), original(self, values))[1]
+    try:
+        x = B()
+    finally:
+        SumStatistic._relayout = original
+    assert laid == [3]  # num_nonfinite, a, b: one build
+    assert x.state_names == ["num_nonfinite", "a", "b"] and torch.equal(x.a, torch.full((2,), 3.0))
+    x.a += 1.0
+    x.decay(0.5)  # the states are views of the buffer: forgetting reaches them
+    assert torch.equal(x.a, torch.full((2,), 2.0)) and float(x.b) == 0.0
+    x.add_state("c", torch.ones(()))  # declared after construction: laid out at once, the others keep their values
+    assert torch.equal(x.a, torch.full((2,), 2.0)) and float(x.c) == 1.0
+    x.add_state("a", torch.zeros(2))  # re-declared: back to its new default
+    assert torch.equal(x.a, torch.zeros(2)) and x.state_names == ["num_nonfinite", "a", "b", "c"]
