@@ -252,6 +252,7 @@ def test_each_refit_sets_the_precision_reference_the_next_steps_are_weighted_by(
     _run(ctrl, wl, 16, torch.Generator().manual_seed(4))
     last = ctrl.history[-1]
     assert last.space == "proxy"
-    assert ctrl.grouped._ref == (max(last.sigma_b2, 0.0), last.predicted_sigma_w2)
+    b = max(last.sigma_b2, 0.0)  # i.i.d. outer draws: no design pool, so the design's reference is sigma_B^2 too
+    assert ctrl.grouped._ref == (b, last.predicted_sigma_w2, b)
     assert ctrl.param_grouped._ref is None
     assert ctrl.grouped.scalars()["prec_w"] > 0

@@ -18,16 +18,22 @@ from carv_adapt.variance import step_sums
 
 __all__ = ["GroupedVariance", "BetweenWithin", "Design"]
 
-# How the K inner draws of one outer draw were placed: independent, or one per-draw stratum each.
-Design = Literal["iid", "stratified"]
-# Sums of the outer design's between estimates (docs/theory.md §15.2): weight, estimate, its square, weight^2.
-_DESIGN_SUMS = ("dof_bd", "sbd_num", "sbd_sq", "dof_bd2")
+Design = Literal["iid", "stratified"]  # the K inner draws of one outer draw: independent, or one stratum each
 # Per-group sums of the split and the pair estimates of the stratified within variance (docs/theory.md §7.4).
 _STRAT_SUMS = ("strat_split", "strat_pairs")
-# Precision-weighted sums of the between estimates (docs/theory.md §7.10): w, f w (square decay), f, w b, w b^2.
-_PRECISION_SUMS = ("prec_w", "prec_fw", "prec_f", "prec_x", "prec_x2")
-# Of every between estimate: f, f^2 d (square decay), f d / K: what converts the sums above to a first reference.
-_COUNT_SUMS = ("b_f", "b_fd", "b_invk")
+# Two families of between estimates: the i.i.d. sigma_B^2 and the outer design's (docs/theory.md §15.2). Each has
+# sums by degrees of freedom d (d, d^2 [square decay], d b, d b^2); precision-weighted sums (docs/theory.md §7.10:
+# w, f w [square decay], f, w b, w b^2); and counts of every estimate (f, f^2 d [square decay], f d / K), which
+# convert the first pool to a first reference.
+_FAMILIES = {
+    "iid": (("dof_b", "dof_b2", "sb_num", "sb_sq"), ("prec_w", "prec_fw", "prec_f", "prec_x", "prec_x2"),
+            ("b_f", "b_fd", "b_invk")),
+    "design": (("dof_bd", "dof_bd2", "sbd_num", "sbd_sq"), ("dprec_w", "dprec_fw", "dprec_f", "dprec_x", "dprec_x2"),
+               ("bd_f", "bd_fd", "bd_invk")),
+}  # fmt: skip
+_SQUARE = {"dof_b2", "dof_bd2", "prec_fw", "dprec_fw", "b_fd", "bd_fd", "dof_w2", "g2_w2"}
+# States that checkpoints from before them lack (they start at 0): all but the within, M2, |G|^2 and i.i.d. dof sums.
+_LATER = {*_STRAT_SUMS, *(n for family in _FAMILIES.values() for sums in family for n in sums)} - {*_FAMILIES["iid"][0]}
 _DEFER_BYTES = 1 << 18  # update(defer=True) holds steps up to this size: their reductions cost dispatch, not arithmetic
 
 
@@ -76,29 +82,20 @@ class GroupedVariance(SumStatistic):
 
     def __init__(self, nonfinite: NonFinitePolicy = "skip") -> None:
         super().__init__(nonfinite)
-        for name in ("dof_w", "sw_num", "sw_sq", "x_num", "iid_num", "phi_num", "phi_den"):
-            self.add_state(name, torch.zeros(()))
-        for name in ("dof_b", "sb_num", "sb_sq", "m2_num", "groups"):
-            self.add_state(name, torch.zeros(()))
-        for name in ("g2_w", "g2_num", "g2_sq"):
-            self.add_state(name, torch.zeros(()))
-        # The two stratified within estimates, pooled (docs/theory.md §7.4): each step uses the smaller so far.
-        for name in _STRAT_SUMS:
-            self.add_state(name, torch.zeros(()), added_later=True)
-        for name in ("dof_w2", "dof_b2", "g2_w2"):
-            self.add_state(name, torch.zeros(()), decay="square")
-        for name in _PRECISION_SUMS + _COUNT_SUMS:
-            decay = "square" if name in ("prec_fw", "b_fd") else "linear"
-            self.add_state(name, torch.zeros(()), decay=decay, added_later=True)  # type: ignore[arg-type]
-        for name in _DESIGN_SUMS:
-            decay = "square" if name == "dof_bd2" else "linear"
-            self.add_state(name, torch.zeros(()), decay=decay, added_later=True)  # before outer designs existed
+        # Within (dof_w ..., with the two stratified estimates of §7.4), M2, |G|^2, then the two between families.
+        names = ["dof_w", "dof_w2", "sw_num", "sw_sq", "x_num", "iid_num", "phi_num", "phi_den", *_STRAT_SUMS,
+                 "m2_num", "groups", "g2_w", "g2_w2", "g2_num", "g2_sq"]  # fmt: skip
+        names += [n for family in _FAMILIES.values() for sums in family for n in sums]
+        for name in names:
+            decay = "square" if name in _SQUARE else "linear"
+            self.add_state(name, torch.zeros(()), decay=decay, added_later=name in _LATER)  # type: ignore[arg-type]
         # The last step's group mean when it had one outer draw: successive steps then pair up (N = 1, §13).
         self._prev: tuple[Tensor, float] | None = None
         # The last outer-design step's mean, v = sw / K, N and design, when that step alone did not identify the
         # design's between variance: successive steps pair up (§15.2).
         self._prev_outer: tuple[Tensor, float, int, str] | None = None
-        self._ref: tuple[float, float] | None = None  # (sigma_B^2, sigma_W^2) the between estimates are weighted by
+        # (sigma_B^2, sigma_W^2, the outer design's sigma_B^2) the between estimates are weighted by.
+        self._ref: tuple[float, float, float] | None = None
 
     @staticmethod
     def _totals(ssw: Tensor, means: Tensor, strat: tuple[Tensor, Tensor]) -> list[float]:
@@ -110,25 +107,14 @@ class GroupedVariance(SumStatistic):
         sums = [ssw.reshape(()), *(t.reshape(()).to(msq.dtype) for t in strat), msq, ssb]
         return torch.stack(sums).double().tolist()
 
-    def _accumulate(
-        self,
-        n: int,
-        K: int,
-        sw: float,
-        dof_w: float,
-        iid: float | None,
-        x: float,
-        msq: float,
-        ssb: float,
-        mean: Tensor | None = None,
-        outer: OuterLayout | None = None,
-    ) -> None:
+    def _accumulate(self, n: int, K: int, sw: float, dof_w: float, iid: float | None, x: float, msq: float, ssb: float,
+                    mean: Tensor | None = None, outer: OuterLayout | None = None) -> None:  # fmt: skip
         """Add one step: ``n`` groups of ``K`` draws, its within estimate ``sw`` (``dof_w`` degrees of freedom),
         its i.i.d. within estimate ``iid`` (None when the step cannot tell), design factor ``x``, and the group
         means' sums of squares. With ``n = 1`` the step's group ``mean`` pairs with the previous single-draw step's:
         ``||g_t - g_{t-1}||^2 / 2`` less the two group-mean variances estimates ``sigma_B^2``, ``<g_t, g_{t-1}>``
         estimates ``|G|^2`` (both up to the drift between the two steps). Under a stratified or antithetic ``outer``
-        layout the between sums come from paired group means instead (:meth:`_outer_between`)."""
+        layout they come from paired group means (:func:`~carv_adapt.outer.outer_step_between`)."""
         names = ["dof_w", "dof_w2", "sw_num", "sw_sq", "x_num", "m2_num", "groups"]
         values = [dof_w, dof_w * dof_w, dof_w * sw, dof_w * sw * sw, dof_w * x, msq - n * sw / K, n]
         if iid is not None:
@@ -144,8 +130,7 @@ class GroupedVariance(SumStatistic):
             self._prev = None
             if est is not None:
                 b_design, b, dof, d = est
-                names += list(_DESIGN_SUMS)
-                values += [dof, dof * b_design, dof * b_design * b_design, dof * dof]
+                self._between_sums("design", b_design, dof, K, names, values)
                 # Draws of one design are dependent: sum_{n != m} Cov(mu_n, mu_m) = n (b_design - b_iid).
                 g2 = (n * (msq - ssb) - msq - n * (b_design - b)) / (n * (n - 1))
                 w = n * (n - 1) / 2.0
@@ -163,16 +148,22 @@ class GroupedVariance(SumStatistic):
                 g2, w = pair[1], 1.0
             self._prev = (cur.clone(), sw / K)
         if b is not None:
-            names += ["dof_b", "dof_b2", "sb_num", "sb_sq", *_COUNT_SUMS]
-            values += [d, d * d, d * b, d * b * b, 1.0, d, d / K]
-            if self._ref is not None:  # weighted by the reference's precision (docs/theory.md §7.10)
-                om = d / (self._ref[0] + self._ref[1] / K) ** 2
-                names += list(_PRECISION_SUMS)
-                values += [om, om, 1.0, om * b, om * b * b]
+            self._between_sums("iid", b, d, K, names, values)
         if g2 is not None:
             names += ["g2_w", "g2_w2", "g2_num", "g2_sq"]
             values += [w, w * w, w * g2, w * g2 * g2]
         self._add(tuple(names), values)
+
+    def _between_sums(self, family: str, b: float, d: float, K: int, names: list[str], values: list[float]) -> None:
+        """Append one between estimate ``b`` (``d`` degrees of freedom, ``K`` inner draws) of ``family`` to the
+        step's sums: by degrees of freedom, its counts, and, once a reference is set, by its precision."""
+        dof, prec, count = _FAMILIES[family]
+        names += [*dof, *count]
+        values += [d, d * d, d * b, d * b * b, 1.0, d, d / K]
+        if self._ref is not None:  # weighted by the reference's precision (docs/theory.md §7.10)
+            om = d / (self._ref[0 if family == "iid" else 2] + self._ref[1] / K) ** 2
+            names += prec
+            values += [om, om, 1.0, om * b, om * b * b]
 
     def update(
         self,
@@ -319,9 +310,7 @@ class GroupedVariance(SumStatistic):
         v = self.scalars()
         dof_w, dof_b = v["dof_w"], v["dof_b"]
         sw, sw_se = reliability_mean_se(dof_w, v["dof_w2"], v["sw_num"], v["sw_sq"])
-        sb, sb_se = precision_mean_se(*(v[k] for k in _PRECISION_SUMS))
-        if not math.isfinite(sb_se):  # fewer than two weighted steps (or a checkpoint from before the weights)
-            sb, sb_se = reliability_mean_se(dof_b, v["dof_b2"], v["sb_num"], v["sb_sq"])
+        (sb, sb_se), (bd, bd_se) = (_pooled(v, family) for family in ("iid", "design"))
         own_phi = v["phi_num"] / v["phi_den"] if v["phi_den"] > 0 else math.nan
         use_phi = own_phi if phi is None else phi
         x_mean = v["x_num"] / dof_w if dof_w > 0 else math.nan
@@ -334,7 +323,6 @@ class GroupedVariance(SumStatistic):
             iid = math.nan
         m2 = v["m2_num"] / v["groups"] if v["groups"] > 0 else math.nan
         g2, g2_se = reliability_mean_se(v["g2_w"], v["g2_w2"], v["g2_num"], v["g2_sq"])
-        bd, bd_se = reliability_mean_se(*(v[k] for k in ("dof_bd", "dof_bd2", "sbd_num", "sbd_sq")))
         return BetweenWithin(
             sigma_b2=sb,
             sigma_b2_se=sb_se,
@@ -352,22 +340,25 @@ class GroupedVariance(SumStatistic):
             sigma_b2_dof=dof_b,
         )
 
-    def set_reference(self, sigma_b2: float, sigma_w2: float) -> None:
+    def set_reference(self, sigma_b2: float, sigma_w2: float, sigma_b2_design: float | None = None) -> None:
         """Weight the between estimates of the steps to come by ``d / (sigma_B^2 + sigma_W^2 / K)^2``, their
         precision under these estimates (docs/theory.md §7.10; a controller sets them at each refit from the
-        statistics it decided on, the same on every rank). Until a first reference, estimates are pooled by degrees
-        of freedom; the first converts that pool at its mean ``1 / K``. Values that give no positive scale are
-        ignored."""
+        statistics it decided on, the same on every rank); an outer design's by its own ``sigma_b2_design`` (default:
+        ``sigma_b2``). Until a first reference, estimates are pooled by degrees of freedom; the first converts that
+        pool at its mean ``1 / K``. Values that give no positive scale are ignored."""
         b = max(sigma_b2, 0.0) if math.isfinite(sigma_b2) else 0.0
         if not (math.isfinite(sigma_w2) and sigma_w2 > 0):
             return
+        bd = b if sigma_b2_design is None or not math.isfinite(sigma_b2_design) else max(sigma_b2_design, 0.0)
         self.flush()  # held steps are weighted by the reference in force when they came
         v = self.scalars()
-        if self._ref is None and v["prec_f"] == 0 and v["dof_b"] > 0 and v["b_f"] > 0:
-            u2 = (b + sigma_w2 * v["b_invk"] / v["dof_b"]) ** 2
-            pool = (v["dof_b"], v["b_fd"], v["b_f"], v["sb_num"], v["sb_sq"])
-            self._add(_PRECISION_SUMS, [x if k == "prec_f" else x / u2 for k, x in zip(_PRECISION_SUMS, pool)])
-        self._ref = (b, sigma_w2)
+        for family, ref_b in (("iid", b), ("design", bd)):
+            (d, d2, num, sq), prec, (f, fd, invk) = _FAMILIES[family]
+            if self._ref is None and v[prec[2]] == 0 and v[d] > 0 and v[f] > 0:
+                u2 = (ref_b + sigma_w2 * v[invk] / v[d]) ** 2
+                pool = (v[d], v[fd], v[f], v[num], v[sq])
+                self._add(prec, [x if i == 2 else x / u2 for i, x in enumerate(pool)])
+        self._ref = (b, sigma_w2, bd)
 
     def reset(self) -> None:
         super().reset()
@@ -388,7 +379,8 @@ class GroupedVariance(SumStatistic):
     def load_state_dict(self, state: dict) -> None:
         state = dict(state)
         prev, po, ref = state.pop("prev", None), state.pop("prev_outer", None), state.pop("reference", None)
-        self._ref = None if ref is None else (float(ref[0]), float(ref[1]))
+        # A checkpoint from before outer designs were weighted holds two numbers: the design's reference is sigma_B^2.
+        self._ref = None if ref is None else (float(ref[0]), float(ref[1]), float(ref[2 if len(ref) > 2 else 0]))
         pending, design = state.pop("pending", []), state.pop("pending_design", None)
         super().load_state_dict(state)
         # A checkpoint from before held steps of several kinds saved one design for all of them.
@@ -398,3 +390,11 @@ class GroupedVariance(SumStatistic):
         self._prev = None if prev is None else (torch.as_tensor(prev["mean"]).clone(), float(prev["var"]))
         self._prev_outer = None if po is None else (torch.as_tensor(po["mean"]).clone(), float(po["var"]),
                                                     int(po["N"]), str(po["design"]))  # fmt: skip
+
+
+def _pooled(v: dict[str, float], family: str) -> tuple[float, float]:
+    """A family's pooled between estimate and standard error: by precision, or by degrees of freedom while fewer
+    than two steps are weighted (or a checkpoint predates the weights)."""
+    dof, prec, _ = _FAMILIES[family]
+    est, se = precision_mean_se(*(v[k] for k in prec))
+    return (est, se) if math.isfinite(se) else reliability_mean_se(*(v[k] for k in dof))

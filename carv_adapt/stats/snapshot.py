@@ -156,7 +156,8 @@ def set_references(proxy: GroupedVariance, param: GroupedVariance, stats: Statis
     own pooled estimates. Every rank decides on the same reduced statistics, so every rank sets the same."""
     own = proxy if decision.space == "proxy" else param
     for g, bw in ((proxy, stats.proxy), (param, stats.param)):
+        design = None if bw is None else bw.sigma_b2_design  # an outer design's between estimates: its own pool
         if g is own and math.isfinite(decision.predicted_sigma_w2):
-            g.set_reference(decision.sigma_b2, decision.predicted_sigma_w2)
+            g.set_reference(decision.sigma_b2, decision.predicted_sigma_w2, design)
         elif bw is not None:
-            g.set_reference(bw.sigma_b2, bw.sigma_w2)
+            g.set_reference(bw.sigma_b2, bw.sigma_w2, design)
