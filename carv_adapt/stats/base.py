@@ -85,10 +85,11 @@ class SumStatistic:
             self.__dict__["_declaring"] = True
             try:
                 init(self, *args, **kw)
-            finally:
-                if outer:
-                    self.__dict__["_declaring"] = False
+            except BaseException:
+                self.__dict__["_declaring"] = not outer
+                raise
             if outer:
+                self.__dict__["_declaring"] = False
                 self._lay_out_declared()
 
         cls.__init__ = __init__  # type: ignore[misc]
@@ -107,7 +108,7 @@ class SumStatistic:
     def _lay_out_declared(self, redeclared: str | None = None) -> None:
         """Lay out every declared state: those already in the buffer keep their values (but ``redeclared``), the
         others start at their defaults."""
-        values = {n: getattr(self, n).clone() for n in self._layout if n in self._defaults and n != redeclared}
+        values = {n: getattr(self, n).clone() for n in self._layout if n != redeclared}
         for n, d in self._defaults.items():
             values.setdefault(n, d)
         self._relayout(values)
