@@ -23,6 +23,7 @@ __all__ = [
     "is_second_moment",
     "within_variance_for_proposal",
     "group_sums",
+    "split_half_sums",
     "step_sums",
     "stratified_within",
     "stratum_within_from_groups",
@@ -180,6 +181,38 @@ def step_sums(x: Tensor, weights: Tensor | None = None, chunk_elements: int = 1 
     c = m - m.mean(dim=1, keepdim=True)
     cols = [v.reshape(S, n).sum(1) for v in (ssw, split, pairs)] + [m.mul(m).sum((1, 2)), c.mul_(c).sum((1, 2))]
     return torch.stack(cols, dim=1).double(), m
+
+
+def split_half_sums(
+    g_a: Tensor, g_b: Tensor, K: int, keep_means: bool = False, chunk_elements: int = 1 << 16
+) -> tuple[list[float], Tensor | None]:
+    """A split-half probe's sums (docs/theory.md §7.5) from the ``N x P`` gradients of the even (``k_A = ceil(K/2)``
+    draws) and odd (``k_B``) halves of each outer draw.
+
+    Returns ``([ssw, 0, 0, sum_n ||m_n||^2, sum_n ||m_n - mbar||^2], means)``, in the layout of :func:`step_sums`'
+    rows: ``ssw = sum_n ||g_A - g_B||^2 / (1/k_A + 1/k_B)``, the group means ``m_n = (k_A g_A + k_B g_B) / K``, and
+    the ``N x P`` means themselves only with ``keep_means``. The columns are reduced in chunks of about
+    ``chunk_elements``: full-size temporaries of large gradients cost more (allocation, page faults, cache
+    misses) than the arithmetic; each chunk's sums accumulate in float64.
+    """
+    n, P = g_a.shape
+    k_a, k_b = (K + 1) // 2, K // 2
+    wide = torch.float32 if g_a.dtype in (torch.float16, torch.bfloat16) else g_a.dtype
+    means = torch.empty(n, P, dtype=wide, device=g_a.device) if keep_means else None
+    acc = torch.zeros(3, dtype=torch.float64, device=g_a.device)
+    width = max(1, chunk_elements // max(1, n))
+    for s in range(0, P, width):
+        a, b = g_a[:, s : s + width].to(wide), g_b[:, s : s + width].to(wide)
+        d = torch.sub(a, b).reshape(-1)
+        m = torch.add(a, b, alpha=k_b / k_a).mul_(k_a / K)
+        c = (m - m.mean(0)).reshape(-1) if n >= 2 else None
+        mf = m.reshape(-1)
+        parts = [torch.dot(d, d), torch.dot(mf, mf), torch.dot(c, c) if c is not None else d.new_zeros(())]
+        acc += torch.stack(parts).double()
+        if means is not None:
+            means[:, s : s + width] = m
+    ssw, msq, ssb = acc.tolist()
+    return [ssw / (1.0 / k_a + 1.0 / k_b), 0.0, 0.0, msq, ssb], means
 
 
 def stratified_within(sigma_w2_iid: float, phi: float, K: int) -> float:

@@ -8,6 +8,7 @@ from carv_adapt.variance import (
     fit_linear_cost,
     is_second_moment,
     optimal_proposal_bins,
+    split_half_sums,
     within_variance_for_proposal,
 )
 
@@ -46,3 +47,17 @@ def test_ecm_and_cost_fit():
     assert a == pytest.approx(0.3) and b == pytest.approx(0.02)
     a, b = fit_linear_cost(3, 12.0, 48.0, 3.0, 12.0)  # no spread in x: through the origin
     assert a == 0.0 and b == pytest.approx(0.25)
+
+
+@pytest.mark.parametrize("n,P,K,chunk", [(5, 1000, 5, 64), (1, 37, 2, 8), (3, 10, 4, 1 << 16), (4, 9, 7, 3)])
+def test_split_half_sums_match_the_full_size_reductions(n, P, K, chunk):
+    g = torch.Generator().manual_seed(n * P + K)
+    a, b = torch.randn(n, P, generator=g, dtype=torch.float64), torch.randn(n, P, generator=g, dtype=torch.float64)
+    k_a, k_b = (K + 1) // 2, K // 2
+    m = (k_a * a + k_b * b) / K
+    want = [float(((a - b) ** 2).sum()) / (1 / k_a + 1 / k_b), 0.0, 0.0, float((m**2).sum()),
+            float(((m - m.mean(0)) ** 2).sum())]  # fmt: skip
+    got, means = split_half_sums(a, b, K, keep_means=True, chunk_elements=chunk)
+    assert got == pytest.approx(want, rel=1e-12, abs=1e-12)
+    torch.testing.assert_close(means, m)
+    assert split_half_sums(a, b, K, chunk_elements=chunk)[1] is None

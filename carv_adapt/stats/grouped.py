@@ -14,7 +14,7 @@ from torch import Tensor
 from carv_adapt.errors import ShapeError
 from carv_adapt.outer import OuterLayout, outer_step_between
 from carv_adapt.stats.base import NonFinitePolicy, SumStatistic, all_finite, precision_mean_se, reliability_mean_se
-from carv_adapt.variance import step_sums
+from carv_adapt.variance import split_half_sums, step_sums
 
 __all__ = ["GroupedVariance", "BetweenWithin", "Design"]
 
@@ -96,16 +96,6 @@ class GroupedVariance(SumStatistic):
         self._prev_outer: tuple[Tensor, float, int, str] | None = None
         # (sigma_B^2, sigma_W^2, the outer design's sigma_B^2) the between estimates are weighted by.
         self._ref: tuple[float, float, float] | None = None
-
-    @staticmethod
-    def _totals(ssw: Tensor, means: Tensor, strat: tuple[Tensor, Tensor]) -> list[float]:
-        """``[ssw, split, pairs, sum_n ||mean_n||^2, sum_n ||mean_n - mean||^2]``: one host transfer per step."""
-        flat = means.reshape(-1)
-        msq = torch.dot(flat, flat)  # one fused reduction: a probe's means are N x P, P can be large
-        c = (means - means.mean(0)).reshape(-1) if means.shape[0] >= 2 else None
-        ssb = torch.dot(c, c) if c is not None else torch.zeros_like(msq)
-        sums = [ssw.reshape(()), *(t.reshape(()).to(msq.dtype) for t in strat), msq, ssb]
-        return torch.stack(sums).double().tolist()
 
     def _accumulate(self, n: int, K: int, sw: float, dof_w: float, iid: float | None, x: float, msq: float, ssb: float,
                     mean: Tensor | None = None, outer: OuterLayout | None = None) -> None:  # fmt: skip
@@ -281,23 +271,15 @@ class GroupedVariance(SumStatistic):
             raise ShapeError(f"split-half probe needs two N x P gradients, got {tuple(g_a.shape)}, {tuple(g_b.shape)}")
         if K < 2:
             raise ShapeError(f"split-half probe needs K >= 2 inner draws, got K={K}")
-        k_a, k_b = (K + 1) // 2, K // 2
-
-        def totals(a: Tensor, b: Tensor) -> tuple[list[float], Tensor]:
-            # Fused, one N x P temporary each: allocating large gradients is what a probe's bookkeeping costs.
-            d = (a - b).reshape(-1)
-            ssw = torch.dot(d, d) / (1.0 / k_a + 1.0 / k_b)
-            means = torch.add(a, b, alpha=k_b / k_a).mul_(k_a / K)  # (k_A g_A + k_B g_B) / K
-            return self._totals(ssw, means, (torch.zeros_like(ssw), torch.zeros_like(ssw))), means
-
+        design_reads = outer is not None and not outer.is_iid  # the means are kept only where something reads them
         a, b = g_a.detach(), g_b.detach()
-        tot, means = totals(a, b)
+        tot, means = split_half_sums(a, b, K, a.shape[0] == 1 or design_reads)
         if not all(math.isfinite(v) for v in tot):
             kept = self._drop_nonfinite("probe gradient", a, b)
             if kept is None:
                 return
             a, b = kept
-            tot, means = totals(a, b)
+            tot, means = split_half_sums(a, b, K, a.shape[0] == 1 or design_reads)
         n = a.shape[0]
         sw = tot[0] / n
         x = 1.0 / (K * K) if design == "stratified" else 1.0
