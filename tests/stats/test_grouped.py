@@ -60,6 +60,20 @@ def test_probe_tracker_matches_known_between_within():
     assert out.sigma_b2 == pytest.approx(P * sb**2, rel=0.06)
 
 
+def test_single_draw_probes_pair_up_for_the_between_variance():
+    """N = 1 probes keep their group mean (the chunked reduction drops it where nothing reads it): successive
+    probes then estimate sigma_B^2 without bias (exact answer D sb^2)."""
+    g = torch.Generator().manual_seed(5)
+    K, D, sb, sw = 4, 6, 0.9, 0.8
+    gv = GroupedVariance()
+    for _ in range(2000):
+        x = _nested(g, 1, K, D, sb, sw)
+        gv.update_split_half(x[:, 0::2].mean(1), x[:, 1::2].mean(1), K)
+    est = gv.compute()
+    assert abs(est.sigma_b2 - D * sb**2) < 4 * est.sigma_b2_se and est.sigma_b2_se < 0.1 * D * sb**2
+    assert abs(est.sigma_w2 - D * sw**2) < 4 * est.sigma_w2_se
+
+
 def test_signal_g2_is_unbiased_from_cross_draw_products():
     """|G|^2 from products of different outer draws' gradients: exact answer D mu0^2 on the nested model."""
     g = torch.Generator().manual_seed(3)
