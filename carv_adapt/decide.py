@@ -181,7 +181,9 @@ def decide(
         for name, p, k in candidates:
             gain, se = is_gain(pi_b, p_cur, p, m, m_se)
             if gain > 0 and gain > z * se:
-                p_new, kind, proposal_changed, chosen = p, k, True, f"{name} (gain {gain / S_cur:.1%} > {z:g} se)"
+                # Two significant digits: a tracked drift moves the proposal by hundredths of a percent.
+                p_new, kind, proposal_changed = p, k, True
+                chosen = f"{name} (gain {100 * gain / S_cur:.2g} % > {z:g} se)"
                 break
         reasons.append(f"proposal: {chosen}")
     sw_new = sw_of(p_new)
