@@ -184,7 +184,7 @@ def step_sums(x: Tensor, weights: Tensor | None = None, chunk_elements: int = 1 
 
 
 def split_half_sums(
-    g_a: Tensor, g_b: Tensor, K: int, keep_means: bool = False, chunk_elements: int = 1 << 16
+    g_a: Tensor, g_b: Tensor, K: int, keep_means: bool = False, chunk_elements: int = 1 << 17
 ) -> tuple[list[float], Tensor | None]:
     """A split-half probe's sums (docs/theory.md §7.5) from the ``N x P`` gradients of the even (``k_A = ceil(K/2)``
     draws) and odd (``k_B``) halves of each outer draw.
