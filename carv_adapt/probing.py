@@ -9,23 +9,27 @@ from carv_adapt.config import ControllerConfig
 
 __all__ = ["probe_due"]
 
+_MAX_LOG = math.log(1e6)  # a staleness factor past this already makes any estimate loose
+
 
 def probe_due(
     step: int, last_probe: int | None, K: int, probe_stats: Any, costs: Any, config: ControllerConfig
 ) -> bool:
     """Whether to probe this step (docs/theory.md §13.6): in parameter space with ``K >= 2``, the first time, every
     ``probe_every_max`` steps (or as often as ``probe_budget`` allows, if a probe is dearer than that), and while
-    the probe's estimates are looser than ``probe_tolerance`` and the probes' share of compute, this probe
-    included, stays within ``probe_budget``. ``probe_stats`` / ``costs`` may be
+    the probe's estimates are looser than ``probe_tolerance`` (their relative standard error grown by the
+    forgetting since the last probe) and the probes' share of compute, this probe included, stays within
+    ``probe_budget``. ``probe_stats`` / ``costs`` may be
     callables, reduced only if still undecided."""
     sched = config.policy.schedule
     if config.space != "parameter" or K < 2:
         return False
     if last_probe is None:
         return True
+    stale = _staleness(config.policy.safeguards.forgetting, step - last_probe)
     # Before probe_every_max steps (the floor interval's least) only loose statistics call for a probe: tight ones
     # answer without reducing the costs, which this rule is asked for at every step.
-    if step - last_probe < sched.probe_every_max and not _loose(probe_stats, sched.probe_tolerance):
+    if step - last_probe < sched.probe_every_max and not _loose(probe_stats, sched.probe_tolerance, stale):
         return False
     costs = costs() if callable(costs) else costs
     policy_cost = costs.c_0 + config.policy.allocation.N * (costs.c_out + K * costs.c_in)
@@ -37,17 +41,28 @@ def probe_due(
         after = (costs.measurement * costs.steps + costs.probe_step) / (costs.steps + 1)
         if after > sched.probe_budget * (policy_cost + after):
             return False
-    return _loose(probe_stats, sched.probe_tolerance)
+    return _loose(probe_stats, sched.probe_tolerance, stale)
 
 
-def _loose(probe_stats: Any, tolerance: float) -> bool:
-    """Whether the probe's between or within estimate is looser than ``tolerance`` (relative standard error)."""
+def _staleness(forgetting: float, since: int) -> float:
+    """``forgetting^(-since / 2)``: an estimate last fed ``since`` steps ago holds ``forgetting^since`` of the
+    evidence it had, so its standard error counts that much larger (docs/theory.md §13.6). Forgetting scales
+    every sum alike and leaves the computed standard error unchanged; without this factor statistics that were
+    tight at the last probe would read tight however far the quantity has moved since."""
+    if forgetting >= 1.0 or since <= 0:
+        return 1.0
+    return math.exp(min(-0.5 * since * math.log(forgetting), _MAX_LOG))
+
+
+def _loose(probe_stats: Any, tolerance: float, stale: float = 1.0) -> bool:
+    """Whether the probe's between or within estimate is looser than ``tolerance``: its relative standard error,
+    times the staleness factor ``stale``."""
     probe_stats = probe_stats() if callable(probe_stats) else probe_stats
     rel = [
         se / abs(v) if v != 0 and math.isfinite(v) else math.inf
         for v, se in ((probe_stats.sigma_b2, probe_stats.sigma_b2_se), (probe_stats.sigma_w2, probe_stats.sigma_w2_se))
     ]
-    return max(rel) > tolerance
+    return max(rel) * stale > tolerance
 
 
 def _floor_interval(sched: Any, probe_cost: float, policy_cost: float) -> int:

@@ -408,6 +408,21 @@ def test_probe_schedule_follows_uncertainty_and_the_compute_budget():
     assert probe_due(9 + 340, 9, 4, tight, heavy, cfg)
 
 
+def test_probe_statistics_go_stale_with_forgetting():
+    """Forgetting scales every sum alike, so the computed standard error of statistics fed s steps ago is the one
+    they had then; they hold forgetting^s of that evidence, and the schedule counts the error that much larger.
+    At relative error 0.15 against tolerance 0.2 and forgetting 0.97, a probe is due once 0.97^(-s/2) > 4/3,
+    i.e. from s = 19 on (distillation held its within variance for 60 steps without it)."""
+    from carv_adapt.decide import probe_due
+
+    cfg = parse_config(None, space="parameter", batch_size=2, forgetting=0.97, probe_every_max=64)
+    stats = BetweenWithin(1.0, 0.15, 10.0, 1.5, 10.0, math.nan, 1.0, 1.0, 10.0)
+    cheap = CostEstimate(0.0, 0.01, 0.001, 100.0, measurement=0.0001)
+    assert [s for s in range(1, 64) if probe_due(100 + s, 100, 4, stats, cheap, cfg)] == list(range(19, 64))
+    frozen = parse_config(None, space="parameter", batch_size=2, forgetting=1.0, probe_every_max=64)
+    assert not any(probe_due(100 + s, 100, 4, stats, cheap, frozen) for s in range(1, 64))  # nothing decays
+
+
 def test_offline_fit_keeps_the_confidence_band():
     """A frozen policy fitted from a record whose between estimate is within its noise does not bet on the point
     estimate (the undamped fit sent SDS-3D's K to its cap)."""

@@ -34,6 +34,7 @@ _FAMILIES = {
 _SQUARE = {"dof_b2", "dof_bd2", "prec_fw", "dprec_fw", "b_fd", "bd_fd", "dof_w2", "g2_w2"}
 # States that checkpoints from before them lack (they start at 0): all but the within, M2, |G|^2 and i.i.d. dof sums.
 _LATER = {*_STRAT_SUMS, *(n for family in _FAMILIES.values() for sums in family for n in sums)} - {*_FAMILIES["iid"][0]}
+_SCALE_Z = 4.0  # a reference's noise scale that grew by more than e^(4 relative se) rescales the held weights
 _DEFER_BYTES = 1 << 18  # update(defer=True) holds steps up to this size: their reductions cost dispatch, not arithmetic
 
 
@@ -322,12 +323,15 @@ class GroupedVariance(SumStatistic):
             sigma_b2_dof=dof_b,
         )
 
-    def set_reference(self, sigma_b2: float, sigma_w2: float, sigma_b2_design: float | None = None) -> None:
+    def set_reference(self, sigma_b2: float, sigma_w2: float, sigma_b2_design: float | None = None,
+                      se: tuple[float, float, float] | None = None) -> None:  # fmt: skip
         """Weight the between estimates of the steps to come by ``d / (sigma_B^2 + sigma_W^2 / K)^2``, their
         precision under these estimates (docs/theory.md §7.10; a controller sets them at each refit from the
         statistics it decided on, the same on every rank); an outer design's by its own ``sigma_b2_design`` (default:
         ``sigma_b2``). Until a first reference, estimates are pooled by degrees of freedom; the first converts that
-        pool at its mean ``1 / K``. Values that give no positive scale are ignored."""
+        pool at its mean ``1 / K``. With ``se`` (the standard errors of the three values, from the same reduced
+        statistics on every rank) a scale that grew beyond them brings the held weights to it. Values that give no
+        positive scale are ignored."""
         b = max(sigma_b2, 0.0) if math.isfinite(sigma_b2) else 0.0
         if not (math.isfinite(sigma_w2) and sigma_w2 > 0):
             return
@@ -340,6 +344,16 @@ class GroupedVariance(SumStatistic):
                 u2 = (ref_b + sigma_w2 * v[invk] / v[d]) ** 2
                 pool = (v[d], v[fd], v[f], v[num], v[sq])
                 self._add(prec, [x if i == 2 else x / u2 for i, x in enumerate(pool)])
+            elif se is not None and self._ref is not None and v[prec[0]] > 0 and v[d] > 0:
+                # The noise scale grew beyond what the reference's own errors explain: the held estimates are of a
+                # smaller quantity, not more precise ones, and join the new scale (docs/theory.md §7.10).
+                kappa = v[invk] / v[d]  # the held steps' mean 1 / K
+                old = self._ref[0 if family == "iid" else 2] + self._ref[1] * kappa
+                new = ref_b + sigma_w2 * kappa
+                rel = math.hypot(se[0 if family == "iid" else 2], kappa * se[1]) / new if new > 0 else math.inf
+                if old > 0 and new > old and math.log(new / old) > _SCALE_Z * rel:
+                    for name in (prec[0], prec[1], prec[3], prec[4]):
+                        getattr(self, name).mul_((old / new) ** 2)
         self._ref = (b, sigma_w2, bd)
 
     def reset(self) -> None:

@@ -157,7 +157,11 @@ def set_references(proxy: GroupedVariance, param: GroupedVariance, stats: Statis
     own = proxy if decision.space == "proxy" else param
     for g, bw in ((proxy, stats.proxy), (param, stats.param)):
         design = None if bw is None else bw.sigma_b2_design  # an outer design's between estimates: its own pool
+        # The reference's errors, for the scale test: relative ones for the decision's predicted within variance.
+        se = None if bw is None else (bw.sigma_b2_se, bw.sigma_w2_se, bw.sigma_b2_design_se)
         if g is own and math.isfinite(decision.predicted_sigma_w2):
-            g.set_reference(decision.sigma_b2, decision.predicted_sigma_w2, design)
+            r_w = bw.sigma_w2_se / bw.sigma_w2 if bw is not None and bw.sigma_w2 > 0 else math.inf
+            se = None if se is None else (decision.sigma_b2_se, r_w * decision.predicted_sigma_w2, se[2])
+            g.set_reference(decision.sigma_b2, decision.predicted_sigma_w2, design, se)
         elif bw is not None:
-            g.set_reference(bw.sigma_b2, bw.sigma_w2, design)
+            g.set_reference(bw.sigma_b2, bw.sigma_w2, design, se)

@@ -288,6 +288,30 @@ def test_between_estimates_weighted_by_their_precision_are_unbiased_and_far_less
     assert float(se2.mean() / prec.var()) > 1.0 - 4.0 * math.sqrt(2.0 / (R - 1))
 
 
+def test_a_reference_whose_scale_grew_brings_the_held_weights_along():
+    """docs/theory.md §7.10: sigma_B^2 jumps 100-fold after 20 steps (distillation's grew from ~30 to ~3000 within
+    60 steps). Weighted by each reference's absolute precision, the early estimates of the 100x smaller quantity
+    outweigh the later ones by ~200x per degree of freedom and hold the pool at 0.69 of the forgetting-weighted dof
+    pool (mean of 20 runs, at most 0.81); rescaled once the reference's scale grows beyond its own noise (its
+    standard errors passed), 0.94."""
+    from carv_adapt.stats.base import reliability_mean_se
+
+    g = torch.Generator().manual_seed(11)
+    D, N, K, sw = 4, 4, 4, 1.0
+    ratios = []
+    for _ in range(20):
+        gv = GroupedVariance()
+        for s in range(60):
+            gv.update(_nested(g, N, K, D, math.sqrt((0.04 if s < 20 else 4.0) / D), sw))
+            gv.decay(0.97)
+            if s % 10 == 9:
+                out = gv.compute()
+                gv.set_reference(out.sigma_b2, out.sigma_w2, None, (out.sigma_b2_se, out.sigma_w2_se, math.inf))
+        v = gv.scalars()
+        ratios.append(gv.compute().sigma_b2 / reliability_mean_se(v["dof_b"], v["dof_b2"], v["sb_num"], v["sb_sq"])[0])
+    assert 0.85 < sum(ratios) / len(ratios) < 1 / 0.85, ratios
+
+
 def test_a_first_reference_converts_the_degrees_of_freedom_pool_without_changing_it():
     """With one degree of freedom per step (N = 2) the first reference rescales the pool alike: the estimate and
     its standard error stay; a reference without a positive within variance is ignored; the reference is state."""
