@@ -152,7 +152,10 @@ class ScheduleSpec(_Strict):
     adapt_k: bool = True
     adapt_proposal: bool = True
     probe_tolerance: float = Field(
-        0.2, gt=0.0, description="probe every step while the probe statistics' relative standard error exceeds this"
+        0.2,
+        gt=0.0,
+        description="probe every step while the probe statistics' relative standard error (times forgetting^(-s/2), "
+        "s steps after the last probe) exceeds this",
     )
     probe_budget: float = Field(0.03, gt=0.0, le=1.0, description="largest share of compute the probes may take")
     probe_every_max: int = Field(
