@@ -9,8 +9,6 @@ from carv_adapt.config import ControllerConfig
 
 __all__ = ["probe_due"]
 
-_MAX_LOG = math.log(1e6)  # a staleness factor past this already makes any estimate loose
-
 
 def probe_due(
     step: int, last_probe: int | None, K: int, probe_stats: Any, costs: Any, config: ControllerConfig
@@ -26,10 +24,12 @@ def probe_due(
         return False
     if last_probe is None:
         return True
-    stale = _staleness(config.policy.safeguards.forgetting, step - last_probe)
+    # Statistics last fed s steps ago hold forgetting^s of their evidence, but forgetting scales every sum alike and
+    # leaves their computed error unchanged: the tolerance shrinks instead, by forgetting^(s/2) (docs/theory.md §13.6).
+    tol = sched.probe_tolerance * config.policy.safeguards.forgetting ** ((step - last_probe) / 2)
     # Before probe_every_max steps (the floor interval's least) only loose statistics call for a probe: tight ones
     # answer without reducing the costs, which this rule is asked for at every step.
-    if step - last_probe < sched.probe_every_max and not _loose(probe_stats, sched.probe_tolerance, stale):
+    if step - last_probe < sched.probe_every_max and not _loose(probe_stats, tol):
         return False
     costs = costs() if callable(costs) else costs
     policy_cost = costs.c_0 + config.policy.allocation.N * (costs.c_out + K * costs.c_in)
@@ -41,28 +41,17 @@ def probe_due(
         after = (costs.measurement * costs.steps + costs.probe_step) / (costs.steps + 1)
         if after > sched.probe_budget * (policy_cost + after):
             return False
-    return _loose(probe_stats, sched.probe_tolerance, stale)
+    return _loose(probe_stats, tol)
 
 
-def _staleness(forgetting: float, since: int) -> float:
-    """``forgetting^(-since / 2)``: an estimate last fed ``since`` steps ago holds ``forgetting^since`` of the
-    evidence it had, so its standard error counts that much larger (docs/theory.md §13.6). Forgetting scales
-    every sum alike and leaves the computed standard error unchanged; without this factor statistics that were
-    tight at the last probe would read tight however far the quantity has moved since."""
-    if forgetting >= 1.0 or since <= 0:
-        return 1.0
-    return math.exp(min(-0.5 * since * math.log(forgetting), _MAX_LOG))
-
-
-def _loose(probe_stats: Any, tolerance: float, stale: float = 1.0) -> bool:
-    """Whether the probe's between or within estimate is looser than ``tolerance``: its relative standard error,
-    times the staleness factor ``stale``."""
+def _loose(probe_stats: Any, tolerance: float) -> bool:
+    """Whether the probe's between or within estimate is looser than ``tolerance`` (relative standard error)."""
     probe_stats = probe_stats() if callable(probe_stats) else probe_stats
     rel = [
         se / abs(v) if v != 0 and math.isfinite(v) else math.inf
         for v, se in ((probe_stats.sigma_b2, probe_stats.sigma_b2_se), (probe_stats.sigma_w2, probe_stats.sigma_w2_se))
     ]
-    return max(rel) * stale > tolerance
+    return max(rel) > tolerance
 
 
 def _floor_interval(sched: Any, probe_cost: float, policy_cost: float) -> int:

@@ -185,13 +185,13 @@ def step_sums(x: Tensor, weights: Tensor | None = None, chunk_elements: int = 1 
 
 def split_half_sums(
     g_a: Tensor, g_b: Tensor, K: int, keep_means: bool = False, chunk_elements: int = 1 << 17
-) -> tuple[list[float], Tensor | None]:
+) -> tuple[tuple[float, float, float], Tensor | None]:
     """A split-half probe's sums (docs/theory.md §7.5) from the ``N x P`` gradients of the even (``k_A = ceil(K/2)``
     draws) and odd (``k_B``) halves of each outer draw.
 
-    Returns ``([ssw, 0, 0, sum_n ||m_n||^2, sum_n ||m_n - mbar||^2], means)``, in the layout of :func:`step_sums`'
-    rows: ``ssw = sum_n ||g_A - g_B||^2 / (1/k_A + 1/k_B)``, the group means ``m_n = (k_A g_A + k_B g_B) / K``, and
-    the ``N x P`` means themselves only with ``keep_means``. The columns are reduced in chunks of about
+    Returns ``((ssw, sum_n ||m_n||^2, sum_n ||m_n - mbar||^2), means)``: ``ssw = sum_n ||g_A - g_B||^2 / (1/k_A +
+    1/k_B)``, the group means ``m_n = (k_A g_A + k_B g_B) / K``, and the ``N x P`` means themselves only with
+    ``keep_means``. The columns are reduced in chunks of about
     ``chunk_elements``: full-size temporaries of large gradients cost more (allocation, page faults, cache
     misses) than the arithmetic; each chunk's sums accumulate in float64.
     """
@@ -212,7 +212,7 @@ def split_half_sums(
         if means is not None:
             means[:, s : s + width] = m
     ssw, msq, ssb = acc.tolist()
-    return [ssw / (1.0 / k_a + 1.0 / k_b), 0.0, 0.0, msq, ssb], means
+    return (ssw / (1.0 / k_a + 1.0 / k_b), msq, ssb), means
 
 
 def stratified_within(sigma_w2_iid: float, phi: float, K: int) -> float:

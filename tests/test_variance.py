@@ -55,8 +55,7 @@ def test_split_half_sums_match_the_full_size_reductions(n, P, K, chunk):
     a, b = torch.randn(n, P, generator=g, dtype=torch.float64), torch.randn(n, P, generator=g, dtype=torch.float64)
     k_a, k_b = (K + 1) // 2, K // 2
     m = (k_a * a + k_b * b) / K
-    want = [float(((a - b) ** 2).sum()) / (1 / k_a + 1 / k_b), 0.0, 0.0, float((m**2).sum()),
-            float(((m - m.mean(0)) ** 2).sum())]  # fmt: skip
+    want = (float(((a - b) ** 2).sum()) / (1 / k_a + 1 / k_b), float((m**2).sum()), float(((m - m.mean(0)) ** 2).sum()))
     got, means = split_half_sums(a, b, K, keep_means=True, chunk_elements=chunk)
     assert got == pytest.approx(want, rel=1e-12, abs=1e-12)
     torch.testing.assert_close(means, m)

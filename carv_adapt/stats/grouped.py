@@ -285,7 +285,7 @@ class GroupedVariance(SumStatistic):
         sw = tot[0] / n
         x = 1.0 / (K * K) if design == "stratified" else 1.0
         # The probe measures the design's variance only; its i.i.d. counterpart comes from the proxy's phi.
-        self._accumulate(n, K, sw, float(n), None, x, tot[3], tot[4], means, outer)
+        self._accumulate(n, K, sw, float(n), None, x, tot[1], tot[2], means, outer)
 
     def compute(self, phi: float | None = None) -> BetweenWithin:
         """Current estimates; ``phi`` (default: this tracker's own) converts the design's within variance into
