@@ -1,6 +1,7 @@
 """docs/theory.md §10: every policy is unbiased on the analytic teacher; predicted W matches measured W."""
 
 import math
+import zlib
 
 import pytest
 import torch
@@ -43,7 +44,8 @@ def _integrand(x, t, eps):
 @pytest.mark.parametrize("K", [1, 2, 7])
 def test_every_policy_is_unbiased(proposal, strat, K):
     R = 300
-    seed = hash((proposal, strat, K)) % 1000
+    # hash() of a str is salted per process (PYTHONHASHSEED): a CRC keeps the seed fixed across runs.
+    seed = zlib.crc32(f"{proposal}/{strat}/{K}".encode()) % 1000
     est = HierarchicalEstimator(
         PROPOSALS[proposal], N=2, K=K, stratification=strat, seed=seed, antithetic=(strat == "lattice")
     )
