@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
+import math
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -44,23 +47,25 @@ class TimestepProfile(SumStatistic):
         squared norm was finite."""
         if t.shape != sq_norms.shape:
             raise ShapeError(f"profile update: t {tuple(t.shape)} and sq_norms {tuple(sq_norms.shape)} differ")
-        # A step's few numbers are binned in NumPy (sharing the states' memory): torch calls on tensors this small
-        # cost their dispatch, not their arithmetic.
-        v = sq_norms.detach().reshape(-1).to("cpu", torch.float64).numpy()
-        b = (bin_index(t.detach().reshape(-1).cpu(), self.edges) if bins is None else bins.reshape(-1).cpu()).numpy()
-        if not np.isfinite(v).all():
-            ok = np.isfinite(v)
-            bad = int((~ok).sum())
-            self._finite_or_reject("squared norm", torch.from_numpy(v))  # applies the policy (raises or warns once)
-            self.num_nonfinite += bad - 1
-            v, b = v[ok], b[ok]
-            self._bin(b, v, np.ones_like(v), np.ones_like(v))
-            return False
-        if defer:
-            self._defer((b.copy(), v.copy()))  # a caller's Tensors may change before they are binned
-        else:
-            self._bin(b, v, np.ones_like(v), np.ones_like(v))
-        return True
+        # A step's few numbers go to Python lists and are binned in NumPy later, many steps at once: a library call on
+        # a tensor this small costs its dispatch, and after the workload's compute each starts cold (tens of us).
+        vals = sq_norms.detach().reshape(-1).tolist()
+        b = (bin_index(t.detach().reshape(-1).cpu(), self.edges) if bins is None else bins.reshape(-1)).tolist()
+        if all(map(math.isfinite, vals)):
+            if defer:
+                self._defer((b, vals))
+            else:
+                v = np.asarray(vals, dtype=np.float64)
+                self._bin(np.asarray(b, dtype=np.int64), v, np.ones_like(v), np.ones_like(v))
+            return True
+        v, bb = np.asarray(vals, dtype=np.float64), np.asarray(b, dtype=np.int64)
+        ok = np.isfinite(v)
+        bad = int((~ok).sum())
+        self._finite_or_reject("squared norm", torch.from_numpy(v))  # applies the policy (raises or warns once)
+        self.num_nonfinite += bad - 1
+        v, bb = v[ok], bb[ok]
+        self._bin(bb, v, np.ones_like(v), np.ones_like(v))
+        return False
 
     def _bin(self, b: np.ndarray, v: np.ndarray, w: np.ndarray, w_sq: np.ndarray) -> None:
         """Add observations ``v`` in bins ``b`` with forgetting weights ``w`` (``w_sq`` for the squared-weight sum)."""
@@ -73,10 +78,12 @@ class TimestepProfile(SumStatistic):
         sum_sq += np.bincount(b, v * w, B)
         sum_sq2 += np.bincount(b, v * v * w, B)
 
-    def _reduce_deferred(self, pending: list[tuple[np.ndarray, np.ndarray]], missed: np.ndarray) -> None:
+    def _reduce_deferred(self, pending: list[tuple[list[int], list[float]]], missed: np.ndarray) -> None:
         sizes = [len(b) for b, _ in pending]
         w = np.repeat(missed, sizes)
-        self._bin(np.concatenate([b for b, _ in pending]), np.concatenate([v for _, v in pending]), w, w * w)
+        b = np.fromiter(itertools.chain.from_iterable(b for b, _ in pending), np.int64, sum(sizes))
+        v = np.fromiter(itertools.chain.from_iterable(v for _, v in pending), np.float64, sum(sizes))
+        self._bin(b, v, w, w * w)
 
     def compute(self) -> Tensor:
         """``B``-dim per-bin mean of ``||f||^2``; a bin with no observation gets the count-weighted global mean
@@ -102,14 +109,12 @@ class TimestepProfile(SumStatistic):
         out = super().state_dict()
         # Deferred steps are saved as such: taking a checkpoint must not change when they are binned.
         missed = self._missed[: len(self._pending)].tolist()
-        out["pending"] = [
-            {"bins": b.tolist(), "v": v.tolist(), "missed": m} for (b, v), m in zip(self._pending, missed)
-        ]
+        out["pending"] = [{"bins": list(b), "v": list(v), "missed": m} for (b, v), m in zip(self._pending, missed)]
         return out
 
     def load_state_dict(self, state: dict) -> None:
         state = dict(state)
         pending = state.pop("pending", [])
         super().load_state_dict(state)
-        self._pending = [(np.asarray(p["bins"], dtype=np.int64), np.asarray(p["v"], dtype=np.float64)) for p in pending]
+        self._pending = [([int(x) for x in p["bins"]], [float(x) for x in p["v"]]) for p in pending]
         self._missed[: len(pending)] = [float(p["missed"]) for p in pending]

@@ -8,7 +8,6 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -134,7 +133,7 @@ class StepVariance(SumStatistic):
         self._prev: Tensor | None = None
         self._diffs: Tensor | None = None
         self._order: list[int] = []
-        self._gram = np.zeros((4, 4))
+        self._gram = _zero_gram()
 
     def _restart(self) -> None:
         """Start the stream over (a new segment, or a broken run of steps); the buffer is kept for reuse."""
@@ -181,16 +180,20 @@ class StepVariance(SumStatistic):
         e = self._diffs[row]
         torch.sub(g.to(wide), prev.to(wide), out=e)
         order = [*self._order[-3:], row]
+        # The 4 x 4 products live in Python lists: a step's few scalars cost the interpreter, not a library call
+        # (after the workload's compute each NumPy or torch call starts cold, tens of microseconds on a CPU).
         if scale is None:
-            prods = (self._diffs @ e).double().cpu().numpy()
-            self._gram[row, :] = prods
-            self._gram[:, row] = prods
+            prods = (self._diffs @ e).tolist()
             G = self._gram
+            for j, v in enumerate(prods):
+                G[row][j] = G[j][row] = v
         else:  # the metric changes every step: all products in the current one
             w = self._diffs[order] * scale.to(e.device, wide)
-            G = np.zeros((4, 4))
-            G[np.ix_(order, order)] = (w @ w.T).double().cpu().numpy()
-        if not np.isfinite(G[np.ix_(order, order)]).all():
+            G = _zero_gram()
+            for a, v in zip(order, (w @ w.T).tolist()):
+                for b, x in zip(order, v):
+                    G[a][b] = x
+        if not all(math.isfinite(G[i][j]) for i in order for j in order):
             # The held differences are finite, so a non-finite product means a non-finite (or overflowing) g.
             self._finite_or_reject("step gradient", g)
             self._restart()
@@ -214,7 +217,9 @@ class StepVariance(SumStatistic):
             values += [1.0, 1.0, y, y * y]
         i = self._current
         assert i is not None
-        self._arr[[self._layout[n][0] + i for n in names]] += values  # indexed NumPy adds, not a torch call per sum
+        arr, layout = self._arr, self._layout
+        for n, v in zip(names, values):
+            arr[layout[n][0] + i] += v
 
     def compute(self, z: float = 2.0) -> tuple[SegmentEstimate, ...]:
         """Each kept segment with at least one lag-one estimate, the current one last. ``drift`` is the lag-two
@@ -245,7 +250,8 @@ class StepVariance(SumStatistic):
         o = self._order
         out["prev"] = None if self._prev is None else self._prev.cpu().clone()
         out["diffs"] = [] if self._diffs is None else [self._diffs[r].cpu().clone() for r in o]  # oldest first
-        out["gram"] = torch.from_numpy(self._gram[np.ix_(o, o)].copy())
+        gram = [[self._gram[i][j] for j in o] for i in o]
+        out["gram"] = torch.tensor(gram, dtype=torch.float64).reshape(len(o), len(o))
         return out
 
     def load_state_dict(self, state: dict) -> None:
@@ -267,13 +273,19 @@ class StepVariance(SumStatistic):
             self._diffs = torch.zeros(4, d.shape[1], dtype=d.dtype)
             self._diffs[: len(diffs)] = d
             self._order = list(range(len(diffs)))
-            g = (d @ d.T).double().numpy() if gram is None else torch.as_tensor(gram, dtype=torch.float64).numpy()
-            self._gram[: len(diffs), : len(diffs)] = g
+            g = (d @ d.T).double() if gram is None else torch.as_tensor(gram, dtype=torch.float64)
+            self._gram = _zero_gram()
+            for i, v in enumerate(g.tolist()):
+                self._gram[i][: len(v)] = v
 
 
-def _quad(G: np.ndarray, coef: Sequence[tuple[float, int]]) -> float:
+def _zero_gram() -> list[list[float]]:
+    return [[0.0] * 4 for _ in range(4)]
+
+
+def _quad(G: list[list[float]], coef: Sequence[tuple[float, int]]) -> float:
     """``||sum_i c_i e_i||^2`` from the inner products ``G`` of the ``e_i`` (by row)."""
-    return float(sum(a * b * G[i, j] for a, i in coef for b, j in coef))
+    return float(sum(a * b * G[i][j] for a, i in coef for b, j in coef))
 
 
 def pooled_between(
