@@ -13,7 +13,9 @@ the block says so instead of showing figures.
 - ``sd_tiny``: the shipped SD-shaped pipeline's classifier check (``sd_tiny.json``);
 - ``profile_space``: output- against parameter-space profile per workload (``profile_space.json``, docs/theory.md §7.9);
 - ``ablation_more``: the ECM ablation rows of runs kept apart from ``bench.json`` (``*_ablation/bench.json``: SDS-3D
-  on the SD-shaped teacher), rendered like the main table.
+  on the SD-shaped teacher), rendered like the main table;
+- ``cold_overhead``: the controller's time per step in a tight loop and between a stand-in workload's calls
+  (``cold_overhead.json``, ``benchmarks/cold_overhead.py``).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ __all__ = ["EXTRA_SECTIONS", "extra_sections", "attribution_sections"]
 
 EXTRA_SECTIONS = ("attribution_curve", "crn_gain", "outer", "control_variate", "diffusion_head")
 EXTRA_SECTIONS += ("real_scale", "distill_ttq", "ttq", "sd_tiny", "ablation_more", "demo", "profile_space")
+EXTRA_SECTIONS += ("cold_overhead",)
 
 _SHORT = {
     "baseline": "baseline",
@@ -256,7 +259,26 @@ def extra_sections(bench_json: Path | str) -> dict[str, str]:
         ),
         "demo": demo_section(load("../demo/summary.json")),
         "profile_space": profile_space_section(load("profile_space.json")),
+        "cold_overhead": cold_overhead_section(load("cold_overhead.json")),
     }
+
+
+def cold_overhead_section(result: dict[str, Any] | None) -> str:
+    """``cold_overhead``: milliseconds per step of each controller call, tight loop against stand-in workload."""
+    if result is None:
+        return "_Not measured: run `python benchmarks/cold_overhead.py --out docs/bench/cold_overhead.json`._"
+    med, s = result["median_ms_per_step"], result["settings"]
+    arms = (("hot", "tight loop"), ("cold", "between workload calls"))
+    rows = [[label, *(f"{med[a][k]:.3f}" for k in ("plan", "observe", "step", "total"))] for a, label in arms]
+    note = (
+        f"Controller milliseconds per step, medians of {s['reps']} runs per arm, alternating, in one process: "
+        f"`N = {s['N']}`, {s['dim']}-dim contributions, a {s['params']:,}-parameter step gradient and split-half "
+        f"probes when due, {s['steps']} steps with refits, one CPU thread. The stand-in is a matrix product over "
+        f"{s['evict_mb']:g} MB after `plan()` and after `step()`; cold / hot {result['cold_over_hot']:.2f}. "
+        "`python benchmarks/cold_overhead.py`; raw numbers: `docs/bench/cold_overhead.json`."
+    )
+    header = ["controller calls", "plan ms", "observe ms", "step ms", "total ms"]
+    return _checked("cold_overhead", [*md_table(header, rows), "", note])
 
 
 def profile_space_section(result: dict[str, Any] | None) -> str:

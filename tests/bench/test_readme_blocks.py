@@ -9,6 +9,7 @@ from pathlib import Path
 from carv_adapt.bench.markdown import check_markdown_tables
 from carv_adapt.bench.readme_blocks import (
     EXTRA_SECTIONS,
+    cold_overhead_section,
     control_variate_section,
     demo_section,
     diffusion_head_section,
@@ -45,6 +46,9 @@ def test_the_blocks_carry_the_committed_figures():
     assert f"| baseline | {steps[0]} |" in demo_section(demo) and f"| adaptive | {steps[1]} |" in demo_section(demo)
     ttq = json.loads((BENCH / "ttq" / "ttq.json").read_text())
     assert f"{ttq['wall_seconds'] / 60:.1f} min" in ttq_section(ttq) and "**Cost and wall clock.**" in ttq_section(ttq)
+    cold = json.loads((BENCH / "cold_overhead.json").read_text())
+    cold_plan = cold["median_ms_per_step"]["cold"]["plan"]
+    assert f"| between workload calls | {cold_plan:.3f} |" in cold_overhead_section(cold)
     sd = json.loads((BENCH / "sd_tiny.json").read_text())
     assert all(f"| CFG {k} | {v:.2f} |" in sd_tiny_section(sd) for k, v in sd["accuracy_by_cfg"].items())
 
