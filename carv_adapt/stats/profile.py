@@ -51,21 +51,18 @@ class TimestepProfile(SumStatistic):
         # a tensor this small costs its dispatch, and after the workload's compute each starts cold (tens of us).
         vals = sq_norms.detach().reshape(-1).tolist()
         b = (bin_index(t.detach().reshape(-1).cpu(), self.edges) if bins is None else bins.reshape(-1)).tolist()
-        if all(map(math.isfinite, vals)):
-            if defer:
-                self._defer((b, vals))
-            else:
-                v = np.asarray(vals, dtype=np.float64)
-                self._bin(np.asarray(b, dtype=np.int64), v, np.ones_like(v), np.ones_like(v))
+        finite = all(map(math.isfinite, vals))
+        if finite and defer:
+            self._defer((b, vals))
             return True
         v, bb = np.asarray(vals, dtype=np.float64), np.asarray(b, dtype=np.int64)
-        ok = np.isfinite(v)
-        bad = int((~ok).sum())
-        self._finite_or_reject("squared norm", torch.from_numpy(v))  # applies the policy (raises or warns once)
-        self.num_nonfinite += bad - 1
-        v, bb = v[ok], bb[ok]
+        if not finite:
+            ok = np.isfinite(v)
+            self._finite_or_reject("squared norm", torch.from_numpy(v))  # applies the policy (raises or warns once)
+            self.num_nonfinite += int((~ok).sum()) - 1
+            v, bb = v[ok], bb[ok]
         self._bin(bb, v, np.ones_like(v), np.ones_like(v))
-        return False
+        return finite
 
     def _bin(self, b: np.ndarray, v: np.ndarray, w: np.ndarray, w_sq: np.ndarray) -> None:
         """Add observations ``v`` in bins ``b`` with forgetting weights ``w`` (``w_sq`` for the squared-weight sum)."""
